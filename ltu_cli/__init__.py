@@ -1,0 +1,1 @@
+"""The `ltu` command line: the library's commands (train, unlearn, bench) and the service's."""

@@ -1,0 +1,70 @@
+"""The evaluation protocol shared by LTU and every baseline: UA, RA, TA, MIA-efficacy, Avg. Gap."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ltu_core.data.selection import UnlearningSplit
+from ltu_core.mia.svc import svc_mia_efficacy
+from ltu_core.models.inference import Posteriors, predict
+
+HEADLINE = ("ua", "ra", "ta", "mia")
+"""The four numbers Avg. Gap averages over."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """All numbers in percent. `mia` is the confidence-feature SVC efficacy (the headline)."""
+
+    ua: float  # 100 − accuracy on D_f
+    ra: float  # accuracy on D_r
+    ra_seen: float  # accuracy on D̂_r (the part unlearning could read)
+    ra_unseen: float  # accuracy on D_r \ D̂_r
+    ta: float  # accuracy on D_test
+    mia: float
+    mia_entropy: float
+    mia_modified_entropy: float
+    mia_posterior: float
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready, rounded to 1e-4."""
+        return {k: round(v, 4) for k, v in asdict(self).items()}
+
+
+def unlearning_accuracy(forget: Posteriors) -> float:
+    """UA = 100 − accuracy on D_f."""
+    return 100.0 - forget.accuracy()
+
+
+def avg_gap(result: Evaluation, retrain: Evaluation) -> float:
+    """Mean absolute difference to Retrain over UA, RA, TA and MIA-efficacy."""
+    return sum(abs(getattr(result, k) - getattr(retrain, k)) for k in HEADLINE) / len(HEADLINE)
+
+
+def evaluate(
+    model: nn.Module, split: UnlearningSplit, *, device: torch.device | str = "cpu", seed: int = 0
+) -> Evaluation:
+    """Evaluate `model` on every set of `split` with the shared protocol."""
+    sets = split.sets()
+    post = {name: predict(model, sets[name], device=device) for name in ("forget", "retain", "test")}
+    seen = torch.from_numpy(np.isin(split.retain, split.retain_subset))
+    retain, forget, test = post["retain"], post["forget"], post["test"]
+    mia = {
+        feature: svc_mia_efficacy(retain, test, forget, feature=feature, seed=seed)
+        for feature in ("confidence", "entropy", "modified_entropy", "posterior")
+    }
+    return Evaluation(
+        ua=unlearning_accuracy(forget),
+        ra=retain.accuracy(),
+        ra_seen=retain.subset(seen).accuracy(),
+        ra_unseen=retain.subset(~seen).accuracy() if bool((~seen).any()) else float("nan"),
+        ta=test.accuracy(),
+        mia=mia["confidence"],
+        mia_entropy=mia["entropy"],
+        mia_modified_entropy=mia["modified_entropy"],
+        mia_posterior=mia["posterior"],
+    )

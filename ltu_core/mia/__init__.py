@@ -1,0 +1,29 @@
+"""Membership inference: posterior features, the SVC efficacy protocol, differentiable attackers."""
+
+from ltu_core.mia.attackers import (
+    ATTACKER_FEATURES,
+    DEFAULT_ATTACKERS,
+    Attacker,
+    attacker_accuracy,
+    attacker_scores,
+    train_attackers,
+)
+from ltu_core.mia.features import FEATURES
+from ltu_core.mia.svc import MIA_DIRECTION, svc_mia_efficacy
+from ltu_core.mia.verify import Verdict, VerificationThresholds, verify_forgetting, verify_model
+
+__all__ = [
+    "ATTACKER_FEATURES",
+    "DEFAULT_ATTACKERS",
+    "FEATURES",
+    "MIA_DIRECTION",
+    "Attacker",
+    "attacker_accuracy",
+    "attacker_scores",
+    "svc_mia_efficacy",
+    "train_attackers",
+    "Verdict",
+    "VerificationThresholds",
+    "verify_forgetting",
+    "verify_model",
+]
