@@ -36,7 +36,10 @@ def svc_mia_efficacy(
         raise ValueError("the target set is empty")
     if min(len(members), len(nonmembers)) < 2:
         raise ValueError("the SVC needs at least two members and two non-members")
-    fn = FEATURES[feature]
+    # A diverged model yields NaN posteriors; score them as a feature value of 0 rather than crash.
+    def fn(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(FEATURES[feature](probs, labels), nan=0.0, posinf=0.0, neginf=0.0)
+
     m, nm = _balanced(members, nonmembers, seed)
     x = torch.cat([fn(m.probs, m.labels), fn(nm.probs, nm.labels)]).double().numpy()
     y = np.concatenate([np.ones(len(m)), np.zeros(len(nm))])
