@@ -19,7 +19,7 @@ def synthetic():
 
 @pytest.fixture(scope="session")
 def tiny_arch():
-    """A 1/8-width ResNet-18 for 8 px inputs (~45k parameters)."""
+    """A 1/8-width ResNet-18 for 8 px inputs (~180k parameters: timm keeps a 64-channel stem)."""
     from ltu_core.models import ArchConfig
 
     return ArchConfig("resnet18", num_classes=4, in_chans=1, img_size=8, width=0.125)

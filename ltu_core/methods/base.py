@@ -110,7 +110,9 @@ class UnlearningMethod(ABC):
         if self.reads_full_retain and task.retain_full is None:
             raise ValueError(f"method {self.name!r} needs the full retained set D_r")
         start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
+        # manual_seed also reseeds CUDA, so fork (and later restore) that state too.
+        cuda = [task.device.index or 0] if task.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(task.seed)
             model, details = self.unlearn(task, hooks)
         seconds = time.perf_counter() - start

@@ -59,7 +59,9 @@ class LTUConfig:
     holdout_attacker: bool = False  # one attacker (rotating) scores only the query loss
     stop_rule: str = "attacker"  # attacker: stop once D_f looks like D_ref | none: run max_passes
     stop_margin: float = 0.0  # stop when score(D_f) <= score(D_ref) + margin
-    anchor_weight: float = 0.0  # weight of KL(p_θo ‖ p_θ) on D_ref in the remembering task
+    distill_weight: float = 0.0  # + weight · T²·KL(p_θo ‖ p_θ) at temperature T on D̂_r
+    anchor_weight: float = 0.0  # + weight · T²·KL(p_θo ‖ p_θ) on D_ref (function kept on unseen data)
+    temperature: float = 4.0
     forget_loss: str = "match"  # match: quantile-match D_ref's attacker scores | nonmember: −log(1−h)
 
     def __post_init__(self) -> None:
@@ -157,6 +159,13 @@ def forgetting_loss(
     return torch.stack(losses).mean()
 
 
+def _distill(logits: torch.Tensor, original_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T²·KL(softmax(z_o/T) ‖ softmax(z/T)): non-zero as soon as the function moves, even on
+    samples the model fits perfectly (where cross-entropy's gradient has vanished)."""
+    t = temperature
+    return F.kl_div((logits / t).log_softmax(1), (original_logits / t).softmax(1), reduction="batchmean") * t * t
+
+
 @torch.no_grad()
 def member_score(post: Posteriors, attackers: Sequence[Attacker]) -> float:
     """Mean member probability the attackers give a set."""
@@ -227,7 +236,8 @@ class LTU(UnlearningMethod):
             return member_score(f, attackers), member_score(ref, attackers), ref_logits
 
         score_f0, score_ref0, _ = observe()
-        p_ref0 = nonmembers.probs.to(device)  # the original's posterior on D_ref: the anchor
+        with torch.no_grad():  # the original's logits: distillation targets
+            z_r0, z_ref0 = model(x_r), model(x_ref)
         stop_reason, steps, conflicts = "max_passes", 0, 0
         for step in range(total):
             score_f, score_ref, ref_logits = observe()
@@ -254,8 +264,8 @@ class LTU(UnlearningMethod):
                 s_a = q_a = perm_r[:0]
             g_r, g_f = self._task_gradients(
                 model, params, support_critic, critic,
-                (x_r[s_r], y_r[s_r], x_ref[s_a], p_ref0[s_a]),
-                (x_r[q_r], y_r[q_r], x_ref[q_a], p_ref0[q_a]),
+                (x_r[s_r], y_r[s_r], z_r0[s_r], x_ref[s_a], z_ref0[s_a]),
+                (x_r[q_r], y_r[q_r], z_r0[q_r], x_ref[q_a], z_ref0[q_a]),
                 (x_f[s_f], y_f[s_f]), (x_f[q_f], y_f[q_f]),
             )
             g_r, g_f, n_conflicts = harmonize(g_r, g_f, cfg.harmonization)
@@ -299,13 +309,14 @@ class LTU(UnlearningMethod):
         def losses(weights, rem, fgt, critic: _Critic) -> tuple[torch.Tensor, torch.Tensor]:
             # One forward over [remember ; anchor ; forget]: BatchNorm is frozen, so batching
             # them is exact.
-            x_rem, y_rem, x_anchor, p_anchor = rem
+            x_rem, y_rem, z_rem0, x_anchor, z_anchor0 = rem
             logits = functional_call(model, weights, (torch.cat([x_rem, x_anchor, fgt[0]]),))
             n, m = len(y_rem), len(x_anchor)
             remember = F.cross_entropy(logits[:n], y_rem)
+            if cfg.distill_weight > 0:
+                remember = remember + cfg.distill_weight * _distill(logits[:n], z_rem0, cfg.temperature)
             if m:
-                kl = F.kl_div(logits[n : n + m].log_softmax(1), p_anchor, reduction="batchmean")
-                remember = remember + cfg.anchor_weight * kl
+                remember = remember + cfg.anchor_weight * _distill(logits[n : n + m], z_anchor0, cfg.temperature)
             return remember, critic.loss(logits[n + m :], fgt[1])
 
         rem_s, fgt_s = losses(params, s_r, s_f, support_critic)

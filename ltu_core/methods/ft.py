@@ -1,0 +1,100 @@
+"""FT: fine-tuning on retained data (Warnecke, Pirch, Wressnegger, Rieck — "Machine Unlearning of
+Features and Labels", NDSS 2023; the FT baseline of Jia et al., NeurIPS 2023 and Fan et al.,
+ICLR 2024).
+
+Fine-tunes θ_o with cross-entropy on the retained subset D̂_r only, relying on catastrophic
+forgetting to wash out what the model knew of D_f. It never looks at D_f. This file also holds
+`sgd_train`, the SGD loop FT runs, which the other fine-tuning baselines (GA, RL, l1-sparse,
+SalUn, BS) reuse with their own data and objective so that all of them train the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, cycle, steps_for, working_copy
+from ltu_core.methods.registry import register_method
+
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""loss(model, x, y, t) to minimise on one batch; t ∈ [0, 1) is the share of training done."""
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
+    """Plain cross-entropy of the model on a batch (the default objective)."""
+    return F.cross_entropy(model(x), y)
+
+
+def check_sgd_fields(cfg: Any) -> None:
+    """Range checks shared by every config that `sgd_train` reads."""
+    if cfg.epochs <= 0 or cfg.lr <= 0 or cfg.batch_size < 1:
+        raise ValueError("epochs, lr and batch_size must be positive")
+    if not 0 <= cfg.momentum < 1 or cfg.weight_decay < 0:
+        raise ValueError("momentum must lie in [0, 1) and weight_decay must be >= 0")
+
+
+def sgd_train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: Any,
+    hooks: RunHooks,
+    *,
+    generator: torch.Generator,
+    objective: Objective = cross_entropy,
+    after_step: Callable[[], None] | None = None,
+) -> int:
+    """Minimise `objective` over `cfg.epochs` shuffled passes of (x, y) with SGD; returns steps.
+
+    `cfg` is any config with `epochs`, `lr`, `batch_size`, `momentum` and `weight_decay`;
+    `after_step` runs after every optimizer step (SalUn uses it to re-freeze weights).
+    x and y must already be on the model's device.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    total = steps_for(cfg.epochs, len(y), cfg.batch_size)
+    batches = cycle(x, y, cfg.batch_size, generator)
+    for step in range(total):
+        hooks.check_cancelled()
+        xb, yb = next(batches)
+        loss = objective(model, xb, yb, step / total)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if after_step is not None:
+            after_step()
+        hooks.progress("unlearning", step + 1, total)
+    return total
+
+
+@dataclass(frozen=True)
+class FTConfig:
+    """SGD with momentum on D̂_r for `epochs` passes."""
+
+    epochs: float = 10.0
+    lr: float = 0.02
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        check_sgd_fields(self)
+
+
+@register_method("ft", test_params=dict(epochs=1.0, batch_size=8))
+class FT(UnlearningMethod):
+    """FT: fine-tune θ_o on D̂_r with cross-entropy (catastrophic forgetting of D_f)."""
+
+    Config = FTConfig
+
+    def unlearn(self, task: UnlearningTask, hooks: RunHooks) -> tuple[nn.Module, dict[str, Any]]:
+        model = working_copy(task)
+        x_r, y_r = (t.to(task.device) for t in task.retain_subset.tensors())
+        generator = torch.Generator().manual_seed(task.seed)
+        steps = sgd_train(model, x_r, y_r, self.config, hooks, generator=generator)
+        return model, {"steps": steps}
