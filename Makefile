@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# VENV may point elsewhere (CI keeps one between runs: torch alone is ~5.5 GB).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test bench bench-smoke
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/ltu demo
+
+test: install
+	$(PY) -m pytest
+
+bench-smoke: install
+	$(VENV)/bin/ltu bench --preset smoke
+
+bench: install
+	$(VENV)/bin/ltu bench --preset full --json bench/results/full.json

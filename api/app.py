@@ -1,0 +1,83 @@
+"""The application factory: `create_app(settings)` builds a fresh app; nothing exists at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import install_problem_handlers
+from api.routes import api_keys, audit, datasets, deletion_requests, health, models
+from api.uploads import body_size_guard
+from ledger import tenants
+from ledger.artifacts import ArtifactStore
+from ledger.db import Database
+from ledger.settings import Settings
+
+log = logging.getLogger("ltu.api")
+
+MULTIPART_SLACK = 1 << 20  # multipart framing and form fields around the file
+
+DESCRIPTION = """\
+Erasure requests for trained image classifiers. Submit a deletion request for data subjects of a
+registered model; the service unlearns them (LTU by default), verifies the result with membership
+inference and publishes a new model version. Every state change is an audit event.
+
+Authenticate with `Authorization: Bearer <API key>`. Errors are `application/problem+json`.
+"""
+
+
+class Background(Protocol):
+    """Something that runs beside the API while it serves (e.g. the embedded job runner)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def create_app(
+    settings: Settings, *, database: Database | None = None, background: Sequence[Background] = ()
+) -> FastAPI:
+    """A FastAPI app over `settings`; `background` objects are started and stopped with it.
+
+    The database schema must already be migrated (`ltu migrate`, or `ltu serve` in embedded mode).
+    When settings carry an admin key, start-up registers it for the default tenant.
+    """
+    db = database or Database(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.admin_api_key:
+            await run_in_threadpool(_bootstrap_admin, db, settings.admin_api_key)
+        for item in background:
+            item.start()
+        try:
+            yield
+        finally:
+            for item in reversed(background):
+                item.stop()
+            if database is None:
+                db.dispose()
+
+    app = FastAPI(title="LTU erasure service", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.database = db
+    app.state.store = ArtifactStore(settings.artifacts_dir).ensure()
+    install_problem_handlers(app)
+    app.add_middleware(body_size_guard({
+        ("POST", "/v1/datasets"): lambda: settings.max_dataset_bytes + MULTIPART_SLACK,
+        ("POST", "/v1/models"): lambda: settings.max_weights_bytes + MULTIPART_SLACK,
+    }))
+    for module in (health, datasets, models, deletion_requests, audit, api_keys):
+        app.include_router(module.router)
+    return app
+
+
+def _bootstrap_admin(db: Database, secret: str) -> None:
+    with db.transaction() as session:
+        tenants.ensure_admin_key(session, secret=secret)
+    log.info("admin API key from LTU_ADMIN_API_KEY is registered for tenant %r", tenants.DEFAULT_TENANT)

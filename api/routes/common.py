@@ -1,0 +1,22 @@
+"""Shared OpenAPI fragments for the routes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from api.schemas import Problem
+
+PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries documenting problem+json answers (401/403/422 always)."""
+    return {status: PROBLEM for status in sorted({401, 403, 422, *statuses})}
+
+
+def aware(moment: datetime | None) -> datetime | None:
+    """A query time without an offset is read as UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment

@@ -1,0 +1,124 @@
+"""Deletion requests: submit (202 + Location + Retry-After, Idempotency-Key), read, list, cancel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.deps import PollKey, SessionDep, SettingsDep, SubmitKey, actor
+from api.routes.common import aware, problems
+from api.schemas import (
+    DeletionRequestCreate,
+    DeletionRequestPage,
+    DeletionRequestRead,
+    Progress,
+    RequestError,
+    RequestSamplePage,
+    RequestSampleRead,
+    RequestStatus,
+)
+from ledger import registry, requests
+from ledger.hashing import body_hash, subject_hash
+from ledger.tables import ACTIVE_STATUSES, DeletionRequest, ModelVersion
+
+router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
+
+
+def request_reads(session: Session, rows: list[DeletionRequest]) -> list[DeletionRequestRead]:
+    """Response bodies for requests, with the versions they produced (one query for all)."""
+    produced = {
+        v.producing_request_id: v
+        for v in session.scalars(select(ModelVersion).where(ModelVersion.producing_request_id.in_([r.id for r in rows])))
+    } if rows else {}
+    return [_read(r, produced.get(r.id)) for r in rows]
+
+
+def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRead:
+    return DeletionRequestRead(
+        id=r.id, model_id=r.model_id, status=r.status,  # type: ignore[arg-type]
+        progress=Progress(phase=r.phase, step=r.progress_step, total=r.progress_total),
+        cancel_requested=r.cancel_requested, attempts=r.attempts, target_kind=r.target_kind,  # type: ignore[arg-type]
+        num_targets=r.num_targets, subject_hashes=r.subject_hashes, method=r.method, parameters=r.parameters,
+        received_at=r.received_at, due_at=r.due_at, queued_at=r.queued_at, started_at=r.started_at,
+        finished_at=r.finished_at, base_version=r.base_version,
+        result_version=version.number if version else None, result_sha256=version.sha256 if version else None,
+        metrics_before=r.metrics_before, metrics_after=r.metrics_after, verification=r.verification, details=r.details,
+        error=RequestError(code=r.error_code, message=r.error_message) if r.error_code else None,
+    )
+
+
+@router.post("", status_code=202, response_model=DeletionRequestRead, responses=problems(404))
+def create_deletion_request(
+    body: DeletionRequestCreate,
+    session: SessionDep,
+    key: SubmitKey,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", min_length=1, max_length=255,
+               description="Same key + same body returns the same request; same key + another body is a 422."),
+    ] = None,
+) -> DeletionRequestRead:
+    """Accept an erasure request; poll the Location until it is completed, failed or cancelled."""
+    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=body.model_id)
+    if body.subject_ids is not None:
+        target = requests.Target(kind="subjects", subject_hashes=tuple(subject_hash(settings.secret_key, s) for s in body.subject_ids))
+    else:
+        target = requests.Target(kind="samples", sample_ids=tuple(body.sample_ids or ()))
+    request, created = requests.create_request(
+        session, tenant_id=key.tenant_id, model=model, target=target, method=body.method or settings.default_method,
+        parameters=body.parameters, idempotency_key=idempotency_key,
+        body_hash=body_hash(settings.secret_key, body.model_dump(mode="json")), actor=actor(key),
+    )
+    response.headers["Location"] = f"/v1/deletion-requests/{request.id}"
+    response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return request_reads(session, [request])[0]
+
+
+@router.get("", response_model=DeletionRequestPage, responses=problems())
+def list_deletion_requests(
+    session: SessionDep,
+    key: PollKey,
+    status: RequestStatus | None = None,
+    model_id: str | None = None,
+    received_after: datetime | None = None,
+    received_before: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> DeletionRequestPage:
+    """The tenant's requests, newest first."""
+    page = requests.list_requests(
+        session, tenant_id=key.tenant_id, status=status, model_id=model_id, received_after=aware(received_after),
+        received_before=aware(received_before), cursor=cursor, limit=limit,
+    )
+    return DeletionRequestPage(items=request_reads(session, page.items), next_cursor=page.next_cursor)
+
+
+@router.get("/{request_id}", response_model=DeletionRequestRead, responses=problems(404))
+def get_deletion_request(request_id: str, session: SessionDep, key: PollKey, settings: SettingsDep, response: Response) -> DeletionRequestRead:
+    """One request; while it is active, Retry-After says when to poll again."""
+    request = requests.get_request(session, tenant_id=key.tenant_id, request_id=request_id)
+    if request.status in ACTIVE_STATUSES:
+        response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    return request_reads(session, [request])[0]
+
+
+@router.post("/{request_id}/cancel", status_code=202, response_model=DeletionRequestRead, responses=problems(404, 409))
+def cancel_deletion_request(request_id: str, session: SessionDep, key: SubmitKey) -> DeletionRequestRead:
+    """Cancel a request: at once if it has not started, else at the worker's next check."""
+    request = requests.cancel(session, tenant_id=key.tenant_id, request_id=request_id, actor=actor(key))
+    return request_reads(session, [request])[0]
+
+
+@router.get("/{request_id}/samples", response_model=RequestSamplePage, responses=problems(404))
+def list_request_samples(request_id: str, session: SessionDep, key: PollKey) -> RequestSamplePage:
+    """The samples the request names and whether each has been erased (and by which request)."""
+    request = requests.get_request(session, tenant_id=key.tenant_id, request_id=request_id)
+    return RequestSamplePage(items=[RequestSampleRead.model_validate(s) for s in requests.request_samples(session, request_id=request.id)])

@@ -1,0 +1,136 @@
+"""Models and their versions: register with initial safetensors weights (admin), list, read, download."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+
+from api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StoreDep, actor
+from api.errors import ProblemError
+from api.routes.common import problems
+from api.schemas import ModelPage, ModelRead, ModelVersionPage, ModelVersionRead, TrainRecipeCreate
+from api.uploads import TooLarge, UploadError, read_safetensors_header, save_stream
+from ledger import datasets, registry
+from ledger.tables import Dataset, Model, ModelVersion
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def version_read(model: Model, version: ModelVersion, parent_number: int | None) -> ModelVersionRead:
+    """Response body of a model version."""
+    return ModelVersionRead(
+        id=version.id, model_id=model.id, number=version.number, parent_number=parent_number,
+        producing_request_id=version.producing_request_id, sha256=version.sha256, size_bytes=version.size_bytes,
+        state=version.state, current=version.number == model.current_version, metrics=version.metrics,
+        created_at=version.created_at, weights_url=f"/v1/models/{model.id}/versions/{version.number}/weights",
+    )
+
+
+def _check_fits(arch: dict, dataset: Dataset) -> None:
+    channels, height, width = dataset.image_shape
+    wrong = []
+    if arch.get("num_classes") != dataset.num_classes:
+        wrong.append(f"num_classes {arch.get('num_classes')} (dataset: {dataset.num_classes})")
+    if "in_chans" in arch and arch["in_chans"] != channels:
+        wrong.append(f"in_chans {arch['in_chans']} (dataset images have {channels} channels)")
+    if "img_size" in arch and height == width and arch["img_size"] != height:
+        wrong.append(f"img_size {arch['img_size']} (dataset images are {height}×{width})")
+    if wrong:
+        raise ProblemError(422, "the checkpoint's architecture does not fit the dataset: " + "; ".join(wrong),
+                           code="architecture_mismatch")
+
+
+@router.post("", status_code=201, response_model=ModelRead, responses=problems(404, 413, 415))
+def register_model(
+    weights: Annotated[UploadFile, File(description="Initial weights: a safetensors file written by ltu_core.models.save_model.")],
+    dataset_id: Annotated[str, Form(min_length=1, max_length=255)],
+    session: SessionDep,
+    key: AdminKey,
+    settings: SettingsDep,
+    store: StoreDep,
+    response: Response,
+    name: Annotated[str, Form(min_length=1, max_length=200)] = "model",
+    recipe: Annotated[str | None, Form(description="JSON training recipe (TrainRecipeCreate); needed for the Retrain fallback.")] = None,
+) -> ModelRead:
+    """Register a model trained on a registered dataset; its weights become version 1."""
+    dataset = datasets.get_dataset(session, tenant_id=key.tenant_id, dataset_id=dataset_id)
+    recipe_fields = None
+    if recipe:
+        try:
+            recipe_fields = TrainRecipeCreate.model_validate_json(recipe).model_dump()
+        except ValidationError as exc:
+            raise ProblemError(422, f"recipe: {exc.errors()[0]['msg']}", code="validation_error") from None
+    staged = store.staging_file(".safetensors")
+    try:
+        save_stream(weights.file, staged, limit=settings.max_weights_bytes)
+        header = read_safetensors_header(staged)
+        _check_fits(header.architecture, dataset)
+        blob = store.put_model(staged)
+    except TooLarge as exc:
+        raise ProblemError(413, str(exc), code="payload_too_large") from None
+    except UploadError as exc:
+        raise ProblemError(exc.status, str(exc), code="unsupported_media_type" if exc.status == 415 else "invalid_checkpoint") from None
+    finally:
+        store.discard(staged)
+    model, _ = registry.create_model(
+        session, tenant_id=key.tenant_id, name=name, dataset_id=dataset.id, architecture=header.architecture,
+        recipe=recipe_fields, sha256=blob.sha256, size_bytes=blob.size, storage_key=blob.key, actor=actor(key),
+    )
+    response.headers["Location"] = f"/v1/models/{model.id}"
+    return ModelRead.model_validate(model)
+
+
+@router.get("", response_model=ModelPage, responses=problems())
+def list_models(
+    session: SessionDep, key: ReadKey, cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> ModelPage:
+    """The tenant's models, newest first."""
+    page = registry.list_models(session, tenant_id=key.tenant_id, cursor=cursor, limit=limit)
+    return ModelPage(items=[ModelRead.model_validate(m) for m in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{model_id}", response_model=ModelRead, responses=problems(404))
+def get_model(model_id: str, session: SessionDep, key: ReadKey) -> ModelRead:
+    """One model."""
+    return ModelRead.model_validate(registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id))
+
+
+@router.get("/{model_id}/versions", response_model=ModelVersionPage, responses=problems(404))
+def list_model_versions(model_id: str, session: SessionDep, key: ReadKey) -> ModelVersionPage:
+    """All versions of a model, newest first."""
+    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
+    versions = registry.list_versions(session, model_id=model.id)
+    numbers = {v.id: v.number for v in versions}
+    return ModelVersionPage(items=[version_read(model, v, numbers.get(v.parent_id or "")) for v in versions])
+
+
+@router.get("/{model_id}/versions/{number}", response_model=ModelVersionRead, responses=problems(404))
+def get_model_version(model_id: str, number: int, session: SessionDep, key: ReadKey) -> ModelVersionRead:
+    """One version of a model."""
+    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
+    version = registry.get_version(session, model_id=model.id, number=number)
+    parent = next((v.number for v in registry.list_versions(session, model_id=model.id) if v.id == version.parent_id), None)
+    return version_read(model, version, parent)
+
+
+@router.get(
+    "/{model_id}/versions/{number}/weights",
+    response_class=FileResponse,
+    responses={**problems(404, 410), 200: {"content": {"application/octet-stream": {}}, "description": "safetensors weights"}},
+)
+def download_weights(model_id: str, number: int, session: SessionDep, key: ReadKey, store: StoreDep) -> FileResponse:
+    """The version's safetensors file; ETag and Repr-Digest carry its sha256."""
+    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
+    version = registry.get_version(session, model_id=model.id, number=number)
+    path = store.path(version.storage_key)
+    if version.state == "purged" or not path.is_file():
+        raise ProblemError(410, f"the weights of version {number} are no longer stored", code="weights_purged")
+    digest = base64.b64encode(bytes.fromhex(version.sha256)).decode()
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"{model.name}-v{number}.safetensors",
+        headers={"ETag": f'"{version.sha256}"', "Repr-Digest": f"sha-256=:{digest}:"},
+    )

@@ -1,0 +1,315 @@
+"""Request and response bodies. Naming ladder: XCreate (input), XRead (output), XPage (a list page)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ledger.tables import REQUEST_STATUSES, SCOPES
+
+RequestStatus = Literal["received", "queued", "running", "completed", "failed", "cancelled"]
+Scope = Literal["submit", "read", "audit", "admin"]
+assert set(RequestStatus.__args__) == set(REQUEST_STATUSES)  # type: ignore[attr-defined]
+assert set(Scope.__args__) == set(SCOPES)  # type: ignore[attr-defined]
+
+MAX_TARGETS = 1000
+MAX_PARAMETERS_BYTES = 16_384
+Identifier = Field(min_length=1, max_length=255)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (media type application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    code: str = Field(description="Stable machine-readable error name.")
+    errors: list[dict[str, Any]] | None = Field(default=None, description="Validation errors: loc, msg, type.")
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: Literal["ok"]
+    database: str | None = None
+    schema_revision: str | None = None
+    runner: Literal["embedded", "celery"] | None = None
+
+
+# --- API keys -------------------------------------------------------------------------------------
+
+
+class ApiKeyCreate(BaseModel):
+    """A new key for the caller's tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[Scope] = Field(min_length=1)
+
+
+class ApiKeyRead(BaseModel):
+    """An API key without its secret."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[Scope]
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class ApiKeyCreated(ApiKeyRead):
+    """A newly created key: the secret is shown once, here, and never again."""
+
+    key: str
+
+
+class ApiKeyPage(BaseModel):
+    """The tenant's keys."""
+
+    items: list[ApiKeyRead]
+    next_cursor: str | None = None
+
+
+# --- datasets ----------------------------------------------------------------------------------
+
+
+class DatasetRead(BaseModel):
+    """A registered dataset."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    format_version: int
+    num_classes: int
+    image_shape: list[int]
+    num_samples: int
+    erased_samples: int = 0
+    archive_sha256: str
+    created_at: datetime
+
+
+class DatasetPage(BaseModel):
+    """A page of datasets, newest first."""
+
+    items: list[DatasetRead]
+    next_cursor: str | None = None
+
+
+# --- models and versions -------------------------------------------------------------------------
+
+
+class TrainRecipeCreate(BaseModel):
+    """The original training recipe (ltu_core.train.TrainRecipe); Retrain reuses it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=2, le=65_536)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = False
+
+
+class ModelRead(BaseModel):
+    """A registered model; `current_version` only moves forward."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    dataset_id: str
+    architecture: dict[str, Any]
+    recipe: dict[str, Any] | None
+    current_version: int
+    created_at: datetime
+
+
+class ModelPage(BaseModel):
+    """A page of models, newest first."""
+
+    items: list[ModelRead]
+    next_cursor: str | None = None
+
+
+class ModelVersionRead(BaseModel):
+    """One immutable version of a model's weights."""
+
+    id: str
+    model_id: str
+    number: int
+    parent_number: int | None
+    producing_request_id: str | None
+    sha256: str
+    size_bytes: int
+    state: Literal["ready", "superseded", "purged"]
+    current: bool
+    metrics: dict[str, Any] | None
+    created_at: datetime
+    weights_url: str
+
+
+class ModelVersionPage(BaseModel):
+    """All versions of a model, newest first."""
+
+    items: list[ModelVersionRead]
+    next_cursor: str | None = None
+
+
+# --- deletion requests ---------------------------------------------------------------------------
+
+
+class DeletionRequestCreate(BaseModel):
+    """An erasure request: a model and either data subjects or individual samples."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"model_id": "3f0c…", "subject_ids": ["customer-1234"]}]},
+    )
+
+    model_id: str = Identifier
+    subject_ids: list[str] | None = Field(
+        default=None, max_length=MAX_TARGETS,
+        description="Data subjects whose samples are erased (stored only as keyed hashes).",
+    )
+    sample_ids: list[str] | None = Field(default=None, max_length=MAX_TARGETS, description="Individual training samples.")
+    method: str | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="Unlearning method (default: the service's, LTU). Checked by the worker.",
+    )
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Method parameters overriding its defaults.")
+
+    @field_validator("subject_ids", "sample_ids")
+    @classmethod
+    def _ids(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("must name at least one id")
+        if any(not isinstance(v, str) or not v or len(v) > 255 for v in value):
+            raise ValueError("every id must be a non-empty string of at most 255 characters")
+        if len(set(value)) != len(value):
+            raise ValueError("ids must be unique")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value)) > MAX_PARAMETERS_BYTES:
+            raise ValueError(f"parameters are limited to {MAX_PARAMETERS_BYTES} bytes of JSON")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DeletionRequestCreate:
+        if (self.subject_ids is None) == (self.sample_ids is None):
+            raise ValueError("give exactly one of subject_ids or sample_ids")
+        return self
+
+
+class Progress(BaseModel):
+    """Where a running request is: phase (preparing, training_attackers, unlearning, retraining,
+    verifying, publishing) and step of total within it."""
+
+    phase: str | None
+    step: int
+    total: int
+
+
+class RequestError(BaseModel):
+    """Why a request failed."""
+
+    code: str
+    message: str | None
+
+
+class DeletionRequestRead(BaseModel):
+    """A deletion request with its lifecycle, results and verification verdict."""
+
+    id: str
+    model_id: str
+    status: RequestStatus
+    progress: Progress
+    cancel_requested: bool
+    attempts: int
+    target_kind: Literal["subjects", "samples"]
+    num_targets: int
+    subject_hashes: list[str] = Field(description="Keyed hashes of the subject ids (the ids are never stored).")
+    method: str
+    parameters: dict[str, Any]
+    received_at: datetime
+    due_at: datetime = Field(description="Legal deadline: one calendar month after receipt (GDPR Art. 12(3)).")
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    base_version: int | None = Field(description="The version the unlearning started from.")
+    result_version: int | None = Field(description="The version this request published (completed requests only).")
+    result_sha256: str | None
+    metrics_before: dict[str, Any] | None
+    metrics_after: dict[str, Any] | None
+    verification: dict[str, Any] | None
+    details: dict[str, Any] | None
+    error: RequestError | None
+
+
+class DeletionRequestPage(BaseModel):
+    """A page of requests, newest first."""
+
+    items: list[DeletionRequestRead]
+    next_cursor: str | None = None
+
+
+class RequestSampleRead(BaseModel):
+    """A sample a request names, and whether (and by which request) it has been erased."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    sample_id: str
+    split: str
+    label: int
+    erased_by_request_id: str | None
+    erased_at: datetime | None
+
+
+class RequestSamplePage(BaseModel):
+    """The samples of one request, in dataset order."""
+
+    items: list[RequestSampleRead]
+    next_cursor: str | None = None
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+
+class AuditEventRead(BaseModel):
+    """One state change of one resource."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    occurred_at: datetime
+    actor: str
+    action: str
+    resource_type: str
+    resource_id: str
+    model_id: str | None
+    request_id: str | None
+    data: dict[str, Any]
+
+
+class AuditEventPage(BaseModel):
+    """A page of events in the order they happened."""
+
+    items: list[AuditEventRead]
+    next_cursor: str | None = None

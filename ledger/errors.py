@@ -1,0 +1,43 @@
+"""Domain errors of the ledger; the API maps each class to one HTTP status (api/errors.py)."""
+
+
+class LedgerError(Exception):
+    """Base class. `code` is a stable machine-readable name, the message is for people."""
+
+    code = "ledger_error"
+
+
+class NotFound(LedgerError):
+    """The resource does not exist for this tenant (never says whether another tenant has it)."""
+
+    code = "not_found"
+
+
+class InvalidInput(LedgerError):
+    """Well-formed input that the ledger cannot accept (e.g. a subject with no samples)."""
+
+    code = "invalid_input"
+
+
+class IdempotencyConflict(LedgerError):
+    """The Idempotency-Key was used before with a different body."""
+
+    code = "idempotency_key_reused"
+
+
+class Conflict(LedgerError):
+    """The resource is in a state that forbids the operation (e.g. cancelling a finished request)."""
+
+    code = "conflict"
+
+
+class StaleBase(LedgerError):
+    """The model moved to a newer version while a request was being executed on an older one."""
+
+    code = "stale_base"
+
+
+class LeaseLost(LedgerError):
+    """Another execution took the request over, or it was finished meanwhile; stop writing."""
+
+    code = "lease_lost"

@@ -1,0 +1,422 @@
+"""Deletion requests: creation with idempotency, the compare-and-set state machine, publication.
+
+Lifecycle: received → queued → running → completed | failed | cancelled. Every change is one
+UPDATE ... WHERE status IN (expected) (and, while running, WHERE lease_token = the executing
+attempt's token), followed by its audit event in the same transaction. A redelivered task, a
+second relay or a stale worker therefore changes nothing. A running request whose heartbeat is
+older than the lease may be taken over by a redelivery (a worker was killed), at most
+`max_attempts` times in total.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ledger import audit, datasets, outbox, registry
+from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, NotFound
+from ledger.pagination import Page, newest_first
+from ledger.tables import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    RECEIVED,
+    RUNNING,
+    DatasetSample,
+    DeletionRequest,
+    Model,
+    ModelVersion,
+    RequestSample,
+    utcnow,
+)
+
+WORKER = "worker"
+
+
+def add_calendar_month(moment: datetime, months: int = 1) -> datetime:
+    """`moment` plus calendar months, clamped to the last day of a shorter month (Jan 31 → Feb 28)."""
+    month0 = moment.month - 1 + months
+    year, month = moment.year + month0 // 12, month0 % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def gdpr_due_at(received_at: datetime) -> datetime:
+    """GDPR Art. 12(3): one calendar month after receipt."""
+    return add_calendar_month(received_at, 1)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request erases: keyed subject hashes, or sample ids."""
+
+    kind: str  # subjects | samples
+    subject_hashes: tuple[str, ...] = ()
+    sample_ids: tuple[str, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """Number of subjects or samples named."""
+        return len(self.subject_hashes) if self.kind == "subjects" else len(self.sample_ids)
+
+
+# --- creation -----------------------------------------------------------------------------------
+
+
+def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> DeletionRequest | None:
+    """The tenant's request created with this Idempotency-Key, if any."""
+    return session.scalar(
+        select(DeletionRequest).where(DeletionRequest.tenant_id == tenant_id, DeletionRequest.idempotency_key == key)
+    )
+
+
+def _replay(existing: DeletionRequest, body_hash: str) -> DeletionRequest:
+    if existing.body_hash != body_hash:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body; "
+            "use a new key for a new request"
+        )
+    return existing
+
+
+def resolve_target(session: Session, *, model: Model, target: Target) -> list[DatasetSample]:
+    """The samples a request names (all splits), or NotFound / InvalidInput saying which entry is wrong."""
+    forgotten = datasets.erased_for_model(session, model_id=model.id)
+    chosen: list[DatasetSample] = []
+    if target.kind == "subjects":
+        groups = datasets.samples_by_subject(session, dataset_id=model.dataset_id, subject_hashes=list(target.subject_hashes))
+        unknown = [i for i, h in enumerate(target.subject_hashes) if h not in groups]
+        if unknown:
+            raise NotFound(f"subject_ids{_positions(unknown)}: no such data subject in the model's dataset {model.dataset_id}")
+        for i, h in enumerate(target.subject_hashes):
+            train = [s for s in groups[h] if s.split == "train"]
+            if not train:
+                raise InvalidInput(
+                    f"subject_ids[{i}] has no training samples in dataset {model.dataset_id} "
+                    "(only test/holdout samples): the model never learned from this subject"
+                )
+            if all(s.id in forgotten for s in train):
+                raise InvalidInput(f"subject_ids[{i}] has already been erased from model {model.id}")
+            chosen.extend(groups[h])
+    else:
+        found = datasets.samples_by_id(session, dataset_id=model.dataset_id, sample_ids=list(target.sample_ids))
+        unknown = [i for i, sid in enumerate(target.sample_ids) if sid not in found]
+        if unknown:
+            raise NotFound(f"sample_ids{_positions(unknown)}: no such sample in the model's dataset {model.dataset_id}")
+        for i, sid in enumerate(target.sample_ids):
+            sample = found[sid]
+            if sample.split != "train":
+                raise InvalidInput(f"sample_ids[{i}] is a {sample.split!r} sample; only training samples can be unlearned")
+            if sample.id in forgotten:
+                raise InvalidInput(f"sample_ids[{i}] has already been erased from model {model.id}")
+            chosen.append(sample)
+    return list({s.id: s for s in chosen}.values())
+
+
+def _positions(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:5])
+    return f"[{shown}{', ...' if len(indices) > 5 else ''}]"
+
+
+def create_request(
+    session: Session,
+    *,
+    tenant_id: str,
+    model: Model,
+    target: Target,
+    method: str,
+    parameters: dict[str, Any],
+    idempotency_key: str | None,
+    body_hash: str,
+    actor: str,
+    now: datetime | None = None,
+) -> tuple[DeletionRequest, bool]:
+    """Create a request with its samples, its dispatch row and its audit event; (request, created).
+
+    A known Idempotency-Key with the same body returns the earlier request (created=False); with
+    another body it raises IdempotencyConflict.
+    """
+    if idempotency_key:
+        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
+        if existing is not None:
+            return _replay(existing, body_hash), False
+    samples = resolve_target(session, model=model, target=target)
+    now = now or utcnow()
+    request = DeletionRequest(
+        tenant_id=tenant_id, model_id=model.id, status=RECEIVED, idempotency_key=idempotency_key,
+        body_hash=body_hash, target_kind=target.kind, subject_hashes=list(target.subject_hashes),
+        num_targets=target.count, method=method, parameters=parameters, received_at=now,
+        due_at=gdpr_due_at(now), updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(request)
+            session.flush()
+    except IntegrityError:  # the same key arrived concurrently
+        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, body_hash), False
+    session.add_all(RequestSample(request_id=request.id, sample_pk=s.id) for s in samples)
+    outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request.id})
+    audit.record(
+        session, tenant_id=tenant_id, actor=actor, action="deletion_request.received",
+        resource_type="deletion_request", resource_id=request.id, model_id=model.id, request_id=request.id, now=now,
+        data={"target_kind": target.kind, "num_targets": target.count, "num_samples": len(samples),
+              "num_train_samples": sum(s.split == "train" for s in samples), "method": method,
+              "due_at": request.due_at.isoformat(), "subject_hashes": list(target.subject_hashes)},
+    )
+    return request, True
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def get_request(session: Session, *, tenant_id: str, request_id: str) -> DeletionRequest:
+    """The tenant's request, or NotFound."""
+    request = session.get(DeletionRequest, request_id)
+    if request is None or request.tenant_id != tenant_id:
+        raise NotFound(f"deletion request {request_id} not found")
+    return request
+
+
+def load(session: Session, *, request_id: str) -> DeletionRequest | None:
+    """A request by id, re-read from the database (worker side, no tenant check)."""
+    return session.get(DeletionRequest, request_id, populate_existing=True)
+
+
+def list_requests(
+    session: Session,
+    *,
+    tenant_id: str,
+    status: str | None = None,
+    model_id: str | None = None,
+    received_after: datetime | None = None,
+    received_before: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> Page[DeletionRequest]:
+    """The tenant's requests, newest first, filtered, one page at a time."""
+    query = select(DeletionRequest).where(DeletionRequest.tenant_id == tenant_id)
+    if status:
+        query = query.where(DeletionRequest.status == status)
+    if model_id:
+        query = query.where(DeletionRequest.model_id == model_id)
+    if received_after:
+        query = query.where(DeletionRequest.received_at >= received_after)
+    if received_before:
+        query = query.where(DeletionRequest.received_at < received_before)
+    return newest_first(session, query, time_column=DeletionRequest.received_at, id_column=DeletionRequest.id,
+                        cursor=cursor, limit=limit)
+
+
+def request_samples(session: Session, *, request_id: str) -> list[DatasetSample]:
+    """The samples a request names, in dataset order."""
+    query = (
+        select(DatasetSample)
+        .join(RequestSample, RequestSample.sample_pk == DatasetSample.id)
+        .where(RequestSample.request_id == request_id)
+        .order_by(DatasetSample.row)
+    )
+    return list(session.scalars(query))
+
+
+# --- transitions --------------------------------------------------------------------------------
+
+
+def _transition(
+    session: Session,
+    *,
+    request_id: str,
+    expect: Sequence[str],
+    to: str,
+    actor: str,
+    token: str | None = None,
+    values: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """Compare-and-set the status (and the lease token, when given); audit it; False if it did not apply."""
+    now = utcnow()
+    conditions = [DeletionRequest.id == request_id, DeletionRequest.status.in_(tuple(expect))]
+    if token is not None:
+        conditions.append(DeletionRequest.lease_token == token)
+    changed = session.execute(
+        update(DeletionRequest)
+        .where(*conditions)
+        .values(status=to, updated_at=now, **(values or {}))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        return False
+    request = load(session, request_id=request_id)
+    assert request is not None
+    audit.record(
+        session, tenant_id=request.tenant_id, actor=actor, action=f"deletion_request.{to}",
+        resource_type="deletion_request", resource_id=request_id, model_id=request.model_id,
+        request_id=request_id, now=now, data={"from": list(expect) if len(expect) > 1 else expect[0], **(data or {})},
+    )
+    return True
+
+
+def mark_queued(session: Session, *, request_id: str, actor: str = "relay") -> bool:
+    """received → queued, when a relay hands the request to an executor."""
+    return _transition(session, request_id=request_id, expect=(RECEIVED,), to=QUEUED, actor=actor,
+                       values={"queued_at": utcnow()})
+
+
+def cancel(session: Session, *, tenant_id: str, request_id: str, actor: str) -> DeletionRequest:
+    """Cancel now if not started; if running, ask the worker to stop at its next check."""
+    request = get_request(session, tenant_id=tenant_id, request_id=request_id)
+    if _transition(session, request_id=request_id, expect=(RECEIVED, QUEUED), to=CANCELLED, actor=actor,
+                   values={"finished_at": utcnow(), "phase": None}):
+        return load(session, request_id=request_id)  # type: ignore[return-value]
+    changed = session.execute(
+        update(DeletionRequest)
+        .where(DeletionRequest.id == request_id, DeletionRequest.status == RUNNING, DeletionRequest.cancel_requested.is_(False))
+        .values(cancel_requested=True, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    request = load(session, request_id=request_id)
+    assert request is not None
+    if changed:
+        audit.record(session, tenant_id=tenant_id, actor=actor, action="deletion_request.cancel_requested",
+                     resource_type="deletion_request", resource_id=request_id, model_id=request.model_id,
+                     request_id=request_id)
+        return request
+    if request.status == RUNNING or request.status == CANCELLED:
+        return request  # already asked, or already cancelled: cancelling is idempotent
+    raise Conflict(f"deletion request {request_id} is {request.status} and can no longer be cancelled")
+
+
+def claim(
+    session: Session, *, request_id: str, token: str, lease_seconds: float, max_attempts: int
+) -> DeletionRequest | None:
+    """Start (or take over) executing a request; None when there is nothing to do.
+
+    Nothing to do: the request is finished or cancelled, or another execution holds a live lease.
+    A request that already used `max_attempts` executions is failed instead of started.
+    """
+    request = load(session, request_id=request_id)
+    if request is None or request.status not in (RECEIVED, QUEUED, RUNNING):
+        return None
+    now = utcnow()
+    stale = request.status == RUNNING
+    if stale and request.heartbeat_at is not None and request.heartbeat_at > now - timedelta(seconds=lease_seconds):
+        return None  # someone is working on it
+    if request.attempts >= max_attempts:
+        _transition(session, request_id=request_id, expect=(request.status,), to=FAILED, actor=WORKER,
+                    values={"finished_at": now, "error_code": "attempts_exhausted", "lease_token": None,
+                            "error_message": f"the request was interrupted {request.attempts} times; giving up"},
+                    data={"attempts": request.attempts})
+        return None
+    conditions = [DeletionRequest.id == request_id, DeletionRequest.status == request.status,
+                  DeletionRequest.attempts == request.attempts]
+    changed = session.execute(
+        update(DeletionRequest)
+        .where(*conditions)
+        .values(status=RUNNING, lease_token=token, heartbeat_at=now, attempts=request.attempts + 1,
+                started_at=func.coalesce(DeletionRequest.started_at, now), phase="preparing",
+                progress_step=0, progress_total=0, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        return None
+    request = load(session, request_id=request_id)
+    assert request is not None
+    audit.record(session, tenant_id=request.tenant_id, actor=WORKER, action="deletion_request.running",
+                 resource_type="deletion_request", resource_id=request_id, model_id=request.model_id,
+                 request_id=request_id, now=now,
+                 data={"attempt": request.attempts, "resumed": stale})
+    return request
+
+
+def report(session: Session, *, request_id: str, token: str, **values: Any) -> None:
+    """Write progress or results of the executing attempt (also its heartbeat); LeaseLost if it is not ours."""
+    changed = session.execute(
+        update(DeletionRequest)
+        .where(DeletionRequest.id == request_id, DeletionRequest.status == RUNNING, DeletionRequest.lease_token == token)
+        .values(heartbeat_at=utcnow(), updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        raise LeaseLost(f"deletion request {request_id} is no longer held by this execution")
+
+
+def cancel_requested(session: Session, *, request_id: str) -> bool:
+    """True when someone asked to cancel the request (or it is no longer running)."""
+    row = session.execute(
+        select(DeletionRequest.status, DeletionRequest.cancel_requested).where(DeletionRequest.id == request_id)
+    ).one_or_none()
+    return row is None or row[1] or row[0] != RUNNING
+
+
+def finish(
+    session: Session,
+    *,
+    request_id: str,
+    token: str,
+    to: str,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """running → failed | cancelled for the executing attempt."""
+    assert to in (FAILED, CANCELLED)
+    return _transition(
+        session, request_id=request_id, expect=(RUNNING,), to=to, actor=WORKER, token=token,
+        values={"finished_at": utcnow(), "error_code": error_code, "error_message": error_message,
+                "lease_token": None, "phase": None},
+        data={"error_code": error_code, **(data or {})},
+    )
+
+
+def complete(
+    session: Session,
+    *,
+    request: DeletionRequest,
+    token: str,
+    model: Model,
+    base: ModelVersion,
+    sha256: str,
+    size_bytes: int,
+    storage_key: str,
+    metrics_after: dict[str, Any],
+    verification: dict[str, Any],
+    details: dict[str, Any],
+) -> ModelVersion:
+    """Publish the new version, mark the request's samples erased and complete it, in one transaction.
+
+    Raises StaleBase (the model moved on: redo on the new version) or LeaseLost (not ours any
+    more); the caller rolls back either way, so nothing is half-published.
+    """
+    version = registry.publish_version(
+        session, model=model, base=base, request_id=request.id, sha256=sha256, size_bytes=size_bytes,
+        storage_key=storage_key, metrics=metrics_after, actor=WORKER,
+    )
+    now = utcnow()
+    sample_pks = select(RequestSample.sample_pk).where(RequestSample.request_id == request.id)
+    erased = session.execute(
+        update(DatasetSample)
+        .where(DatasetSample.id.in_(sample_pks), DatasetSample.erased_by_request_id.is_(None))
+        .values(erased_by_request_id=request.id, erased_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    audit.record(session, tenant_id=request.tenant_id, actor=WORKER, action="samples.erased", resource_type="dataset",
+                 resource_id=model.dataset_id, model_id=model.id, request_id=request.id, now=now,
+                 data={"newly_erased": erased, "version": version.number})
+    if not _transition(
+        session, request_id=request.id, expect=(RUNNING,), to=COMPLETED, actor=WORKER, token=token,
+        values={"finished_at": now, "lease_token": None, "phase": None, "metrics_after": metrics_after,
+                "verification": verification, "details": details, "base_version": base.number},
+        data={"version": version.number, "sha256": sha256, "verification_passed": verification.get("passed")},
+    ):
+        raise LeaseLost(f"deletion request {request.id} is no longer held by this execution")
+    return version

@@ -1,0 +1,278 @@
+"""Every table of the ledger (SQLAlchemy 2.0 typed mappings), one metadata for Alembic.
+
+Ids are UUID strings; timestamps are timezone-aware UTC on every database; JSON columns are
+JSONB on Postgres. Subject ids never appear in any table: only their keyed hashes
+(`ledger.hashing.subject_hash`). The current version of a model is a number that only moves
+forward (`Model.current_version`); the version a request produced is found through the unique
+`ModelVersion.producing_request_id`, which is also what makes publishing happen exactly once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Request lifecycle (SERVICE.md): received → queued → running → completed | failed | cancelled.
+RECEIVED, QUEUED, RUNNING = "received", "queued", "running"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+ACTIVE_STATUSES = (RECEIVED, QUEUED, RUNNING)
+TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
+REQUEST_STATUSES = ACTIVE_STATUSES + TERMINAL_STATUSES
+
+SCOPES = ("submit", "read", "audit", "admin")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh public id."""
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite stores them naive; they come back aware)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use ledger.tables.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    """Declarative base: one metadata with deterministic constraint names (Alembic needs them)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class Tenant(Base):
+    """An isolated customer: owns keys, datasets, models, requests and audit events."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of the secret is stored, with its scopes."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings to recognise a key
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class Dataset(Base):
+    """A registered training set (an unpacked ltu-dataset folder in the artifact store)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    format_version: Mapped[int]
+    num_classes: Mapped[int]
+    image_shape: Mapped[list[Any]]  # [C, H, W]
+    num_samples: Mapped[int]
+    archive_sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(500))  # folder, relative to the artifact root
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetSample(Base):
+    """One sample of a dataset: ids, label, split, and which request erased it (if any)."""
+
+    __tablename__ = "dataset_samples"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "sample_id"),
+        UniqueConstraint("dataset_id", "row"),
+        Index("ix_dataset_samples_dataset_subject", "dataset_id", "subject_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    row: Mapped[int]  # position in samples.csv / images.u8
+    sample_id: Mapped[str] = mapped_column(String(255))
+    subject_hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256(server secret, subject_id)
+    label: Mapped[int]
+    split: Mapped[str] = mapped_column(String(16))
+    # The first completed request that erased this sample: no later request or retrain reads it.
+    erased_by_request_id: Mapped[str | None] = mapped_column(ForeignKey("deletion_requests.id"), index=True)
+    erased_at: Mapped[datetime | None]
+
+
+class Model(Base):
+    """A stored classifier: architecture, training dataset and recipe, and its current version."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    architecture: Mapped[dict[str, Any]]  # ltu_core ArchConfig fields (timm name + arguments)
+    recipe: Mapped[dict[str, Any] | None]  # ltu_core TrainRecipe fields; None: Retrain unavailable
+    current_version: Mapped[int] = mapped_column(default=1)  # moves only forward
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """Immutable weights of one model version (safetensors, addressed by sha256)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    number: Mapped[int]
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    # Unique: a request publishes at most one version, however often its task is delivered.
+    producing_request_id: Mapped[str | None] = mapped_column(ForeignKey("deletion_requests.id"), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(500))
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    metrics: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeletionRequest(Base):
+    """An erasure request and everything needed to execute it (no state lives in the broker)."""
+
+    __tablename__ = "deletion_requests"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_deletion_requests_tenant_received", "tenant_id", "received_at"),
+        Index("ix_deletion_requests_model_status", "model_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    status: Mapped[str] = mapped_column(String(16), default=RECEIVED)
+    phase: Mapped[str | None] = mapped_column(String(32))
+    progress_step: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_token: Mapped[str | None] = mapped_column(String(36))  # the execution allowed to write
+    heartbeat_at: Mapped[datetime | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    body_hash: Mapped[str] = mapped_column(String(64))  # keyed hash of the canonical request body
+    target_kind: Mapped[str] = mapped_column(String(16))  # subjects | samples
+    subject_hashes: Mapped[list[Any]]  # keyed hashes only
+    num_targets: Mapped[int]
+    method: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    due_at: Mapped[datetime]
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    base_version: Mapped[int | None]  # the version number the unlearning started from
+    metrics_before: Mapped[dict[str, Any] | None]
+    metrics_after: Mapped[dict[str, Any] | None]
+    verification: Mapped[dict[str, Any] | None]  # verdicts before/after with the numbers behind them
+    details: Mapped[dict[str, Any] | None]  # run record: split sizes, method record, fallback
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class RequestSample(Base):
+    """The samples a request names (all splits), resolved from its subjects when it is received."""
+
+    __tablename__ = "request_samples"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_requests.id"), primary_key=True)
+    sample_pk: Mapped[int] = mapped_column(ForeignKey("dataset_samples.id"), primary_key=True, index=True)
+
+
+class OutboxMessage(Base):
+    """A dispatch row written in the same transaction as its request (transactional outbox)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_pending", "dispatched_at", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    task_name: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    claimed_until: Mapped[datetime | None]
+    dispatched_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEvent(Base):
+    """One state change of one resource. Written only through `ledger.audit.record`."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),
+        Index("ix_audit_events_request", "request_id", "id"),
+        Index("ix_audit_events_model", "model_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(100))  # "key:<id>", "worker", "system"
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    model_id: Mapped[str | None] = mapped_column(String(36))
+    request_id: Mapped[str | None] = mapped_column(String(36))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)

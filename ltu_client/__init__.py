@@ -1,0 +1,32 @@
+"""A small typed HTTP client for the erasure service (used by `ltu request`, `ltu demo` and the tests).
+
+    from ltu_client import Client
+    with Client("http://127.0.0.1:8000", api_key="ltu_...") as client:
+        request = client.submit_deletion(model_id, subject_ids=["customer-1234"], idempotency_key="ticket-42")
+        request = client.wait(request.id)
+
+Depends on httpx only: no torch, no service code.
+"""
+
+from ltu_client.client import ApiError, Client
+from ltu_client.models import (
+    AuditEvent,
+    Dataset,
+    DeletionRequest,
+    Model,
+    ModelVersion,
+    Page,
+    RequestSample,
+)
+
+__all__ = [
+    "ApiError",
+    "AuditEvent",
+    "Client",
+    "Dataset",
+    "DeletionRequest",
+    "Model",
+    "ModelVersion",
+    "Page",
+    "RequestSample",
+]

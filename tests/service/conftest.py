@@ -1,0 +1,261 @@
+"""Service fixtures: a tiny dataset archive and checkpoint, embedded apps on SQLite, and the real
+Postgres + Redis + Celery stack (a fresh database per session, a worker subprocess on its own queue).
+
+Under CI=true a missing Postgres or Redis fails the tests that need them; elsewhere they skip
+with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN_KEY = "ltu_test-admin-key-0123456789abcdef"
+TINY_LTU = {"max_passes": 1.0, "batch_size": 4, "attacker_steps": 20}
+POSTGRES_ADMIN_URL = os.environ.get("LTU_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_HOST_URL = os.environ.get("LTU_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = 11  # away from the default 0; every session also gets its own queue name
+
+
+def unavailable(reason: str) -> None:
+    """Fail under CI (the stack must be there), skip elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Jobs run in this process (embedded runner): one intra-op thread, restored afterwards.
+
+    Tiny 8×8 models gain nothing from more, and on a shared 2-core machine spinning OpenMP threads
+    make them an order of magnitude slower.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- artifacts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Upload files of the tiny synthetic dataset and a model trained on it."""
+
+    dataset: object  # ltu_core UnlearningDataset (the `synthetic` fixture)
+    archive: Path
+    weights: Path
+    recipe: dict
+
+    def subject_with_train_samples(self, index: int = 0) -> str:
+        """A subject id with at least two training samples (the `index`-th such, by id)."""
+        import numpy as np
+
+        train = self.dataset.split_indices("train")
+        ids, counts = np.unique(self.dataset.subject_ids[train], return_counts=True)
+        return str(ids[counts >= 2][index])
+
+    def subject_without_train_samples(self) -> str:
+        """A subject whose samples are all test/holdout."""
+        train = set(self.dataset.subject_ids[self.dataset.split_indices("train")].tolist())
+        return next(str(s) for s in sorted(set(self.dataset.subject_ids.tolist())) if s not in train)
+
+    def samples_of(self, subject: str) -> set[str]:
+        """Sample ids of one subject (all splits)."""
+        return set(self.dataset.sample_ids[self.dataset.subject_ids == subject].tolist())
+
+
+@pytest.fixture(scope="session")
+def artifacts(_one_torch_thread, tmp_path_factory, synthetic, trained, tiny_arch, tiny_recipe) -> Artifacts:
+    """The `synthetic` dataset packed as an upload, and the session's `trained` model saved as safetensors."""
+    from ltu_core.data import pack_dataset, write_dataset
+    from ltu_core.models import save_model
+
+    root = tmp_path_factory.mktemp("uploads")
+    write_dataset(synthetic, root / "synthetic")
+    archive = pack_dataset(root / "synthetic", root / "synthetic.tar")
+    weights = save_model(trained, tiny_arch, root / "tiny.safetensors")
+    recipe = {"epochs": tiny_recipe.epochs, "batch_size": tiny_recipe.batch_size, "lr": tiny_recipe.lr}
+    return Artifacts(synthetic, archive, weights, recipe)
+
+
+# --- embedded (SQLite) ---------------------------------------------------------------------------
+
+
+def embedded_settings(root: Path, **overrides):
+    """Settings of an embedded service under `root`, migrated."""
+    from ledger import migrate
+    from ledger.settings import Settings
+
+    root.mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        home=root, database_url=f"sqlite:///{root / 'ledger.db'}", artifacts_dir=root / "artifacts",
+        secret_key="test-secret-" + "x" * 32, admin_api_key=ADMIN_KEY, torch_threads=1, poll_interval=0.1,
+        retry_after_seconds=1,
+    ).with_(**overrides)
+    migrate.upgrade(settings.database_url)
+    return settings
+
+
+@dataclass
+class Service:
+    """A running app, its settings and an admin client."""
+
+    settings: object
+    app: object
+    client: object  # ltu_client.Client with the admin key
+    http: object  # the underlying TestClient (raw requests)
+    runner: object | None = None
+    tiny_ltu: dict = field(default_factory=lambda: dict(TINY_LTU))  # LTU parameters that run in about a second
+
+    def client_for(self, key: str):
+        """A client with another API key."""
+        from ltu_client import Client
+
+        return Client(http=self.http, api_key=key)
+
+
+@pytest.fixture()
+def make_service(tmp_path):
+    """Factory: `make_service(runner=False, **settings overrides)` → a started embedded Service."""
+    from contextlib import ExitStack
+
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from ltu_client import Client
+    from worker.runner import EmbeddedRunner
+
+    with ExitStack() as stack:
+
+        def make(*, runner: bool = False, **overrides) -> Service:
+            root = tmp_path / f"service-{len(stack._exit_callbacks)}"
+            settings = embedded_settings(root, **overrides)
+            background = [EmbeddedRunner(settings)] if runner else []
+            app = create_app(settings, background=background)
+            http = stack.enter_context(TestClient(app))
+            return Service(settings, app, Client(http=http, api_key=ADMIN_KEY), http, background[0] if runner else None)
+
+        yield make
+
+
+@pytest.fixture()
+def api(make_service):
+    """The API alone on SQLite (no runner: submitted requests stay received)."""
+    return make_service()
+
+
+@pytest.fixture()
+def embedded(make_service):
+    """The embedded service: API + in-process runner on SQLite."""
+    return make_service(runner=True)
+
+
+# --- Postgres + Redis + Celery -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh, migrated Postgres database for this session (dropped at the end)."""
+    import psycopg
+
+    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"ltu_test_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        unavailable(f"Postgres is not reachable at {admin} ({type(exc).__name__}: {exc})")
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    from ledger import migrate
+
+    migrate.upgrade(url)
+    yield url
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """The Redis broker URL (a dedicated DB index)."""
+    import redis
+
+    url = f"{REDIS_HOST_URL}/{REDIS_DB}"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis is not reachable at {REDIS_HOST_URL} ({type(exc).__name__}: {exc})")
+    return url
+
+
+@pytest.fixture(scope="session")
+def celery_stack(tmp_path_factory, postgres_url, redis_url):
+    """Settings shared by the API and a real `celery worker` subprocess on a queue of its own."""
+    from ledger.settings import Settings
+
+    root = tmp_path_factory.mktemp("celery-stack")
+    queue = f"gpu-test-{secrets.token_hex(4)}"
+    settings = Settings(
+        home=root, database_url=postgres_url, artifacts_dir=root / "artifacts", secret_key=secrets.token_urlsafe(48),
+        broker_url=redis_url, admin_api_key=ADMIN_KEY, queue=queue, device="cpu", torch_threads=1,
+        poll_interval=0.2, retry_after_seconds=1,
+    )
+    env = {
+        **os.environ,
+        "LTU_HOME": str(root), "LTU_DATABASE_URL": postgres_url, "LTU_BROKER_URL": redis_url,
+        "LTU_ARTIFACTS_DIR": str(settings.artifacts_dir), "LTU_SECRET_KEY": settings.secret_key,
+        "LTU_QUEUE": queue, "LTU_DEVICE": "cpu", "LTU_TORCH_THREADS": "1", "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    log = root / "worker.log"
+    command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "solo", "-c", "1",
+               "-Q", queue, "-n", f"{queue}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+               "--without-heartbeat"]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while b" ready." not in log.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the celery worker did not start:\n{log.read_text()[-4000:]}", pytrace=False)
+            time.sleep(0.2)
+        yield settings, process, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        import redis
+
+        broker = redis.Redis.from_url(redis_url)
+        leftovers = list(broker.scan_iter(f"*{queue}*"))
+        if leftovers:
+            broker.delete(*leftovers)
+
+
+@pytest.fixture()
+def celery_service(celery_stack):
+    """The API on Postgres, enqueueing to the Celery worker through the outbox relay."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from ltu_client import Client
+
+    settings, _, _ = celery_stack
+    app = create_app(settings)
+    with TestClient(app) as http:
+        yield Service(settings, app, Client(http=http, api_key=ADMIN_KEY), http)

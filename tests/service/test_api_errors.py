@@ -1,0 +1,273 @@
+"""Bad input never gives a 500: each case answers the documented status as problem+json."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+import tarfile
+import uuid
+
+import pytest
+
+from ltu_client import ApiError
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture()
+def registered(api, artifacts):
+    """(dataset, model) registered in the API-only service."""
+    dataset = api.client.register_dataset(artifacts.archive)
+    model = api.client.register_model(artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe)
+    return dataset, model
+
+
+def new_key(service, *, scopes, tenant="default") -> str:
+    """A key straight from the ledger (another tenant's, or with narrow scopes)."""
+    from ledger import tenants
+    from ledger.db import Database
+
+    database = Database(service.settings.database_url)
+    try:
+        with database.transaction() as session:
+            owner = tenants.ensure_tenant(session, name=tenant)
+            _, secret = tenants.create_key(session, tenant_id=owner.id, name="test", scopes=scopes, actor="test")
+    finally:
+        database.dispose()
+    return secret
+
+
+def problem(response, status: int) -> dict:
+    """Check a problem+json answer and return its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["code"]
+    return body
+
+
+def post_request(api, body, key=None, **headers):
+    auth = {"Authorization": f"Bearer {key or api.client.headers['Authorization'].split()[1]}"}
+    return api.http.post("/v1/deletion-requests", json=body, headers={**auth, **headers})
+
+
+# --- deletion requests --------------------------------------------------------------------------
+
+
+def test_unknown_model_is_404(api, registered):
+    body = problem(post_request(api, {"model_id": str(uuid.uuid4()), "subject_ids": ["someone"]}), 404)
+    assert "model" in body["detail"]
+
+
+def test_unknown_subject_is_404_without_echoing_it(api, registered, artifacts):
+    _, model = registered
+    known = artifacts.subject_with_train_samples()
+    body = problem(post_request(api, {"model_id": model.id, "subject_ids": [known, "no-such-person@example.com"]}), 404)
+    assert "subject_ids[1]" in body["detail"] and "example.com" not in json.dumps(body)
+
+
+def test_empty_subject_list_is_422(api, registered):
+    _, model = registered
+    body = problem(post_request(api, {"model_id": model.id, "subject_ids": []}), 422)
+    assert body["errors"] and body["errors"][0]["loc"][-1] == "subject_ids"
+
+
+def test_subject_without_training_samples_is_a_clear_422(api, registered, artifacts):
+    _, model = registered
+    body = problem(post_request(api, {"model_id": model.id, "subject_ids": [artifacts.subject_without_train_samples()]}), 422)
+    assert "no training samples" in body["detail"]
+
+
+def test_malformed_json_is_422(api, registered):
+    auth = api.client.headers
+    response = api.http.post("/v1/deletion-requests", content=b'{"model_id": "x", "subject_ids": [',
+                             headers={**auth, "Content-Type": "application/json"})
+    assert "not valid JSON" in problem(response, 422)["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    {"subject_ids": ["a"]},  # no model
+    {"model_id": "m", "subject_ids": ["a"], "sample_ids": ["b"]},  # both targets
+    {"model_id": "m"},  # no target
+    {"model_id": "m", "subject_ids": ["a", "a"]},  # duplicates
+    {"model_id": "m", "subject_ids": [""]},  # empty id
+    {"model_id": "m", "subject_ids": ["a"], "colour": "red"},  # unknown field
+    {"model_id": "m", "subject_ids": ["a"], "method": "Not A Name"},
+    {"model_id": "m", "subject_ids": "a"},  # not a list
+    [1, 2, 3],  # not an object
+])
+def test_invalid_bodies_are_422(api, body):
+    problem(post_request(api, body), 422)
+
+
+def test_sample_targets_unknown_404_and_non_train_422(api, registered, artifacts):
+    _, model = registered
+    ds = artifacts.dataset
+    problem(post_request(api, {"model_id": model.id, "sample_ids": ["nope"]}), 404)
+    test_sample = str(ds.sample_ids[ds.split_indices("test")[0]])
+    assert "training samples" in problem(post_request(api, {"model_id": model.id, "sample_ids": [test_sample]}), 422)["detail"]
+    train_sample = str(ds.sample_ids[ds.split_indices("train")[0]])
+    assert post_request(api, {"model_id": model.id, "sample_ids": [train_sample]}).status_code == 202
+
+
+def test_invalid_cursor_and_limit_are_422(api):
+    auth = api.client.headers
+    problem(api.http.get("/v1/deletion-requests", params={"cursor": "garbage!"}, headers=auth), 422)
+    problem(api.http.get("/v1/deletion-requests", params={"limit": 0}, headers=auth), 422)
+    problem(api.http.get("/v1/audit/events", params={"cursor": "WzFd"[:-1] + "x"}, headers=auth), 422)
+
+
+def test_unknown_route_is_problem_404(api):
+    problem(api.http.get("/v1/nothing-here"), 404)
+
+
+# --- authentication, scopes, tenants ------------------------------------------------------------
+
+
+def test_missing_or_wrong_api_key_is_401(api, registered):
+    response = api.http.get("/v1/models")
+    assert problem(response, 401)["code"] == "missing_api_key"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    response = api.http.get("/v1/models", headers={"Authorization": "Bearer ltu_not-a-key"})
+    assert problem(response, 401)["code"] == "invalid_api_key"
+    assert problem(api.http.get("/v1/models", headers={"Authorization": "Basic abc"}), 401)
+
+
+def test_revoked_key_is_401(api):
+    created = api.client.create_api_key("temp", ["read"])
+    assert api.client_for(created["key"]).list_models() == []
+    api.http.delete(f"/v1/api-keys/{created['id']}", headers=api.client.headers).raise_for_status()
+    with pytest.raises(ApiError) as err:
+        api.client_for(created["key"]).list_models()
+    assert err.value.status == 401
+
+
+def test_wrong_scope_is_403(api, registered, artifacts):
+    _, model = registered
+    reader = api.client_for(api.client.create_api_key("reader", ["read"])["key"])
+    submitter = api.client_for(api.client.create_api_key("submitter", ["submit"])["key"])
+    subject = artifacts.subject_with_train_samples()
+    with pytest.raises(ApiError) as err:
+        reader.submit_deletion(model.id, subject_ids=[subject])
+    assert err.value.status == 403 and err.value.code == "insufficient_scope"
+    for call in (lambda: submitter.audit_events(), lambda: submitter.list_models(),
+                 lambda: reader.create_api_key("x", ["admin"]), lambda: reader.register_dataset(artifacts.archive)):
+        with pytest.raises(ApiError) as err:
+            call()
+        assert err.value.status == 403
+    # A submitter may poll what it submitted.
+    request = submitter.submit_deletion(model.id, subject_ids=[subject])
+    assert submitter.get_request(request.id).status in ("received", "queued")
+
+
+def test_other_tenants_resources_are_404(api, registered, artifacts):
+    dataset, model = registered
+    request = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()])
+    other = api.client_for(new_key(api, scopes=["admin"], tenant="acme"))
+    for call in (
+        lambda: other.get_model(model.id),
+        lambda: other.get_dataset(dataset.id),
+        lambda: other.list_versions(model.id),
+        lambda: other.get_version(model.id, 1),
+        lambda: other.get_request(request.id),
+        lambda: other.cancel_request(request.id),
+        lambda: other.request_samples(request.id),
+        lambda: other.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()]),
+        lambda: other.register_model(artifacts.weights, dataset_id=dataset.id),
+    ):
+        with pytest.raises(ApiError) as err:
+            call()
+        assert err.value.status == 404
+    weights = api.http.get(f"/v1/models/{model.id}/versions/1/weights", headers=other.headers)
+    problem(weights, 404)
+    assert other.list_models() == [] and other.list_requests().items == []
+    assert other.audit_events(request_id=request.id) == []
+    assert all(e.action in ("tenant.created", "api_key.created") for e in other.audit_events())
+
+
+# --- uploads ------------------------------------------------------------------------------------
+
+
+def upload_model(api, dataset_id: str, payload: bytes, key=None):
+    headers = {"Authorization": f"Bearer {key}"} if key else api.client.headers
+    return api.http.post("/v1/models", data={"dataset_id": dataset_id}, headers=headers,
+                         files={"weights": ("w.safetensors", payload, "application/octet-stream")})
+
+
+def test_pickled_or_random_weights_are_415(api, registered):
+    dataset, _ = registered
+    assert problem(upload_model(api, dataset.id, pickle.dumps({"weight": [1.0, 2.0]})), 415)["code"] == "unsupported_media_type"
+    problem(upload_model(api, dataset.id, b"\x00" * 64), 415)
+    problem(upload_model(api, dataset.id, struct.pack("<Q", 10) + b'{"a":1}   '), 415)
+
+
+def test_foreign_safetensors_and_wrong_architecture_are_422(api, registered, tmp_path, tiny_arch, trained):
+    import torch
+    from safetensors.torch import save_file
+
+    from ltu_core.models import ArchConfig, build_model, save_model
+
+    dataset, _ = registered
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "plain.safetensors"))
+    body = problem(upload_model(api, dataset.id, (tmp_path / "plain.safetensors").read_bytes()), 422)
+    assert "architecture header" in body["detail"]
+    wrong = ArchConfig("resnet18", num_classes=7, in_chans=1, img_size=8, width=0.125)
+    save_model(build_model(wrong), wrong, tmp_path / "wrong.safetensors")
+    body = problem(upload_model(api, dataset.id, (tmp_path / "wrong.safetensors").read_bytes()), 422)
+    assert "num_classes 7" in body["detail"]
+
+
+def test_uploads_over_the_limit_are_413(make_service, artifacts):
+    small = make_service(max_weights_bytes=4096, max_dataset_bytes=4096)
+    dataset = small.client.register_dataset(artifacts.archive) if artifacts.archive.stat().st_size <= 4096 else None
+    assert dataset is None  # the archive itself is over the limit
+    response = small.http.post("/v1/datasets", headers=small.client.headers,
+                               files={"archive": ("d.tar", artifacts.archive.read_bytes(), "application/x-tar")})
+    assert problem(response, 413)["code"] == "payload_too_large"
+
+    # Bodies within the declared slack but over the file limit are measured while saved.
+    roomy = make_service(max_weights_bytes=4096)
+    dataset = roomy.client.register_dataset(artifacts.archive)
+    problem(upload_model(roomy, dataset.id, b"\x00" * 8192), 413)
+
+    # A streamed body without Content-Length is counted as it arrives.
+    def chunks():
+        for _ in range(4096):
+            yield b"x" * 1024
+
+    response = small.http.post("/v1/datasets", content=chunks(),
+                               headers={**small.client.headers, "Content-Type": "multipart/form-data; boundary=zz"})
+    problem(response, 413)
+
+
+def test_unknown_dataset_for_model_is_404(api):
+    problem(upload_model(api, str(uuid.uuid4()), b"x"), 404)
+
+
+def test_bad_dataset_archives(api, artifacts, tmp_path):
+    def upload(payload: bytes):
+        return api.http.post("/v1/datasets", headers=api.client.headers,
+                             files={"archive": ("d.tar", payload, "application/x-tar")})
+
+    problem(upload(b"this is not a tar archive" * 40), 415)
+    extra = io.BytesIO()
+    with tarfile.open(fileobj=extra, mode="w") as tar, tarfile.open(artifacts.archive) as src:
+        for member in src.getmembers():
+            tar.addfile(member, src.extractfile(member))
+        info = tarfile.TarInfo("../evil.sh")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"boom"))
+    assert "unexpected entries" in problem(upload(extra.getvalue()), 422)["detail"]
+    assert not (api.settings.artifacts_dir.parent / "evil.sh").exists()
+    truncated = io.BytesIO()
+    with tarfile.open(fileobj=truncated, mode="w") as tar, tarfile.open(artifacts.archive) as src:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name == "images.u8":
+                data = data[:-10]
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    assert "images.u8" in problem(upload(truncated.getvalue()), 422)["detail"]
+    assert api.client.list_models() == []

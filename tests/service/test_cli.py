@@ -1,0 +1,169 @@
+"""The service commands: request {submit,status,wait,list} against a live server, keys, migrate,
+serve and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ltu(*argv: str) -> int:
+    """Run `ltu ARGV` in-process with the console script's error handling (exit 2 on user errors)."""
+    from ltu_cli import main as cli_main
+
+    if importlib.util.find_spec("ltu_cli.core") is not None:
+        return cli_main.main(list(argv))
+    # Until the library's command module lands, build the same parser with the service commands only.
+    from ltu_cli import service
+    from ltu_core.errors import LTUError
+
+    parser = argparse.ArgumentParser(prog="ltu")
+    service.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    try:
+        return int(args.handler(args) or 0)
+    except (LTUError, cli_main.CLIError) as exc:
+        print(f"ltu {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+@pytest.fixture()
+def live(make_service, artifacts, monkeypatch):
+    """A real HTTP server (uvicorn in a thread) over an embedded service, with LTU_URL/LTU_API_KEY set."""
+    from ltu_cli import service as cli_service
+
+    svc = make_service()
+    app = cli_service._build_app(svc.settings, embedded_runner=True)
+    server, thread, url = cli_service._start_server(app, 0)
+    monkeypatch.setenv("LTU_URL", url)
+    monkeypatch.setenv("LTU_API_KEY", svc.settings.admin_api_key)
+    dataset = svc.client.register_dataset(artifacts.archive)
+    model = svc.client.register_model(artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe)
+    yield svc, url, model
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_request_commands_against_a_live_server(live, artifacts, capsys):
+    svc, _, model = live
+    subject = artifacts.subject_with_train_samples()
+    params = [f"--param={k}={json.dumps(v)}" for k, v in svc.tiny_ltu.items()]
+    assert ltu("request", "submit", "--model", model.id, "--subject", subject, *params,
+               "--idempotency-key", "cli-1", "--wait", "--json") == 0
+    submitted = json.loads(capsys.readouterr().out)
+    assert submitted["status"] == "completed" and submitted["result_version"] == 2
+    request_id = submitted["id"]
+
+    assert ltu("request", "status", request_id) == 0
+    assert f"{request_id}  completed  → version 2 sha256 {submitted['result_sha256']}" in capsys.readouterr().out
+    assert ltu("request", "wait", request_id) == 0
+    capsys.readouterr()
+    assert ltu("request", "list", "--status", "completed") == 0
+    assert request_id in capsys.readouterr().out
+    assert ltu("request", "list", "--json", "--model", model.id) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)["items"]] == [request_id]
+
+    # User errors: one line on stderr, exit status 2.
+    assert ltu("request", "status", "no-such-request") == 2
+    assert "404" in capsys.readouterr().err
+    assert ltu("request", "submit", "--model", model.id, "--subject", subject, "--param", "oops") == 2
+    assert ltu("request", "status", request_id, "--api-key", "wrong-key-123456") == 2
+    assert "401" in capsys.readouterr().err
+    assert ltu("request", "status", request_id, "--url", "http://127.0.0.1:9") == 2
+    assert "unreachable" in capsys.readouterr().err
+
+
+def test_keys_and_migrate_commands(tmp_path, monkeypatch, capsys):
+    from ltu_client import Client
+
+    monkeypatch.setenv("LTU_HOME", str(tmp_path / "home"))
+    for name in ("LTU_DATABASE_URL", "LTU_BROKER_URL", "LTU_ADMIN_API_KEY", "LTU_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert ltu("migrate") == 0
+    assert (tmp_path / "home" / "ledger.db").is_file()
+    assert ltu("keys", "create", "--tenant", "acme", "--scopes", "read,audit") == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("ltu_")
+    assert ltu("keys", "create", "--scopes", "read,superpower") == 2
+    assert "scopes" in capsys.readouterr().err
+
+    from fastapi.testclient import TestClient
+
+    from ltu_cli import service as cli_service
+    from ledger.settings import Settings
+
+    app = cli_service._build_app(Settings.from_env(), embedded_runner=False)
+    with TestClient(app) as http:
+        client = Client(http=http, api_key=key)
+        assert client.list_models() == []
+        assert [e.action for e in client.audit_events()] == ["tenant.created", "api_key.created"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_starts_the_embedded_service_under_ltu_home(tmp_path):
+    port = _free_port()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTU_")}
+    env.update(LTU_HOME=str(home), PYTHONPATH=str(REPO))
+    driver = (
+        "import argparse, importlib.util, sys\n"
+        "from ltu_cli import main, service\n"
+        "if importlib.util.find_spec('ltu_cli.core'):\n"
+        "    sys.exit(main.main(sys.argv[1:]))\n"
+        "parser = argparse.ArgumentParser(prog='ltu')\n"
+        "service.register(parser.add_subparsers(dest='command', required=True))\n"
+        "args = parser.parse_args(sys.argv[1:])\n"
+        "sys.exit(args.handler(args))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", driver, "serve", "--port", str(port)], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read().decode()
+            time.sleep(0.2)
+        key = (home / "admin.key").read_text().strip()
+        answer = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200 and answer.json()["items"] == []
+        assert (home / "ledger.db").is_file() and (home / "artifacts" / "models").is_dir()
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+
+
+def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LTU_HOME", str(tmp_path / "home"))
+    for name in ("LTU_DATABASE_URL", "LTU_BROKER_URL", "LTU_ADMIN_API_KEY", "LTU_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    params = ["--param=max_passes=1.0", "--param=batch_size=4", "--param=attacker_steps=20"]
+    assert ltu("demo", "--epochs", "1", "--width", "0.125", *params) == 0
+    out = capsys.readouterr().out
+    for expected in ("[1/5] dataset", "[5/5] result   completed", "status timeline", "TA  test accuracy",
+                     "verdict after", "new version     2 (parent 1), sha256", "sha256 checked", "audit trail",
+                     "deletion_request.completed"):
+        assert expected in out, out
+    # The state stays in LTU_HOME for `ltu serve`.
+    assert (tmp_path / "home" / "ledger.db").is_file() and (tmp_path / "home" / "admin.key").is_file()

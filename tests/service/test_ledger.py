@@ -1,0 +1,160 @@
+"""The ledger: migrations on SQLite and Postgres, compare-and-set transitions, exactly-once
+publication, deadlines, settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+
+def _schema_diff(url: str) -> list:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from ledger.db import make_engine
+    from ledger.tables import Base
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_migrations_build_exactly_the_declared_schema_on_sqlite(tmp_path):
+    from alembic import command
+
+    from ledger import migrate
+    from ledger.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    assert _schema_diff(url) == []
+    command.downgrade(migrate.alembic_config(url), "base")  # downgrades work too
+    migrate.upgrade(url)
+    engine = make_engine(url)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    engine.dispose()
+
+
+def test_migrations_build_exactly_the_declared_schema_on_postgres(postgres_url):
+    assert _schema_diff(postgres_url) == []
+
+
+@pytest.mark.parametrize("received, due", [
+    (datetime(2025, 1, 31, 9, 0, tzinfo=UTC), datetime(2025, 2, 28, 9, 0, tzinfo=UTC)),
+    (datetime(2024, 1, 31, 9, 0, tzinfo=UTC), datetime(2024, 2, 29, 9, 0, tzinfo=UTC)),
+    (datetime(2025, 12, 15, 23, 59, tzinfo=UTC), datetime(2026, 1, 15, 23, 59, tzinfo=UTC)),
+    (datetime(2025, 3, 31, 0, 0, tzinfo=UTC), datetime(2025, 4, 30, 0, 0, tzinfo=UTC)),
+])
+def test_due_at_is_one_calendar_month_later(received, due):
+    from ledger.requests import gdpr_due_at
+
+    assert gdpr_due_at(received) == due
+
+
+@pytest.fixture()
+def ledger_with_request(api, artifacts):
+    """(database, request id, model id) of one received request."""
+    from ledger.db import Database
+
+    dataset = api.client.register_dataset(artifacts.archive)
+    model = api.client.register_model(artifacts.weights, dataset_id=dataset.id)
+    request = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()])
+    database = Database(api.settings.database_url)
+    yield database, request.id, model.id
+    database.dispose()
+
+
+def test_transitions_are_compare_and_set(ledger_with_request):
+    from ledger import requests
+    from ledger.errors import Conflict
+
+    database, request_id, _ = ledger_with_request
+    with database.transaction() as session:
+        assert requests.mark_queued(session, request_id=request_id) is True
+        assert requests.mark_queued(session, request_id=request_id) is False  # already queued: no-op
+        assert requests.claim(session, request_id=request_id, token="a", lease_seconds=60, max_attempts=3)
+        # A second execution while the first is alive gets nothing.
+        assert requests.claim(session, request_id=request_id, token="b", lease_seconds=60, max_attempts=3) is None
+        # Only the holder of the lease may finish it.
+        assert requests.finish(session, request_id=request_id, token="b", to="failed") is False
+        assert requests.finish(session, request_id=request_id, token="a", to="failed", error_code="x") is True
+        assert requests.finish(session, request_id=request_id, token="a", to="cancelled") is False
+    with database.transaction() as session, pytest.raises(Conflict):
+        requests.cancel(session, tenant_id=requests.load(session, request_id=request_id).tenant_id, request_id=request_id, actor="t")
+
+
+def test_a_request_publishes_at_most_one_version(ledger_with_request):
+    from sqlalchemy.exc import IntegrityError
+
+    from ledger import registry, requests
+    from ledger.errors import LeaseLost, StaleBase
+    from ledger.tables import Model
+
+    database, request_id, model_id = ledger_with_request
+
+    def publish(token: str, base_number: int):
+        with database.transaction() as session:
+            model = session.get(Model, model_id)
+            base = registry.get_version(session, model_id=model_id, number=base_number)
+            request = requests.load(session, request_id=request_id)
+            return requests.complete(session, request=request, token=token, model=model, base=base, sha256="ab" * 32,
+                                     size_bytes=1, storage_key="models/x", metrics_after={}, verification={"passed": True},
+                                     details={})
+
+    with database.transaction() as session:
+        requests.claim(session, request_id=request_id, token="t", lease_seconds=60, max_attempts=3)
+    assert publish("t", 1).number == 2
+    # Replaying the publication (a redelivered task that got this far) changes nothing.
+    for token, base in (("t", 1), ("t", 2), ("other", 2)):
+        with pytest.raises((StaleBase, LeaseLost, IntegrityError)):
+            publish(token, base)
+    with database.session() as session:
+        assert [v.number for v in registry.list_versions(session, model_id=model_id)] == [2, 1]
+        assert session.get(Model, model_id).current_version == 2
+
+
+def test_settings_refuse_weak_secrets_outside_embedded_mode(tmp_path):
+    from ledger.settings import ConfigError, Settings
+
+    postgres = {"LTU_HOME": str(tmp_path), "LTU_DATABASE_URL": "postgresql+psycopg://u@db/ltu"}
+    with pytest.raises(ConfigError, match="LTU_SECRET_KEY"):
+        Settings.from_env(postgres)
+    with pytest.raises(ConfigError, match="LTU_SECRET_KEY"):
+        Settings.from_env({**postgres, "LTU_SECRET_KEY": "changeme"})
+    strong = Settings.from_env({**postgres, "LTU_SECRET_KEY": "k" * 40, "LTU_BROKER_URL": "redis://r:6379/0"})
+    assert not strong.dev_mode and not strong.embedded_runner and "k" * 40 not in repr(strong)
+    with pytest.raises(ConfigError, match="LTU_TORCH_THREADS"):
+        Settings.from_env({"LTU_HOME": str(tmp_path), "LTU_TORCH_THREADS": "many"})
+
+    # Embedded: a random secret is generated once and kept in LTU_HOME.
+    first = Settings.from_env({"LTU_HOME": str(tmp_path / "home")})
+    second = Settings.from_env({"LTU_HOME": str(tmp_path / "home")})
+    assert first.dev_mode and first.embedded_runner
+    assert first.secret_key == second.secret_key and len(first.secret_key) >= 32
+    assert first.database_url == f"sqlite:///{tmp_path / 'home' / 'ledger.db'}"
+    assert (tmp_path / "home" / "secret.key").stat().st_mode & 0o077 == 0
+
+
+def test_subject_hashes_are_keyed(api, artifacts):
+    from sqlalchemy import select
+
+    from ledger.db import Database
+    from ledger.hashing import subject_hash
+    from ledger.tables import DatasetSample
+
+    api.client.register_dataset(artifacts.archive)
+    subject = artifacts.subject_with_train_samples()
+    database = Database(api.settings.database_url)
+    with database.session() as session:
+        stored = set(session.scalars(select(DatasetSample.subject_hash)))
+    database.dispose()
+    assert subject_hash(api.settings.secret_key, subject) in stored
+    assert subject_hash("another-secret", subject) not in stored
+    # Neither the ledger file nor the stored dataset keeps the raw subject id.
+    assert all(subject.encode() not in f.read_bytes() for f in api.settings.home.glob("ledger.db*"))
+    stored_csv = next(api.settings.artifacts_dir.glob("datasets/*/samples.csv")).read_text()
+    assert subject not in stored_csv

@@ -1,0 +1,110 @@
+"""The Celery app factory and its thin task.
+
+`create_celery(settings)` builds an app for the Redis broker with the settings long GPU jobs need
+(SERVICE.md): late acks, rejection on worker loss, prefetch 1, a dedicated queue, a visibility
+timeout above the longest job, no result backend (status lives only in the ledger). The worker
+process also runs the outbox relay (a bootstep), so no extra process is needed to move requests
+from Postgres to Redis.
+
+`celery -A worker.celery_app worker` finds the app through this module's `app` attribute, which
+is built from the environment on first access (never at import).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, bootsteps
+from celery.signals import worker_process_init
+
+from ledger import outbox
+from ledger.db import Database
+from ledger.settings import Settings
+from worker.context import LazyContext
+from worker.dispatch import OutboxDispatcher
+
+log = logging.getLogger("ltu.worker")
+
+
+def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
+    """A Celery app whose task `ltu.erasure.run` executes the erasure job."""
+    if not settings.broker_url:
+        raise ValueError("create_celery needs settings.broker_url (LTU_BROKER_URL)")
+    app = Celery("ltu", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,  # one job per GPU
+        task_default_queue=settings.queue,
+        task_routes={outbox.ERASURE_TASK: {"queue": settings.queue}},
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    context = LazyContext(settings)
+    worker_process_init.connect(lambda **_: context.reset(), weak=False)  # prefork child: own engine
+
+    @app.task(name=outbox.ERASURE_TASK, bind=True, ignore_result=True, max_retries=None)
+    def run_erasure_task(self, request_id: str) -> str:
+        """Execute one deletion request (all state is in the ledger)."""
+        from worker.job import run_erasure
+
+        outcome = run_erasure(context.get(), request_id)
+        if outcome == "busy":  # e.g. redelivered after its worker was killed: take over once the lease expires
+            raise self.retry(countdown=settings.lease_seconds + 1)
+        return outcome
+
+    if relay:
+        app.steps["worker"].add(_relay_step(settings))
+    return app
+
+
+def celery_relay(settings: Settings, app: Celery, *, database: Database | None = None) -> OutboxDispatcher:
+    """An outbox dispatcher that enqueues each row on the broker by task name."""
+
+    def send(task_name: str, payload: dict[str, Any]) -> None:
+        app.send_task(task_name, kwargs=payload, queue=settings.queue)
+
+    return OutboxDispatcher(database or Database(settings.database_url), send, poll_interval=settings.poll_interval,
+                            name="ltu-outbox-relay")
+
+
+def _relay_step(settings: Settings) -> type[bootsteps.StartStopStep]:
+    class OutboxRelayStep(bootsteps.StartStopStep):
+        """Runs the outbox relay in the worker's main process."""
+
+        requires = ("celery.worker.components:Pool",)
+
+        def __init__(self, worker, **kwargs) -> None:
+            super().__init__(worker, **kwargs)
+            self.relay: OutboxDispatcher | None = None
+
+        def start(self, worker) -> None:
+            self.relay = celery_relay(settings, worker.app)
+            self.relay.start()
+            log.info("outbox relay started (queue %s)", settings.queue)
+
+        def stop(self, worker) -> None:
+            if self.relay is not None:
+                self.relay.stop()
+
+    return OutboxRelayStep
+
+
+_app: Celery | None = None
+
+
+def __getattr__(name: str) -> Celery:
+    # `celery -A worker.celery_app` reads `app`: build it from the environment on first access.
+    global _app
+    if name in ("app", "celery"):
+        if _app is None:
+            _app = create_celery(Settings.from_env())
+        return _app
+    raise AttributeError(name)

@@ -1,0 +1,93 @@
+"""Moving dispatch rows out of the outbox: the shared loop of the embedded runner and the Celery relay.
+
+A dispatcher claims the oldest pending row, marks its request queued (both committed), hands it
+on, then marks the row dispatched. If the hand-off fails the row is released and retried; if the
+process dies in between, the claim's lease expires and another dispatcher sends it again (the
+job's compare-and-set makes duplicates harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ledger import outbox, requests
+from ledger.db import Database
+
+log = logging.getLogger("ltu.dispatch")
+
+
+class OutboxDispatcher:
+    """A background thread that polls the outbox and hands each row to `handle(task_name, payload)`."""
+
+    def __init__(
+        self,
+        database: Database,
+        handle: Callable[[str, dict], None],
+        *,
+        poll_interval: float = 0.5,
+        claim_seconds: float = 60.0,
+        name: str = "ltu-dispatch",
+    ) -> None:
+        self.database = database
+        self.handle = handle
+        self.poll_interval = poll_interval
+        self.claim_seconds = claim_seconds
+        self.name = name
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def dispatch_one(self) -> bool:
+        """Hand on one pending row; False when there was none."""
+        with self.database.transaction() as session:
+            message = outbox.claim_next(session, lease_seconds=self.claim_seconds)
+            if message is None:
+                return False
+            message_id, token = message.id, message.claim_token
+            task_name, payload = message.task_name, dict(message.payload)
+            if task_name == outbox.ERASURE_TASK:
+                requests.mark_queued(session, request_id=payload["request_id"])
+        assert token is not None
+        try:
+            self.handle(task_name, payload)
+        except Exception as exc:  # noqa: BLE001 - the row is retried, never lost
+            log.warning("hand-off of outbox row %s failed (%s); retrying later", message_id, exc)
+            with self.database.transaction() as session:
+                outbox.release(session, message_id=message_id, token=token, error=repr(exc))
+            return False
+        with self.database.transaction() as session:
+            outbox.mark_dispatched(session, message_id=message_id, token=token)
+        return True
+
+    def drain(self) -> int:
+        """Dispatch until the outbox is empty; returns how many rows were handed on."""
+        count = 0
+        while self.dispatch_one():
+            count += 1
+        return count
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.drain()
+            except Exception:  # noqa: BLE001 - e.g. the database is briefly down: keep polling
+                log.exception("outbox dispatch failed; retrying")
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def start(self) -> None:
+        """Start polling in a daemon thread."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Ask the thread to stop after its current row and wait for it."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
