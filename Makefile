@@ -16,8 +16,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/ltu demo
 
+# One intra-op thread per process: faster for these small models on 2 cores, and the tests
+# run worker subprocesses beside pytest.
 test: install
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 bench-smoke: install
 	$(VENV)/bin/ltu bench --preset smoke

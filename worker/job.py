@@ -250,10 +250,9 @@ class ErasureJob:
         rows = np.asarray([s.row for s in forget])
         if not np.array_equal(dataset.sample_ids[rows], np.asarray([s.sample_id for s in forget], dtype=dataset.sample_ids.dtype)):
             raise JobFailed("dataset_mismatch", "the stored dataset files do not match the ledger's sample index")
-        if excluded:
-            dataset = _without_rows(dataset, np.asarray(excluded))
         split = make_split(dataset, ForgetSpec(kind="samples", ids=tuple(s.sample_id for s in forget)),
-                           retain_fraction=self.ctx.settings.retain_fraction, seed=self.ctx.settings.seed)
+                           retain_fraction=self.ctx.settings.retain_fraction, seed=self.ctx.settings.seed,
+                           exclude=np.asarray(excluded, dtype=np.int64))
         model, arch = load_model(self.ctx.store.path(base.storage_key))
         model = model.to(self.device).eval()
         recipe = TrainRecipe(**model_row.recipe) if has_recipe else TrainRecipe()
@@ -338,19 +337,6 @@ class ErasureJob:
         log.info("request %s: completed; model %s version %d (sha256 %s)", self.request_id, prep.model_row.id,
                  version.number, blob.sha256)
         return "completed"
-
-
-def _without_rows(dataset: Any, excluded: Any) -> Any:
-    """The dataset minus previously erased rows (loads the kept images into memory)."""
-    import numpy as np
-    from ltu_core.data import UnlearningDataset
-
-    keep = np.setdiff1d(np.arange(len(dataset)), excluded)
-    return UnlearningDataset(
-        name=dataset.name, images=np.ascontiguousarray(dataset.images[keep]), labels=dataset.labels[keep],
-        sample_ids=dataset.sample_ids[keep], subject_ids=dataset.subject_ids[keep], splits=dataset.splits[keep],
-        num_classes=dataset.num_classes,
-    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -70,9 +70,17 @@ class ForgetSpec:
         return out
 
 
-def select_forget(dataset: UnlearningDataset, spec: ForgetSpec) -> np.ndarray:
-    """Row indices of D_f, sorted. Raises ForgetSetError for an empty or total selection."""
-    train = dataset.split_indices("train")
+def _available(dataset: UnlearningDataset, split: str, exclude: np.ndarray | None) -> np.ndarray:
+    rows = dataset.split_indices(split)
+    return rows if exclude is None or len(exclude) == 0 else np.setdiff1d(rows, exclude)
+
+
+def select_forget(dataset: UnlearningDataset, spec: ForgetSpec, *, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Row indices of D_f, sorted. Raises ForgetSetError for an empty or total selection.
+
+    Rows in `exclude` (samples erased earlier) are treated as absent from the dataset.
+    """
+    train = _available(dataset, "train", exclude)
     if spec.kind == "subjects":
         if not spec.ids:
             raise ForgetSetError("the forget spec names no subjects")
@@ -163,19 +171,21 @@ def make_split(
     retain_fraction: float = 0.1,
     seed: int = 0,
     reference_size: int | None = None,
+    exclude: np.ndarray | None = None,
 ) -> UnlearningSplit:
     """Build D_f, D_r, D̂_r, D_ref and D_test for one run.
 
     D_ref comes from the `holdout` split when the dataset has one; otherwise the `test` split is
     cut in two halves (seeded) so that reported test numbers never use the attackers' references.
-    `reference_size` caps D_ref (default: as many as D̂_r has, at least 64).
+    `reference_size` caps D_ref (default: as many as D̂_r has, at least 64). Rows in `exclude`
+    (samples erased by earlier requests) belong to no set: nothing reads them again.
     """
-    forget = select_forget(dataset, spec)
-    train = dataset.split_indices("train")
+    forget = select_forget(dataset, spec, exclude=exclude)
+    train = _available(dataset, "train", exclude)
     retain = np.setdiff1d(train, forget, assume_unique=True)
     retain_subset = select_partial_retain(retain, retain_fraction, seed)
-    test = dataset.split_indices("test")
-    holdout = dataset.split_indices("holdout")
+    test = _available(dataset, "test", exclude)
+    holdout = _available(dataset, "holdout", exclude)
     rng = np.random.Generator(np.random.PCG64([seed, 2]))
     if len(holdout) == 0:
         if len(test) < 2:

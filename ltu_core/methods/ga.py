@@ -32,7 +32,7 @@ class GAConfig:
     """SGD with momentum on −CE(D_f) for `epochs` passes over D_f."""
 
     epochs: float = 2.0
-    lr: float = 0.1
+    lr: float = 0.15
     batch_size: int = 32
     momentum: float = 0.9
     weight_decay: float = 0.0

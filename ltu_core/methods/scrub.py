@@ -42,7 +42,7 @@ class SCRUBConfig:
     """
 
     epochs: int = 5
-    max_epochs: int = 2
+    max_epochs: int = 1
     lr: float = 0.01
     batch_size: int = 32
     momentum: float = 0.9

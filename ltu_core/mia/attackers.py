@@ -90,14 +90,19 @@ def train_attackers(
             attacker = Attacker(name, raw.shape[1], hidden)
             attacker.mean.copy_(raw.mean(0))
             attacker.std.copy_(raw.std(0).clamp_min(1e-6) if len(raw) > 1 else torch.ones(raw.shape[1]))
-            opt = torch.optim.Adam(attacker.net.parameters(), lr=lr)
-            for _ in range(steps):
-                loss = F.binary_cross_entropy_with_logits(attacker.logits(probs, labels), target, weight=weight)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            attacker.requires_grad_(False).eval()
             attackers.append(attacker)
+    # One Adam over all attackers on the summed loss: Adam is per-parameter and the attackers
+    # share none, so this is exactly K separate fits at the cost of one backward pass per step.
+    opt = torch.optim.Adam([p for a in attackers for p in a.net.parameters()], lr=lr)
+    for _ in range(steps):
+        loss = sum(
+            F.binary_cross_entropy_with_logits(a.logits(probs, labels), target, weight=weight) for a in attackers
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for attacker in attackers:
+        attacker.requires_grad_(False).eval()
     return attackers
 
 

@@ -210,3 +210,15 @@ def test_dataset_validation_rejects_inconsistent_arrays(synthetic):
         replace(synthetic, sample_ids=np.full(len(synthetic), "same"))
     with pytest.raises(DatasetFormatError, match="labels must lie"):
         replace(synthetic, labels=synthetic.labels + 10)
+
+
+def test_excluded_rows_belong_to_no_set(synthetic):
+    train = synthetic.split_indices("train")
+    test = synthetic.split_indices("test")
+    erased = np.concatenate([train[:30], test[:5]])
+    split = make_split(synthetic, ForgetSpec(kind="random", count=10, seed=0), retain_fraction=1.0, seed=0, exclude=erased)
+    used = np.concatenate([split.forget, split.retain, split.reference, split.test])
+    assert not set(erased.tolist()) & set(used.tolist())
+    assert len(split.forget) + len(split.retain) == len(train) - 30
+    with pytest.raises(ForgetSetError, match="not training samples"):
+        select_forget(synthetic, ForgetSpec(kind="samples", ids=(synthetic.sample_ids[train[0]],)), exclude=erased)

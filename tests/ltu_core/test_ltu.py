@@ -22,11 +22,10 @@ def _gradients(task, **cfg):
     critic = _Critic(attackers, None)
     x_f, y_f = task.forget.tensors()
     x_r, y_r = task.retain_subset.tensors()
-    empty = x_r[:0], torch.zeros(0, y_r.max() + 1)
     method = LTU(LTUConfig(**cfg))
     g_r, g_f = method._task_gradients(
         model, params, critic, critic,
-        (x_r[:4], y_r[:4], *empty), (x_r[4:8], y_r[4:8], *empty), (x_f[:4], y_f[:4]), (x_f[4:8], y_f[4:8]),
+        (x_r[:4], y_r[:4]), (x_r[4:8], y_r[4:8]), (x_f[:4], y_f[:4]), (x_f[4:8], y_f[4:8]),
     )
     return g_r, g_f
 
@@ -105,8 +104,8 @@ def test_stop_rule_stops_once_forget_set_looks_unseen(tiny_task):
     result = create_method("ltu", max_passes=50.0, batch_size=4, attacker_steps=50, lr=0.05).run(tiny_task)
     assert result.details["stop_reason"] == "looks_unseen"
     assert result.details["steps"] < result.details["max_steps"]
-    after = result.details["member_score_forget"]["after"]
-    assert after <= result.details["member_score_reference"]["after"] + 0.05
+    # Stopped at the fixed target: D_ref's member score under the original model.
+    assert result.details["member_score_forget"]["after"] <= result.details["member_score_reference"]["before"]
 
 
 def test_progress_and_cancellation(tiny_task):

@@ -72,20 +72,22 @@ def test_svc_balances_members_and_nonmembers():
 
 
 def test_mia_efficacy_of_a_model_that_never_saw_the_forget_set_matches_unseen_data():
-    data = make_synthetic(num_samples=800, num_classes=4, image_size=8, noise=110.0, test_size=200, seed=3)
+    data = make_synthetic(num_samples=1400, num_classes=4, image_size=8, noise=110.0, test_size=400, seed=3)
     arch = ArchConfig("resnet18", num_classes=4, img_size=8, width=0.125)
     model = build_model(arch, seed=0)
-    train = data.split_indices("train")
-    test = data.split_indices("test")
-    trained_on, never_seen = train[:400], train[400:]  # "D_f" = never_seen: it is unseen data
+    train, test = data.split_indices("train"), data.split_indices("test")
+    trained_on, never_seen = train[:400], train[400:800]  # "D_f" = never_seen: it is unseen data
     train_model(model, data.view(trained_on), TrainRecipe(epochs=15, batch_size=32, lr=0.05), seed=0)
     retain = predict(model, data.view(trained_on))
-    unseen = predict(model, data.view(test))
-    reference, target_test = unseen.subset(torch.arange(100)), unseen.subset(torch.arange(100, 200))
-    rate_forget = svc_mia_efficacy(retain, reference, predict(model, data.view(never_seen[:100])))
-    rate_unseen = svc_mia_efficacy(retain, reference, target_test)
-    rate_members = svc_mia_efficacy(retain, reference, predict(model, data.view(trained_on[:100])))
-    # Never-seen samples are called non-member about as often as other unseen data (binomial
-    # noise on 100 samples: ±10 points at 2σ), and clearly more often than real members.
-    assert abs(rate_forget - rate_unseen) <= 15
-    assert rate_forget > rate_members + 10
+    svc_nonmembers = predict(model, data.view(test[:200]))
+    control = predict(model, data.view(test[200:]))  # unseen, and not used to fit the SVC
+
+    def rate(target):
+        return svc_mia_efficacy(retain, svc_nonmembers, target)
+
+    rate_forget, rate_control = rate(predict(model, data.view(never_seen))), rate(control)
+    # Never-seen samples are called non-member as often as other unseen data (measured 11 vs 12;
+    # two binomial standard errors of the difference are ~5.4 points here) and clearly more
+    # often than members (0).
+    assert abs(rate_forget - rate_control) <= 8
+    assert rate_forget >= rate(predict(model, data.view(trained_on))) + 5
