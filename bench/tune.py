@@ -44,7 +44,9 @@ def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
 GRIDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "ltu": [
         ("ltu", p)
-        for p in _grid(harmonization=["global", "per_layer"], lam=[0.5, 1.0], forget_loss=["match", "nonmember"])
+        for p in _grid(
+            harmonization=["global", "per_layer"], stop_margin=[0.0, -0.02, -0.04, -0.06], forget_loss=["match", "nonmember"]
+        )
     ],
     "class": [
         *[("ltu", p) for p in _grid(stop_rule=["none"], forget_loss=["nonmember"], max_passes=[1.0, 2.0, 4.0], lr=[0.01, 0.02])],

@@ -51,7 +51,13 @@ ABLATIONS = (
 # every method gets its own setting. LTU's "looks unseen" stop rule compares D_f with unseen
 # samples of *known* classes, which a never-learned class does not resemble; here it runs a fixed
 # number of passes instead.
-CLASS_PARAMS: dict[str, dict[str, Any]] = {}
+CLASS_PARAMS: dict[str, dict[str, Any]] = {
+    "ltu": {"stop_rule": "none", "forget_loss": "nonmember", "lr": 0.02, "max_passes": 4.0},
+    "ga": {"lr": 0.1, "epochs": 2.0},
+    "l1_sparse": {"alpha": 0.03},
+    "scrub": {"lr": 0.01, "max_epochs": 2},
+    "bs": {"lr": 2e-4},
+}
 
 
 @dataclass(frozen=True)

@@ -118,13 +118,19 @@ class SampleSet:
         return to_float(rows), torch.from_numpy(self.labels.astype(np.int64))
 
     def batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x, y) batches, reading only one batch of images at a time."""
         idx = self.indices
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=generator).numpy()]
-        for start in range(0, len(idx), batch_size):
+        end = len(idx) - len(idx) % batch_size if drop_last and len(idx) >= batch_size else len(idx)
+        for start in range(0, end, batch_size):
             yield self.dataset.view(idx[start : start + batch_size]).tensors()
 
     def subset(self, positions: np.ndarray) -> SampleSet:

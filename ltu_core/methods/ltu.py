@@ -47,7 +47,7 @@ class LTUConfig:
 
     meta: bool = True  # False: ablation without meta-optimisation (joint loss on the same batches)
     second_order: bool = False  # True: differentiate through the meta-tune step (≈1.6× slower)
-    harmonization: str = "global"  # global | per_layer | one_sided (only g_f projected) | none
+    harmonization: str = "per_layer"  # global | per_layer | one_sided (only g_f projected) | none
     lam: float = 1.0  # λ, weight of the forgetting task
     gamma: float = 1.0  # γ, weight of the query (meta-test) losses
     lr: float = 0.01  # η, outer learning rate
@@ -62,7 +62,7 @@ class LTUConfig:
     attacker_steps: int = 100
     holdout_attacker: bool = False  # one attacker (rotating) scores only the query loss
     stop_rule: str = "attacker"  # attacker: stop once D_f looks like D_ref | none: run max_passes
-    stop_margin: float = 0.0  # stop when score(D_f) <= score(D_ref) + margin
+    stop_margin: float = -0.04  # stop when score(D_f) <= score(D_ref) + margin
     # original: D_ref's score under θ_o, a fixed target | current: under θ, which recedes as
     # unlearning perturbs the model (every sample, D_ref included, looks less member-like).
     stop_target: str = "original"

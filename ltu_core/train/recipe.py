@@ -77,7 +77,11 @@ def train_model(
     device = torch.device(device)
     model.to(device).train()
     optimizer = recipe.make_optimizer(model.parameters())
-    steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
+    # A ragged last batch of a few samples gives BatchNorm wild batch statistics, which can
+    # derail training (seen: 898 samples in batches of 64 left a 2-sample batch every epoch and
+    # the model never fit). Reshuffling every epoch still shows every sample.
+    drop_last = len(data) >= recipe.batch_size
+    steps_per_epoch = len(data) // recipe.batch_size if drop_last else 1
     total = recipe.epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
@@ -85,7 +89,7 @@ def train_model(
     generator = torch.Generator().manual_seed(seed)
     step = 0
     for _ in range(recipe.epochs):
-        for x, y in data.batches(recipe.batch_size, shuffle=True, generator=generator):
+        for x, y in data.batches(recipe.batch_size, shuffle=True, generator=generator, drop_last=drop_last):
             if should_cancel():
                 raise UnlearningCancelled("training cancelled")
             if len(y) < 2:  # BatchNorm cannot train on a single sample

@@ -13,6 +13,7 @@ from ltu_core.methods import RunHooks, create_method, create_test_method
 from ltu_core.methods.base import working_copy
 from ltu_core.methods.bs import neighbour_labels
 from ltu_core.methods.l1_sparse import l1_norm
+from ltu_core.models import build_model
 from ltu_core.methods.rl import random_wrong_labels
 from ltu_core.methods.salun import saliency_mask
 from ltu_core.methods.scrub import distill_kl
@@ -65,9 +66,12 @@ def test_config_rejects_bad_values(name, params):
         create_method(name, **params)
 
 
-def test_ft_lowers_retained_loss(tiny_task, trained):
-    result = create_method("ft", epochs=3.0, batch_size=8, lr=0.05).run(tiny_task)
-    assert cross_entropy(result.model, tiny_task.retain_subset) < cross_entropy(trained, tiny_task.retain_subset)
+def test_ft_lowers_retained_loss(tiny_task, tiny_arch):
+    # From an untrained model: the memorised fixture leaves FT nothing to lower.
+    fresh = build_model(tiny_arch, seed=5)
+    task = dataclasses.replace(tiny_task, model=fresh)
+    result = create_method("ft", epochs=3.0, batch_size=8, lr=0.05).run(task)
+    assert cross_entropy(result.model, task.retain_subset) < cross_entropy(fresh, task.retain_subset)
 
 
 def test_ga_raises_forget_loss(tiny_task, trained):
@@ -116,7 +120,7 @@ def test_scrub_trains_only_the_student_and_leaves_the_teacher(tiny_task, trained
 
     monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
     original = weights(trained)
-    result = create_method("scrub", epochs=3, max_epochs=2, batch_size=4, lr=0.02).run(tiny_task)
+    result = create_method("scrub", epochs=3, max_epochs=2, batch_size=4, lr=0.005).run(tiny_task)
 
     (opt,) = optimizers
     held = {id(p) for group in opt.param_groups for p in group["params"]}

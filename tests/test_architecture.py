@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 # package → top-level modules it must never import (anywhere in its files, lazily or not)
 FORBIDDEN = {
@@ -67,3 +67,16 @@ def test_nothing_is_built_at_import_time():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_science_library_reads_no_environment_and_prints_nothing():
+    # ltu_core reports through progress callbacks and takes its configuration as arguments.
+    offenders = []
+    for path in (REPO / "ltu_core").rglob("*.py"):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: print")
+            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: os.{node.attr}")
+    assert offenders == []
