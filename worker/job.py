@@ -287,12 +287,18 @@ class ErasureJob:
 
     def fallback(self, prep: Prepared, first: Any, first_verdict: dict) -> dict[str, Any]:
         """Verification failed: fall back to exact retraining, or fail the request saying why."""
-        reason = "forgetting" if not first_verdict["forgetting_passed"] else "utility"
+        failed = []
+        if not first_verdict["forgetting_passed"]:
+            failed.append("forgetting" if first_verdict["conclusive"]
+                          else "forgetting (too few samples to verify by membership inference)")
+        if not first_verdict["utility_passed"]:
+            failed.append("utility")
+        reason = " and ".join(failed)
         if not (self.ctx.settings.fallback_to_retrain and prep.has_recipe):
             why = "the model has no training recipe" if not prep.has_recipe else "the Retrain fallback is disabled"
             raise JobFailed(
                 "verification_failed",
-                f"{first.method} did not pass verification ({reason} check) and {why}; no version was published",
+                f"{first.method} did not pass verification ({reason} check{'s' if len(failed) > 1 else ''}) and {why}; no version was published",
                 values={"verification": {"passed": False, "after": first_verdict, "fallback": None}},
             )
         log.info("request %s: %s failed verification (%s); falling back to Retrain", self.request_id, first.method, reason)
