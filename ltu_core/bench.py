@@ -98,7 +98,7 @@ PRESETS: dict[str, BenchConfig] = {
         scenarios=("random",),
         forget_count=40,
     ),
-    # The README's table: MNIST-5k regime where the original memorises (see bench/README.md).
+    # The README's table: the MNIST-5k regime in which the original memorises (README, "Benchmark").
     "full": BenchConfig(),
 }
 

@@ -43,7 +43,7 @@ HARMONIZATION_MODES = ("global", "per_layer", "one_sided", "none")
 
 @dataclass(frozen=True)
 class LTUConfig:
-    """LTU's knobs. Defaults were chosen on a validation forget split (see bench/README.md)."""
+    """LTU's knobs. Defaults were chosen on a validation forget split (bench/tune.py, bench/results/)."""
 
     meta: bool = True  # False: ablation without meta-optimisation (joint loss on the same batches)
     second_order: bool = False  # True: differentiate through the meta-tune step (≈1.6× slower)
