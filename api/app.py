@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Protocol
 
 from fastapi import FastAPI
+from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_problem_handlers
-from api.routes import api_keys, audit, datasets, deletion_requests, health, models
+from api.routes import api_keys, audit, dashboard, datasets, deletion_requests, health, models, well_known
+from api.signing import Signer
 from api.uploads import body_size_guard
 from ledger import tenants
 from ledger.artifacts import ArtifactStore
@@ -21,6 +24,7 @@ from ledger.settings import Settings
 log = logging.getLogger("ltu.api")
 
 MULTIPART_SLACK = 1 << 20  # multipart framing and form fields around the file
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # the dashboard's pages
 
 DESCRIPTION = """\
 Erasure requests for trained image classifiers. Submit a deletion request for data subjects of a
@@ -28,6 +32,8 @@ registered model; the service unlearns them (LTU by default), verifies the resul
 inference and publishes a new model version. Every state change is an audit event.
 
 Authenticate with `Authorization: Bearer <API key>`. Errors are `application/problem+json`.
+Completed requests have a signed erasure certificate; the audit log is a verifiable hash chain;
+`/dashboard` shows both to compliance teams (API keys with the audit scope).
 """
 
 
@@ -45,7 +51,8 @@ def create_app(
     """A FastAPI app over `settings`; `background` objects are started and stopped with it.
 
     The database schema must already be migrated (`ltu migrate`, or `ltu serve` in embedded mode).
-    When settings carry an admin key, start-up registers it for the default tenant.
+    When settings carry an admin key, start-up registers it for the default tenant. The certificate
+    signing key is loaded here (generated in embedded mode); ConfigError if it is unusable.
     """
     db = database or Database(settings.database_url)
 
@@ -67,12 +74,14 @@ def create_app(
     app.state.settings = settings
     app.state.database = db
     app.state.store = ArtifactStore(settings.artifacts_dir).ensure()
+    app.state.signer = Signer.from_settings(settings)
+    app.state.templates = Jinja2Templates(directory=TEMPLATES)
     install_problem_handlers(app)
     app.add_middleware(body_size_guard({
         ("POST", "/v1/datasets"): lambda: settings.max_dataset_bytes + MULTIPART_SLACK,
         ("POST", "/v1/models"): lambda: settings.max_weights_bytes + MULTIPART_SLACK,
     }))
-    for module in (health, datasets, models, deletion_requests, audit, api_keys):
+    for module in (health, datasets, models, deletion_requests, audit, api_keys, well_known, dashboard):
         app.include_router(module.router)
     return app
 

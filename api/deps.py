@@ -1,4 +1,5 @@
-"""Dependencies as short Annotated aliases: SessionDep, SettingsDep, StoreDep, CurrentKey and the scoped keys."""
+"""Dependencies as short Annotated aliases: SessionDep, SettingsDep, StoreDep, DatabaseDep, SignerDep, CurrentKey
+and the scoped keys."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import ProblemError
+from api.signing import Signer
 from ledger import tenants
 from ledger.artifacts import ArtifactStore
 from ledger.db import Database
@@ -34,6 +36,15 @@ def get_database(request: Request) -> Database:
     return request.app.state.database
 
 
+def get_signer(request: Request) -> Signer:
+    """The certificate signer, or 503 when no signing key is configured."""
+    signer = request.app.state.signer
+    if signer is None:
+        raise ProblemError(503, "certificate signing is not configured: set LTU_CERTIFICATE_KEY_FILE to an Ed25519 "
+                                "private key (PEM)", code="certificate_key_missing")
+    return signer
+
+
 def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
     """One unit of work per HTTP request: committed when the route returns, rolled back if it raises.
 
@@ -46,6 +57,8 @@ def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterato
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SignerDep = Annotated[Signer, Depends(get_signer)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
@@ -82,6 +95,7 @@ ReadKey = Annotated[ApiKey, scoped("read")]
 SubmitKey = Annotated[ApiKey, scoped("submit")]
 PollKey = Annotated[ApiKey, scoped("read", "submit")]  # whoever submits may poll
 AuditKey = Annotated[ApiKey, scoped("audit")]
+CertificateKey = Annotated[ApiKey, scoped("read", "submit", "audit")]  # the back office and compliance alike
 AdminKey = Annotated[ApiKey, scoped("admin")]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, LedgerError, NotFound, StaleBase
@@ -103,6 +103,12 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
         return problem_response(request, exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # Postgres refuses some values Python accepts: NUL characters in text, numbers beyond BIGINT.
+        return problem_response(request, 422, "a value in the request cannot be stored or compared by the ledger "
+                                "database (a NUL character, or a number out of range)", code="unstorable_value")
 
     @app.exception_handler(OperationalError)
     async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ledger.tables import REQUEST_STATUSES, SCOPES
 
 RequestStatus = Literal["received", "queued", "running", "completed", "failed", "cancelled"]
+Deadline = Literal["overdue", "due_soon"]
 Scope = Literal["submit", "read", "audit", "admin"]
 assert set(RequestStatus.__args__) == set(REQUEST_STATUSES)  # type: ignore[attr-defined]
 assert set(Scope.__args__) == set(SCOPES)  # type: ignore[attr-defined]
@@ -234,6 +235,33 @@ class RequestError(BaseModel):
     message: str | None
 
 
+class DeadlineExtension(BaseModel):
+    """The one extension of a request's deadline (GDPR Art. 12(3)) and its reason."""
+
+    months: int
+    reason: str
+    extended_at: datetime
+    previous_due_at: datetime
+
+
+class DeadlineExtensionCreate(BaseModel):
+    """Extend an open request's deadline by one or two further months, with the reason (recorded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    months: int = Field(ge=1, le=2, description="Further months: 1 or 2 (GDPR allows at most two).")
+    reason: str = Field(min_length=1, max_length=2000, description="Why (told to the data subject); audited as a keyed hash.")
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the reason must not be blank")
+        if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+            raise ValueError("the reason must not contain control characters")
+        return value.strip()
+
+
 class DeletionRequestRead(BaseModel):
     """A deletion request with its lifecycle, results and verification verdict."""
 
@@ -249,7 +277,9 @@ class DeletionRequestRead(BaseModel):
     method: str
     parameters: dict[str, Any]
     received_at: datetime
-    due_at: datetime = Field(description="Legal deadline: one calendar month after receipt (GDPR Art. 12(3)).")
+    due_at: datetime = Field(description="Legal deadline: one calendar month after receipt (GDPR Art. 12(3)), plus any extension.")
+    overdue: bool = Field(description="Still open after its deadline.")
+    extension: DeadlineExtension | None
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -261,6 +291,17 @@ class DeletionRequestRead(BaseModel):
     verification: dict[str, Any] | None
     details: dict[str, Any] | None
     error: RequestError | None
+
+
+class CertificateKeyRead(BaseModel):
+    """The Ed25519 public key that verifies erasure certificates (a JWK, RFC 8037)."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str = Field(description="The raw public key, base64url.")
+    kid: str = Field(description="RFC 7638 thumbprint; certificates name it as signature.key_id.")
+    alg: Literal["EdDSA"]
+    use: Literal["sig"]
 
 
 class DeletionRequestPage(BaseModel):
@@ -293,12 +334,17 @@ class RequestSamplePage(BaseModel):
 
 
 class AuditEventRead(BaseModel):
-    """One state change of one resource."""
+    """One state change of one resource, a link of the hash chain.
+
+    `hash` is the SHA-256 of the canonical JSON (RFC 8785) of every other field; `prev_hash` is
+    the hash of event `seq - 1` (64 zeros for the first).
+    """
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: int
+    seq: int = Field(description="Position in the deployment's chain, from 1, without gaps.")
     occurred_at: datetime
+    tenant_id: str | None
     actor: str
     action: str
     resource_type: str
@@ -306,10 +352,66 @@ class AuditEventRead(BaseModel):
     model_id: str | None
     request_id: str | None
     data: dict[str, Any]
+    prev_hash: str
+    hash: str
 
 
 class AuditEventPage(BaseModel):
-    """A page of events in the order they happened."""
+    """A page of events in chain order."""
 
     items: list[AuditEventRead]
     next_cursor: str | None = None
+
+
+class BrokenLink(BaseModel):
+    """Where the chain breaks first, and why."""
+
+    seq: int
+    reason: str
+
+
+class ChainVerification(BaseModel):
+    """The outcome of walking the audit chain (or a range of it)."""
+
+    valid: bool
+    checked: int = Field(description="Events checked before the first broken link (all of them when valid).")
+    first_seq: int | None
+    last_seq: int | None = Field(description="The last intact event checked.")
+    last_hash: str | None = Field(description="Its hash: compare it with a certificate's audit anchor.")
+    broken: BrokenLink | None
+
+
+class CompletionTimes(BaseModel):
+    """Seconds from receipt to completion over completed requests (None before the first)."""
+
+    p50: float | None
+    p95: float | None
+
+
+class RequestFigures(BaseModel):
+    """Compliance figures over a set of requests."""
+
+    total: int
+    by_status: dict[str, int]
+    overdue: int = Field(description="Open requests past their deadline.")
+    due_soon: int = Field(description="Open requests whose deadline is within the due-soon window.")
+    completed_late: int = Field(description="Requests completed after their deadline.")
+    completion_seconds: CompletionTimes
+    verified: int = Field(description="Requests with a verification verdict.")
+    verification_pass_rate: float | None = Field(description="Share of verdicts that passed, in [0, 1].")
+
+
+class ModelFigures(RequestFigures):
+    """The figures of one model's requests."""
+
+    model_id: str
+
+
+class AuditSummary(BaseModel):
+    """A tenant's compliance figures, overall and per model."""
+
+    tenant_id: str
+    generated_at: datetime
+    due_soon_days: int
+    overall: RequestFigures
+    models: list[ModelFigures]

@@ -90,6 +90,12 @@ class ArtifactStore:
         os.replace(staged_dir, target)
         return key
 
+    def delete(self, key: str) -> bool:
+        """Delete a stored file (a no-op if it is already gone); True when it no longer exists."""
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        return not path.exists()
+
     def discard(self, path: str | os.PathLike) -> None:
         """Remove a staged file or folder, if it still exists."""
         path = Path(path)

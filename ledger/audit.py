@@ -1,19 +1,48 @@
-"""The audit log: one event per state change of any resource, written in the change's transaction.
+"""The audit log: a hash chain with one event per state change, sealed when the change commits.
 
-`record` is the only writer, so the hash chain (sequence, canonical body, predecessor hash) can
-be added here later without touching callers. Event data never holds a raw subject id.
+`record` is the only writer. It inserts nothing: it adds the event to its session's pending list,
+and the commit seals that list into the chain (`install` hooks the session factory): it takes
+the chain lock, reads the head, gives each event the next sequence number, its canonical body
+(ledger.canonical) and the SHA-256 of that body, whose `prev_hash` is the head's hash, and
+inserts them just before COMMIT. Sealing last makes the chain lock the transaction's last lock,
+held for an instant: it can never close a deadlock with the row locks the change itself takes.
+Events recorded inside a savepoint that rolls back are dropped with it.
+
+Serialisation, so the chain never forks and `seq` has no gaps: on Postgres a transaction-level
+advisory lock, released by COMMIT after the new rows are visible (READ COMMITTED, the default,
+reads the newest head once the lock is held); on SQLite every transaction begins IMMEDIATE
+(ledger.db), so writers are serialised already.
+
+The chained body holds no personal data: subject ids appear only as keyed hashes, and free text
+that could hold some (a deadline extension's reason) only as its keyed hash, so erasing personal
+data later never breaks the chain. UPDATE, DELETE and TRUNCATE are rejected by triggers (migration
+0002); `verify_chain` finds any row changed behind their back.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, event, func, insert, select
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from ledger.canonical import canonical_json, timestamp
+from ledger.errors import InvalidInput
 from ledger.pagination import Page, clamp_limit, decode_cursor, encode_cursor
 from ledger.tables import AuditEvent, utcnow
+
+GENESIS = "0" * 64  # prev_hash of seq 1
+MAX_SEQ = 2**53  # sequence numbers stay exact in JSON (and far inside BIGINT)
+CHAIN_LOCK = 0x6C74_752E_6175_6469  # pg_advisory_xact_lock key ("ltu.audi")
+PENDING = "ltu.audit.pending"  # Session.info: events recorded, not yet sealed
+MARKS = "ltu.audit.marks"  # Session.info: {savepoint: len(pending) when it began}
+CHAIN_COLUMNS = ("seq", "prev_hash", "occurred_at", "tenant_id", "actor", "action", "resource_type", "resource_id",
+                 "model_id", "request_id")
 
 
 def record(
@@ -28,53 +57,222 @@ def record(
     request_id: str | None = None,
     data: dict[str, Any] | None = None,
     now: datetime | None = None,
-) -> AuditEvent:
-    """Append one event (flushed, not committed)."""
-    event = AuditEvent(
-        tenant_id=tenant_id,
-        occurred_at=now or utcnow(),
-        actor=actor,
-        action=action,
-        resource_type=resource_type,
-        resource_id=resource_id,
-        model_id=model_id,
-        request_id=request_id,
-        data=data or {},
-    )
-    session.add(event)
-    session.flush()
-    return event
+) -> None:
+    """Add one event to the chain when the session commits (dropped if it rolls back).
+
+    `data` must have a canonical JSON form (ledger.canonical); the commit raises ValueError if not.
+    """
+    if not session.in_transaction():
+        session.begin()  # the event belongs to this transaction: it must exist before the event is added
+    if PENDING not in session.info:
+        raise RuntimeError("this session does not seal audit events; make it with ledger.db.Database")
+    session.info[PENDING].append({
+        "occurred_at": now or utcnow(), "tenant_id": tenant_id, "actor": actor, "action": action,
+        "resource_type": resource_type, "resource_id": resource_id, "model_id": model_id,
+        "request_id": request_id, "data": data or {},
+    })
 
 
-def list_events(
-    session: Session,
-    *,
-    tenant_id: str,
-    model_id: str | None = None,
-    request_id: str | None = None,
-    action: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    cursor: str | None = None,
-    limit: int = 50,
-) -> Page[AuditEvent]:
-    """A tenant's events in the order they happened, filtered, one page at a time."""
+def link(fields: dict[str, Any], *, seq: int, prev_hash: str) -> tuple[str, str]:
+    """(canonical body, its SHA-256) of an event at `seq` after `prev_hash`."""
+    body = canonical_json({**fields, "seq": seq, "prev_hash": prev_hash})
+    return body, hashlib.sha256(body.encode()).hexdigest()
+
+
+# --- sealing at commit ----------------------------------------------------------------------------
+
+
+def install(sessions: sessionmaker) -> None:
+    """Make the factory's sessions seal their recorded events into the chain when they commit."""
+    event.listen(sessions, "after_transaction_create", _begun)
+    event.listen(sessions, "after_soft_rollback", _rolled_back)
+    event.listen(sessions, "after_transaction_end", _ended)
+    event.listen(sessions, "before_commit", _seal)
+
+
+def _begun(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info[PENDING], session.info[MARKS] = [], {}
+    elif transaction.nested:
+        session.info[MARKS][transaction] = len(session.info[PENDING])
+
+
+def _rolled_back(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        del session.info[PENDING][session.info[MARKS].pop(transaction):]
+
+
+def _ended(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # committed (sealed), rolled back or closed: nothing stays pending
+        session.info[PENDING], session.info[MARKS] = [], {}
+
+
+def _seal(session: Session) -> None:
+    pending = session.info.get(PENDING)
+    if not pending or session.in_nested_transaction():  # a savepoint's release: the outer commit seals
+        return
+    session.flush()  # the change's own row locks come first, the chain lock last
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK)))
+    head = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    rows = []
+    for fields in pending:
+        seq += 1
+        try:
+            body, digest = link(fields, seq=seq, prev_hash=prev)
+        except (TypeError, ValueError) as exc:  # a programming error: name the event it came from
+            raise ValueError(f"audit event {fields['action']!r} has data without a canonical JSON form: {exc}") from exc
+        rows.append({**{k: v for k, v in fields.items() if k != "data"}, "seq": seq, "body": body,
+                     "prev_hash": prev, "hash": digest})
+        prev = digest
+    session.execute(insert(AuditEvent), rows)
+    pending.clear()
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events: always one tenant's; optionally one model, request, action, time range."""
+
+    tenant_id: str
+    model_id: str | None = None
+    request_id: str | None = None
+    action: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+def _where(query, where: EventFilter):
+    query = query.where(AuditEvent.tenant_id == where.tenant_id)
+    if where.model_id:
+        query = query.where(AuditEvent.model_id == where.model_id)
+    if where.request_id:
+        query = query.where(AuditEvent.request_id == where.request_id)
+    if where.action:
+        query = query.where(AuditEvent.action == where.action)
+    if where.since:
+        query = query.where(AuditEvent.occurred_at >= where.since)
+    if where.until:
+        query = query.where(AuditEvent.occurred_at < where.until)
+    return query
+
+
+def list_events(session: Session, *, where: EventFilter, cursor: str | None = None, limit: int = 50) -> Page[AuditEvent]:
+    """Matching events in chain order, one page at a time."""
     limit = clamp_limit(limit)
-    query = select(AuditEvent).where(AuditEvent.tenant_id == tenant_id)
-    if model_id:
-        query = query.where(AuditEvent.model_id == model_id)
-    if request_id:
-        query = query.where(AuditEvent.request_id == request_id)
-    if action:
-        query = query.where(AuditEvent.action == action)
-    if since:
-        query = query.where(AuditEvent.occurred_at >= since)
-    if until:
-        query = query.where(AuditEvent.occurred_at < until)
+    query = _where(select(AuditEvent), where)
     if cursor:
-        (after_id,) = decode_cursor(cursor, (int,))
-        query = query.where(AuditEvent.id > after_id)
-    rows = list(session.scalars(query.order_by(AuditEvent.id).limit(limit + 1)))
+        query = query.where(AuditEvent.seq > after_cursor(cursor))
+    rows = list(session.scalars(query.order_by(AuditEvent.seq).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(rows, encode_cursor(rows[-1].id) if more else None)
+    return Page(rows, encode_cursor(rows[-1].seq) if more else None)
+
+
+def after_cursor(cursor: str) -> int:
+    """The sequence number a list cursor points after (InvalidInput for a cursor we did not make)."""
+    (after_seq,) = decode_cursor(cursor, (int,))
+    if not 0 <= after_seq <= MAX_SEQ:
+        raise InvalidInput("invalid cursor; pass back the next_cursor of a previous page")
+    return after_seq
+
+
+def head_seq(session: Session) -> int:
+    """The newest sequence number (0 for an empty chain)."""
+    return session.scalar(select(func.max(AuditEvent.seq))) or 0
+
+
+def export_chunk(session: Session, *, where: EventFilter, after_seq: int, upto_seq: int, limit: int) -> list[Row]:
+    """Up to `limit` matching events with after_seq < seq <= upto_seq, as plain rows (nothing is kept in the session)."""
+    query = _where(select(AuditEvent.seq, AuditEvent.body, AuditEvent.hash), where)
+    query = query.where(AuditEvent.seq > after_seq, AuditEvent.seq <= upto_seq)
+    return list(session.execute(query.order_by(AuditEvent.seq).limit(limit)))
+
+
+# --- verification ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The outcome of walking the chain: how far it holds, and the first broken link if any."""
+
+    checked: int
+    first_seq: int | None
+    last_seq: int | None
+    last_hash: str | None  # of the last intact event checked (compare it with a certificate's anchor)
+    broken_seq: int | None = None
+    reason: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        """True when no link was broken."""
+        return self.broken_seq is None
+
+
+def verify_chain(session: Session, *, from_seq: int = 1, to_seq: int | None = None, chunk: int = 1000) -> ChainReport:
+    """Walk the chain from `from_seq` to `to_seq` (default: the head) and report the first broken link.
+
+    A row is broken when its body does not hash to its hash, its columns differ from its body,
+    its sequence number is missing, or the next row's prev_hash is not its hash (it was rewritten
+    together with its own hash). The walk reads `chunk` rows per query and keeps none.
+    """
+    prev_seq, prev_hash = from_seq - 1, GENESIS
+    if from_seq > 1:
+        anchor = session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == prev_seq))
+        if anchor is None:
+            if head_seq(session) < from_seq:  # nothing to check
+                return ChainReport(0, None, None, None)
+            return ChainReport(0, None, None, None, prev_seq, f"seq {prev_seq} is missing: the event was deleted")
+        prev_hash = anchor
+    checked, broken, earlier_hash = 0, None, None
+    for row in _walk(session, after_seq=prev_seq, to_seq=to_seq, chunk=chunk):
+        broken = _broken(row, prev_seq, prev_hash)
+        if broken is not None:
+            if broken[0] == prev_seq and checked:  # the previous row was rewritten: not intact after all
+                checked, prev_seq, prev_hash = checked - 1, prev_seq - 1, earlier_hash
+            break
+        earlier_hash, prev_seq, prev_hash = prev_hash, row.seq, row.hash
+        checked += 1
+    intact = (from_seq, prev_seq, prev_hash) if checked else (None, None, None)
+    return ChainReport(checked, *intact, *(broken or (None, None)))
+
+
+def _walk(session: Session, *, after_seq: int, to_seq: int | None, chunk: int) -> Iterator[Row]:
+    columns = [getattr(AuditEvent, name) for name in CHAIN_COLUMNS] + [AuditEvent.body, AuditEvent.hash]
+    while True:
+        query = select(*columns).where(AuditEvent.seq > after_seq)
+        if to_seq is not None:
+            query = query.where(AuditEvent.seq <= to_seq)
+        rows = list(session.execute(query.order_by(AuditEvent.seq).limit(chunk)))
+        if not rows:
+            return
+        yield from rows
+        after_seq = rows[-1].seq
+
+
+def _broken(row: Row, prev_seq: int, prev_hash: str) -> tuple[int, str] | None:
+    """(seq, why) when `row` does not continue the chain after (prev_seq, prev_hash), else None."""
+    if row.seq != prev_seq + 1:
+        return prev_seq + 1, f"seq {prev_seq + 1} is missing: the event was deleted"
+    if hashlib.sha256(row.body.encode()).hexdigest() != row.hash:
+        return row.seq, "the body does not hash to the stored hash: the event was edited"
+    try:
+        body = json.loads(row.body)
+    except ValueError:
+        return row.seq, "the body is not JSON: the event was edited"
+    stored = {name: getattr(row, name) for name in CHAIN_COLUMNS}
+    stored["occurred_at"] = timestamp(row.occurred_at)
+    if not isinstance(body, dict) or set(body) != {*CHAIN_COLUMNS, "data"}:
+        return row.seq, "the body does not have the fields of an event: the event was edited"
+    changed = [name for name in CHAIN_COLUMNS if body[name] != stored[name]]
+    if changed:
+        return row.seq, f"the column {changed[0]} differs from the chained body: the row was edited"
+    if row.prev_hash != prev_hash:
+        if prev_seq == 0:
+            return row.seq, "the first event does not start from the genesis hash"
+        return prev_seq, (f"seq {row.seq} records prev_hash {row.prev_hash[:16]}… but seq {prev_seq} hashes to "
+                          f"{prev_hash[:16]}…: seq {prev_seq} was rewritten")
+    return None

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from ledger import audit
+
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """An engine for `url`. SQLite gets WAL, a busy timeout and foreign keys; Postgres a pre-ping pool."""
@@ -45,6 +47,7 @@ class Database:
         self.engine = make_engine(url, echo=echo)
         # expire_on_commit=False: objects stay readable after commit (responses are built then).
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        audit.install(self.sessions)  # recorded audit events join the hash chain when a session commits
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,4 +1,8 @@
-"""Models and model versions: registration, listing, and the forward-only `current` pointer."""
+"""Models and model versions: registration, listing, and the forward-only `current` pointer.
+
+Version states: `ready` (the current one), `superseded` (an older one, still stored: it contains
+data erased since), `purged` (its weights were deleted from the artifact store, ledger.retention).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ledger import audit
-from ledger.errors import NotFound, StaleBase
+from ledger.errors import Conflict, NotFound, StaleBase
 from ledger.pagination import Page, newest_first
 from ledger.tables import Model, ModelVersion, utcnow
 
@@ -71,6 +75,23 @@ def list_versions(session: Session, *, model_id: str) -> list[ModelVersion]:
     return list(session.scalars(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())))
 
 
+def move_current(session: Session, *, model_id: str, expect: int, to: int) -> None:
+    """Move a model's current version from `expect` to `to`, forward only (compare-and-set).
+
+    There is no rollback: every older version still contains data erased since (and may have been
+    purged), so `to` must be newer (Conflict otherwise). StaleBase when the model is no longer at
+    `expect`.
+    """
+    if to <= expect:
+        raise Conflict(f"model {model_id}: the current version only moves forward (asked {expect} → {to}); "
+                       "older versions still contain erased data")
+    moved = session.execute(
+        update(Model).where(Model.id == model_id, Model.current_version == expect).values(current_version=to)
+    ).rowcount
+    if moved != 1:
+        raise StaleBase(f"model {model_id} moved past version {expect}")
+
+
 def publish_version(
     session: Session,
     *,
@@ -88,13 +109,7 @@ def publish_version(
     Raises StaleBase when the model is no longer at `base` (another request published first).
     The unique producing_request_id makes a second publication of one request fail.
     """
-    moved = session.execute(
-        update(Model)
-        .where(Model.id == model.id, Model.current_version == base.number)
-        .values(current_version=base.number + 1)
-    ).rowcount
-    if moved != 1:
-        raise StaleBase(f"model {model.id} moved past version {base.number}")
+    move_current(session, model_id=model.id, expect=base.number, to=base.number + 1)
     version = ModelVersion(model_id=model.id, number=base.number + 1, parent_id=base.id, producing_request_id=request_id,
                            sha256=sha256, size_bytes=size_bytes, storage_key=storage_key, state="ready",
                            metrics=metrics, created_at=utcnow())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,6 +24,7 @@ from ledger import audit, datasets, outbox, registry
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, NotFound
 from ledger.pagination import Page, newest_first
 from ledger.tables import (
+    ACTIVE_STATUSES,
     CANCELLED,
     COMPLETED,
     FAILED,
@@ -52,6 +53,10 @@ def add_calendar_month(moment: datetime, months: int = 1) -> datetime:
 def gdpr_due_at(received_at: datetime) -> datetime:
     """GDPR Art. 12(3): one calendar month after receipt."""
     return add_calendar_month(received_at, 1)
+
+
+MAX_EXTENSION_MONTHS = 2  # GDPR Art. 12(3): "extended by two further months where necessary"
+OVERDUE, DUE_SOON = "overdue", "due_soon"
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,14 @@ def load(session: Session, *, request_id: str) -> DeletionRequest | None:
     return session.get(DeletionRequest, request_id, populate_existing=True)
 
 
+def deadline_condition(deadline: str, *, now: datetime, due_soon: timedelta):
+    """SQL condition: open requests past their deadline (overdue) or within `due_soon` of it (due_soon)."""
+    open_ = DeletionRequest.status.in_(ACTIVE_STATUSES)
+    if deadline == OVERDUE:
+        return and_(open_, DeletionRequest.due_at < now)
+    return and_(open_, DeletionRequest.due_at >= now, DeletionRequest.due_at < now + due_soon)
+
+
 def list_requests(
     session: Session,
     *,
@@ -201,11 +214,15 @@ def list_requests(
     model_id: str | None = None,
     received_after: datetime | None = None,
     received_before: datetime | None = None,
+    deadline: str | None = None,
+    due_soon: timedelta = timedelta(days=7),
     cursor: str | None = None,
     limit: int = 50,
 ) -> Page[DeletionRequest]:
-    """The tenant's requests, newest first, filtered, one page at a time."""
+    """The tenant's requests, newest first, filtered (deadline: overdue | due_soon), one page at a time."""
     query = select(DeletionRequest).where(DeletionRequest.tenant_id == tenant_id)
+    if deadline:
+        query = query.where(deadline_condition(deadline, now=utcnow(), due_soon=due_soon))
     if status:
         query = query.where(DeletionRequest.status == status)
     if model_id:
@@ -294,6 +311,53 @@ def cancel(session: Session, *, tenant_id: str, request_id: str, actor: str) -> 
     if request.status == RUNNING or request.status == CANCELLED:
         return request  # already asked, or already cancelled: cancelling is idempotent
     raise Conflict(f"deletion request {request_id} is {request.status} and can no longer be cancelled")
+
+
+def extend_deadline(
+    session: Session,
+    *,
+    tenant_id: str,
+    request_id: str,
+    months: int,
+    reason: str,
+    reason_hash: str,
+    actor: str,
+    now: datetime | None = None,
+) -> DeletionRequest:
+    """Extend an open request's deadline once, by one or two further months, with the reason.
+
+    GDPR Art. 12(3): the controller tells the subject about an extension, with its reasons,
+    within one month of receipt; so it must be recorded before the original deadline. The reason
+    stays in the request row (it may name a person); the audit chain keeps its keyed hash.
+    """
+    if not 1 <= months <= MAX_EXTENSION_MONTHS:
+        raise InvalidInput(f"months must be 1 or {MAX_EXTENSION_MONTHS}")
+    request = get_request(session, tenant_id=tenant_id, request_id=request_id)
+    now = now or utcnow()
+    if request.status not in ACTIVE_STATUSES:
+        raise Conflict(f"deletion request {request_id} is {request.status}; only an open request's deadline can be extended")
+    if request.extension is not None:
+        raise Conflict(f"deletion request {request_id} was already extended by {request.extension['months']} month(s); "
+                       f"GDPR allows one extension of at most {MAX_EXTENSION_MONTHS} months")
+    original = gdpr_due_at(request.received_at)
+    if now >= original:
+        raise Conflict(f"the deadline can only be extended within one month of receipt (until {original.isoformat()})")
+    previous, due_at = request.due_at, add_calendar_month(request.received_at, 1 + months)
+    extension = {"months": months, "reason": reason, "extended_at": now.isoformat(), "previous_due_at": previous.isoformat()}
+    changed = session.execute(
+        update(DeletionRequest)
+        .where(DeletionRequest.id == request_id, DeletionRequest.status.in_(ACTIVE_STATUSES),
+               DeletionRequest.due_at == previous)
+        .values(due_at=due_at, extension=extension, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        raise Conflict(f"deletion request {request_id} changed meanwhile; read it again")
+    audit.record(session, tenant_id=tenant_id, actor=actor, action="deletion_request.deadline_extended",
+                 resource_type="deletion_request", resource_id=request_id, model_id=request.model_id,
+                 request_id=request_id, now=now,
+                 data={"months": months, "previous_due_at": previous, "due_at": due_at, "reason_hash": reason_hash})
+    return load(session, request_id=request_id)  # type: ignore[return-value]
 
 
 def claim(

@@ -5,9 +5,9 @@ the environment at import time. It lives in the ledger because both edges (api/,
 the ledger and nothing else in common; it uses only the standard library.
 
 Embedded default: with no configuration everything lives under one state directory `LTU_HOME`
-(default `./.ltu`): a SQLite ledger, the artifact folder, a generated server secret and the first
-admin key. `LTU_DATABASE_URL` switches the ledger to Postgres and `LTU_BROKER_URL` switches job
-execution from the in-process runner to Celery workers.
+(default `./.ltu`): a SQLite ledger, the artifact folder, a generated server secret, the generated
+certificate signing key and the first admin key. `LTU_DATABASE_URL` switches the ledger to
+Postgres and `LTU_BROKER_URL` switches job execution from the in-process runner to Celery workers.
 """
 
 from __future__ import annotations
@@ -53,6 +53,25 @@ class Settings:
     max_dataset_bytes: int = 2 << 30
     max_weights_bytes: int = 1 << 30
     max_subjects_per_request: int = 1000
+    # Ed25519 key (PKCS#8 PEM) signing erasure certificates; embedded mode generates one in LTU_HOME.
+    certificate_key_file: Path | None = None
+    due_soon_days: int = 7  # "due soon": an open request whose deadline is this close
+    purge_grace_hours: float = 168.0  # superseded weights are deleted this long after their successor
+    purge_interval: float = 3600.0  # seconds between purge passes of `ltu serve` and the workers
+    # Coalescing: queued requests on one model within this window run as one unlearning pass.
+    coalesce_window_seconds: float = 2.0
+    coalesce_max_batch: int = 20
+    reconcile_interval: float = 30.0  # seconds between reconciler passes (requeue interrupted work)
+    rate_limit_per_minute: int = 120  # erasure submissions per API key and minute (token bucket)
+    rate_limit_burst: int = 30  # submissions a key may send at once before the rate applies
+    max_body_bytes: int = 1 << 20  # JSON request bodies (uploads have their own limits)
+
+    @property
+    def signing_key_path(self) -> Path | None:
+        """The certificate signing key: LTU_CERTIFICATE_KEY_FILE, else (embedded mode only) LTU_HOME's."""
+        if self.certificate_key_file is not None:
+            return self.certificate_key_file
+        return self.home / "certificate-key.pem" if self.dev_mode else None
 
     @property
     def dev_mode(self) -> bool:
@@ -90,6 +109,16 @@ class Settings:
             device=env.get("LTU_DEVICE") or "auto",
             torch_threads=_int(env, "LTU_TORCH_THREADS", 0),
             default_method=env.get("LTU_DEFAULT_METHOD") or "ltu",
+            certificate_key_file=Path(env["LTU_CERTIFICATE_KEY_FILE"]).expanduser().resolve()
+            if env.get("LTU_CERTIFICATE_KEY_FILE") else None,
+            due_soon_days=_int(env, "LTU_DUE_SOON_DAYS", 7),
+            purge_grace_hours=_float(env, "LTU_PURGE_GRACE_HOURS", 168.0),
+            coalesce_window_seconds=_float(env, "LTU_COALESCE_WINDOW_SECONDS", 2.0),
+            coalesce_max_batch=_int(env, "LTU_COALESCE_MAX_BATCH", 20),
+            reconcile_interval=_float(env, "LTU_RECONCILE_INTERVAL", 30.0),
+            rate_limit_per_minute=_int(env, "LTU_RATE_LIMIT_PER_MINUTE", 120),
+            rate_limit_burst=_int(env, "LTU_RATE_LIMIT_BURST", 30),
+            max_body_bytes=_int(env, "LTU_MAX_BODY_BYTES", 1 << 20),
         )
         settings.check()
         return settings
@@ -112,6 +141,18 @@ class Settings:
             raise ConfigError("LTU_TORCH_THREADS must be 0 (torch's default) or positive")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts must be at least 1")
+        if self.due_soon_days < 0:
+            raise ConfigError("LTU_DUE_SOON_DAYS must be 0 or positive")
+        if not self.purge_grace_hours >= 0:  # also refuses NaN
+            raise ConfigError("LTU_PURGE_GRACE_HOURS must be 0 or positive")
+        if not self.coalesce_window_seconds >= 0 or self.coalesce_max_batch < 1:
+            raise ConfigError("LTU_COALESCE_WINDOW_SECONDS must be 0 or positive and LTU_COALESCE_MAX_BATCH at least 1")
+        if not self.reconcile_interval > 0:
+            raise ConfigError("LTU_RECONCILE_INTERVAL must be positive")
+        if self.rate_limit_per_minute < 1 or self.rate_limit_burst < 1:
+            raise ConfigError("LTU_RATE_LIMIT_PER_MINUTE and LTU_RATE_LIMIT_BURST must be at least 1")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("LTU_MAX_BODY_BYTES must be at least 1024")
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -122,6 +163,16 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name)
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
 def _read_or_create(path: Path) -> str:

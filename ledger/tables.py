@@ -9,6 +9,7 @@ forward (`Model.current_version`); the version a request produced is found throu
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -195,6 +196,7 @@ class DeletionRequest(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_deletion_requests_tenant_received", "tenant_id", "received_at"),
         Index("ix_deletion_requests_model_status", "model_id", "status"),
+        Index("ix_deletion_requests_tenant_due", "tenant_id", "due_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -217,6 +219,7 @@ class DeletionRequest(Base):
     parameters: Mapped[dict[str, Any]]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     due_at: Mapped[datetime]
+    extension: Mapped[dict[str, Any] | None]  # months, reason, extended_at, previous_due_at (at most one)
     queued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -257,22 +260,35 @@ class OutboxMessage(Base):
 
 
 class AuditEvent(Base):
-    """One state change of one resource. Written only through `ledger.audit.record`."""
+    """One state change of one resource, a link of the hash chain. Written only through `ledger.audit`.
+
+    `body` is the canonical JSON (ledger.canonical) of every other column plus the event's data;
+    `hash` is the SHA-256 of `body`, whose `prev_hash` is its predecessor's hash. `seq` counts
+    the deployment's events from 1 without gaps. The table is append-only (a trigger on
+    Postgres and SQLite); the filter columns are copies of the body's fields.
+    """
 
     __tablename__ = "audit_events"
     __table_args__ = (
-        Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),
-        Index("ix_audit_events_request", "request_id", "id"),
-        Index("ix_audit_events_model", "model_id", "id"),
+        Index("ix_audit_events_tenant_seq", "tenant_id", "seq"),
+        Index("ix_audit_events_request_seq", "request_id", "seq"),
+        Index("ix_audit_events_model_seq", "model_id", "seq"),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False)
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
-    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    occurred_at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(String(100))  # "key:<id>", "worker", "system"
     action: Mapped[str] = mapped_column(String(64), index=True)
     resource_type: Mapped[str] = mapped_column(String(32))
     resource_id: Mapped[str] = mapped_column(String(64))
     model_id: Mapped[str | None] = mapped_column(String(36))
     request_id: Mapped[str | None] = mapped_column(String(36))
-    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    body: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's data, read from the chained body."""
+        return json.loads(self.body)["data"]

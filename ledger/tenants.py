@@ -23,6 +23,22 @@ def get_tenant_by_name(session: Session, *, name: str) -> Tenant | None:
     return session.scalar(select(Tenant).where(Tenant.name == name))
 
 
+def get_tenant(session: Session, *, tenant_id: str) -> Tenant:
+    """A tenant by id, or NotFound."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return tenant
+
+
+def is_operator(session: Session, *, key: ApiKey) -> bool:
+    """True for admin keys of the operator's tenant (DEFAULT_TENANT, which LTU_ADMIN_API_KEY joins).
+
+    Only they may read other tenants' audit events; every other key sees its own tenant only.
+    """
+    return "admin" in key.scopes and session.get(Tenant, key.tenant_id).name == DEFAULT_TENANT
+
+
 def ensure_tenant(session: Session, *, name: str, actor: str = "system") -> Tenant:
     """The tenant called `name`, created (with an audit event) if missing."""
     tenant = get_tenant_by_name(session, name=name)
@@ -71,7 +87,10 @@ def create_key(
         raise InvalidInput("an API key must be at least 16 characters long")
     if session.scalar(select(ApiKey.id).where(ApiKey.key_hash == key_hash(secret))):
         raise Conflict("this API key is already registered")
-    key = ApiKey(tenant_id=tenant_id, name=name, prefix=secret[:12], key_hash=key_hash(secret), scopes=scopes)
+    # A fingerprint, not the secret's first characters: the audit chain is permanent and exported,
+    # and a user-chosen key may be short enough for a prefix to give most of it away.
+    fingerprint = f"{KEY_PREFIX}…{key_hash(secret)[:8]}"
+    key = ApiKey(tenant_id=tenant_id, name=name, prefix=fingerprint, key_hash=key_hash(secret), scopes=scopes)
     session.add(key)
     session.flush()
     audit.record(session, tenant_id=tenant_id, actor=actor, action="api_key.created", resource_type="api_key",

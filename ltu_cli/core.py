@@ -8,9 +8,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from ltu_core.errors import DatasetFormatError, MethodConfigError
+from ltu_core.errors import DatasetFormatError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,20 +72,6 @@ def open_dataset(spec: str, workdir: Path):
     raise DatasetFormatError(f"{spec}: no such dataset (not a built-in name, folder or file)")
 
 
-def parse_params(items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs; VALUE as JSON when it parses, else as a string."""
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise MethodConfigError(f"--param {item!r}: expected KEY=VALUE")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train and save a checkpoint (the recipe is stored in its metadata)."""
     from dataclasses import asdict
@@ -126,6 +111,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     from ltu_core.mia import verify_model
     from ltu_core.models import load_model, read_checkpoint, save_model
     from ltu_core.train import TrainRecipe
+
+    from ltu_cli.main import parse_params
 
     method = create_method(args.method, **parse_params(args.param))  # fail fast on a bad method
     _, arch, extra = read_checkpoint(args.checkpoint)

@@ -8,13 +8,29 @@ client commands start fast.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
 from ltu_core.errors import LTUError
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    """`--param KEY=VALUE` pairs; VALUE is read as JSON when it parses, else kept as a string."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CLIError(f"--param {pair!r}: expected KEY=VALUE")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,5 @@
-"""Service commands: serve, worker, migrate, keys, demo and request {submit,status,wait,list}.
+"""Service commands: serve, worker, migrate, keys, purge, certificate verify, demo and
+request {submit,status,wait,list}.
 
 This module is the service's composition root: it reads the environment once
 (`ledger.settings.Settings.from_env`) and wires the API, the ledger and the runner together.
@@ -7,7 +8,9 @@ Handlers import heavy packages (torch, uvicorn, celery, the service) only when t
 Environment: LTU_HOME (state directory, default ./.ltu), LTU_DATABASE_URL (Postgres; default the
 SQLite file in LTU_HOME), LTU_BROKER_URL (Redis for Celery workers; default in-process runner),
 LTU_SECRET_KEY (required outside embedded mode), LTU_ADMIN_API_KEY (registered at start-up),
-LTU_QUEUE, LTU_DEVICE, LTU_TORCH_THREADS; for the client commands LTU_URL and LTU_API_KEY.
+LTU_CERTIFICATE_KEY_FILE (Ed25519 PEM signing certificates; generated in LTU_HOME when embedded),
+LTU_PURGE_GRACE_HOURS, LTU_DUE_SOON_DAYS, LTU_QUEUE, LTU_DEVICE, LTU_TORCH_THREADS; for the client
+commands LTU_URL and LTU_API_KEY.
 """
 
 from __future__ import annotations
@@ -50,6 +53,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.add_argument("--name", default="cli", help="a label for the key")
     k.add_argument("--scopes", default="submit,read", help="comma-separated: submit, read, audit, admin (default submit,read)")
     k.set_defaults(handler=_keys_create)
+
+    p = sub.add_parser("purge", help="delete superseded model weights past the grace period (LTU_PURGE_GRACE_HOURS), once")
+    p.set_defaults(handler=_purge)
+
+    p = sub.add_parser("certificate", help="erasure certificates")
+    cert = p.add_subparsers(dest="certificate_command", required=True, metavar="ACTION")
+    c = cert.add_parser("verify", help="check a certificate's Ed25519 signature offline (exit 0 valid, 1 invalid)")
+    c.add_argument("file", type=Path, help="the certificate (GET /v1/deletion-requests/{id}/certificate)")
+    key_source = c.add_mutually_exclusive_group()
+    key_source.add_argument("--public-key", type=Path, default=None, metavar="FILE",
+                            help="the service's public key: the JWK of /.well-known/ltu-certificate-key, or a PEM file")
+    key_source.add_argument("--url", default=None,
+                            help=f"fetch the public key from this service instead (default LTU_URL or {DEFAULT_URL})")
+    c.set_defaults(handler=_certificate_verify)
 
     p = sub.add_parser("demo", help="end-to-end demo: train on sklearn digits, erase one data subject over HTTP, verify")
     p.add_argument("--epochs", type=int, default=20, help="training epochs of the demo model (default 20)")
@@ -132,13 +149,15 @@ def _migrate_db(settings) -> None:
 
 
 def _build_app(settings, *, embedded_runner: bool):
+    """The API; embedded, with the in-process runner and the purge loop beside it (else the workers run those)."""
     from api.app import create_app
 
     background = []
     if embedded_runner:
+        from worker.retention import PurgeLoop
         from worker.runner import EmbeddedRunner
 
-        background.append(EmbeddedRunner(settings))
+        background += [EmbeddedRunner(settings), PurgeLoop(settings)]
     return create_app(settings, background=background)
 
 
@@ -210,6 +229,55 @@ def _keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from ledger.artifacts import ArtifactStore
+    from ledger.db import Database
+    from worker.retention import purge_due
+
+    settings = _settings()
+    database = Database(settings.database_url)
+    try:
+        purged = purge_due(database, ArtifactStore(settings.artifacts_dir), grace=timedelta(hours=settings.purge_grace_hours))
+    finally:
+        database.dispose()
+    for p in purged:
+        print(f"purged model {p.model_id} version {p.number} (sha256 {p.sha256})")
+    print(f"ltu purge: {len(purged)} version(s) purged (grace {settings.purge_grace_hours:g} h)", file=sys.stderr)
+    return 0
+
+
+def _certificate_verify(args: argparse.Namespace) -> int:
+    from api.signing import CertificateInvalid, load_public_key, verify_certificate
+
+    from ltu_cli.main import CLIError
+
+    try:
+        document = args.file.read_bytes()
+        if args.public_key is not None:
+            key_text = args.public_key.read_text()
+        else:
+            from ltu_client import Client
+
+            with Client(args.url or os.environ.get("LTU_URL") or DEFAULT_URL) as client:
+                key_text = json.dumps(_call(client.certificate_key))
+        public_key = load_public_key(key_text)
+    except (OSError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        content = verify_certificate(document, public_key)
+    except CertificateInvalid as exc:
+        print(f"ltu certificate verify: INVALID: {exc}", file=sys.stderr)
+        return 1
+    model, request = content["model"], content["request"]
+    verdict = "passed" if content["verification"]["passed"] else "failed"
+    print(f"valid: erasure certificate of request {request['id']}, completed {request['completed_at']}; model "
+          f"{model['id']} version {model['base_version']['number']} → {model['new_version']['number']} "
+          f"(sha256 {model['new_version']['sha256']}); verification {verdict}")
+    return 0
+
+
 # --- the HTTP client commands ----------------------------------------------------------------------
 
 
@@ -237,21 +305,6 @@ def _call(fn, *args: Any, **kwargs: Any):
         raise CLIError(str(exc)) from None
 
 
-def _parse_params(pairs: list[str]) -> dict[str, Any]:
-    from ltu_cli.main import CLIError
-
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--param {pair!r}: expected KEY=VALUE")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
-
-
 def _print_request(request, as_json: bool) -> None:
     import dataclasses
 
@@ -270,9 +323,11 @@ def _print_request(request, as_json: bool) -> None:
 
 
 def _request_submit(args: argparse.Namespace) -> int:
+    from ltu_cli.main import parse_params
+
     with _client(args) as client:
         request = _call(client.submit_deletion, args.model, subject_ids=args.subjects, sample_ids=args.samples,
-                        method=args.method, parameters=_parse_params(args.param), idempotency_key=args.idempotency_key)
+                        method=args.method, parameters=parse_params(args.param), idempotency_key=args.idempotency_key)
         if args.wait:
             request = _wait_with_bar(client, request.id, timeout=3600.0)
     _print_request(request, args.json)
@@ -415,6 +470,8 @@ def _demo_scenario(client, args: argparse.Namespace, settings) -> None:
     from ltu_core.models import ArchConfig, build_model, predict, save_model
     from ltu_core.train import TrainRecipe, train_model
 
+    from ltu_cli.main import parse_params
+
     work = settings.home / "demo" / time.strftime("%Y%m%d-%H%M%S")  # upload files and the downloaded version
     work.mkdir(parents=True, exist_ok=True)
     dataset = load_digits()
@@ -445,7 +502,7 @@ def _demo_scenario(client, args: argparse.Namespace, settings) -> None:
     subject, exposure = _most_exposed_subject(model, dataset)
     print(f"      most exposed data subject: {subject}, whose {DEMO_SUBJECT_SAMPLES} training samples' margins rank "
           f"{exposure:.2f} among never-seen digits (0.50 would look unseen)")
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     request = _call(client.submit_deletion, registered_model.id, subject_ids=[subject], method=args.method,
                     parameters=params, idempotency_key=f"demo-{registered_model.id}")
     print(f"[3/5] request  POST /v1/deletion-requests  subject_ids=[{subject!r}]  →  202 Accepted, "

@@ -175,16 +175,35 @@ class Client:
         return DeletionRequest.from_json(self._json("GET", f"/v1/deletion-requests/{request_id}"))
 
     def list_requests(
-        self, *, status: str | None = None, model_id: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        *,
+        status: str | None = None,
+        model_id: str | None = None,
+        deadline: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
     ) -> Page[DeletionRequest]:
-        """One page of requests, newest first."""
-        params = {k: v for k, v in {"status": status, "model_id": model_id, "cursor": cursor, "limit": limit}.items() if v is not None}
+        """One page of requests, newest first (deadline: overdue | due_soon)."""
+        params = _present(status=status, model_id=model_id, deadline=deadline, cursor=cursor, limit=limit)
         body = self._json("GET", "/v1/deletion-requests", params=params)
         return Page([DeletionRequest.from_json(r) for r in body["items"]], body.get("next_cursor"))
 
     def cancel_request(self, request_id: str) -> DeletionRequest:
         """Cancel a request (at once if not started, else at the worker's next check)."""
         return DeletionRequest.from_json(self._json("POST", f"/v1/deletion-requests/{request_id}/cancel"))
+
+    def extend_deadline(self, request_id: str, *, months: int, reason: str) -> DeletionRequest:
+        """Extend an open request's deadline once by 1 or 2 months, with the reason."""
+        body = {"months": months, "reason": reason}
+        return DeletionRequest.from_json(self._json("POST", f"/v1/deletion-requests/{request_id}/deadline-extension", json=body))
+
+    def certificate(self, request_id: str) -> bytes:
+        """The signed erasure certificate of a completed request, byte for byte (verify it offline)."""
+        return self.request("GET", f"/v1/deletion-requests/{request_id}/certificate").content
+
+    def certificate_key(self) -> dict[str, Any]:
+        """The public key that verifies certificates (a JWK)."""
+        return self._json("GET", "/.well-known/ltu-certificate-key")
 
     def request_samples(self, request_id: str) -> list[RequestSample]:
         """The samples a request names, with their erasure state."""
@@ -217,10 +236,56 @@ class Client:
 
     # --- audit and keys --------------------------------------------------------------------------
 
-    def audit_events(self, *, request_id: str | None = None, model_id: str | None = None, action: str | None = None) -> list[AuditEvent]:
-        """Every matching audit event, oldest first (follows the cursor through all pages)."""
-        params = {k: v for k, v in {"request_id": request_id, "model_id": model_id, "action": action}.items() if v}
+    def audit_events(
+        self,
+        *,
+        request_id: str | None = None,
+        model_id: str | None = None,
+        action: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        tenant_id: str | None = None,
+    ) -> list[AuditEvent]:
+        """Every matching audit event in chain order (follows the cursor through all pages).
+
+        since/until: ISO 8601 times, [since, until); tenant_id: another tenant (the operator's admin keys only).
+        """
+        params = _present(request_id=request_id, model_id=model_id, action=action, since=since, until=until,
+                          tenant_id=tenant_id)
         return [AuditEvent.from_json(e) for e in self._paged("/v1/audit/events", params)]
+
+    def export_audit(
+        self,
+        dest: str | os.PathLike,
+        *,
+        format: str = "csv",
+        request_id: str | None = None,
+        model_id: str | None = None,
+        action: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        tenant_id: str | None = None,
+    ) -> Path:
+        """Stream every matching event to `dest` as csv or ndjson (the filters of audit_events)."""
+        params = _present(format=format, request_id=request_id, model_id=model_id, action=action, since=since,
+                          until=until, tenant_id=tenant_id)
+        dest = Path(dest)
+        with self.http.stream("GET", "/v1/audit/events", params=params, headers=self.headers) as response:
+            if response.status_code >= 400:
+                response.read()
+                self.request("GET", "/v1/audit/events", params=params)  # raises the ApiError with the problem document
+            with open(dest, "wb") as f:
+                for chunk in response.iter_bytes():
+                    f.write(chunk)
+        return dest
+
+    def verify_audit(self, *, from_seq: int | None = None, to_seq: int | None = None) -> dict[str, Any]:
+        """Walk the audit hash chain (or a range); `valid`, and `broken` (seq, reason) if not."""
+        return self._json("GET", "/v1/audit/verify", params=_present(from_seq=from_seq, to_seq=to_seq))
+
+    def audit_summary(self, *, model_id: str | None = None, tenant_id: str | None = None) -> dict[str, Any]:
+        """Compliance figures: requests by status, overdue, due soon, completion p50/p95, pass rate; per model."""
+        return self._json("GET", "/v1/audit/summary", params=_present(model_id=model_id, tenant_id=tenant_id))
 
     def create_api_key(self, name: str, scopes: list[str]) -> dict[str, Any]:
         """Create a key for the caller's tenant (admin); the answer holds the secret once."""
@@ -234,3 +299,8 @@ class Client:
             cursor = body.get("next_cursor")
             if not cursor:
                 return
+
+
+def _present(**params: Any) -> dict[str, Any]:
+    """The query parameters that were given (None means: not given)."""
+    return {k: v for k, v in params.items() if v is not None}

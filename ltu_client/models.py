@@ -97,6 +97,8 @@ class DeletionRequest(_FromJSON):
     parameters: dict[str, Any] = field(default_factory=dict)
     received_at: datetime | None = None
     due_at: datetime | None = None
+    overdue: bool = False
+    extension: dict[str, Any] | None = None
     queued_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -129,18 +131,21 @@ class RequestSample(_FromJSON):
 
 @dataclass(frozen=True)
 class AuditEvent(_FromJSON):
-    """One audit event."""
+    """One audit event, a link of the hash chain (`seq` from 1 without gaps)."""
 
     _times = ("occurred_at",)
-    id: int
+    seq: int
     occurred_at: datetime | None
     actor: str
     action: str
     resource_type: str
     resource_id: str
+    tenant_id: str | None = None
     model_id: str | None = None
     request_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = ""
+    hash: str = ""
 
 
 @dataclass(frozen=True)

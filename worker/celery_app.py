@@ -3,8 +3,8 @@
 `create_celery(settings)` builds an app for the Redis broker with the settings long GPU jobs need
 (SERVICE.md): late acks, rejection on worker loss, prefetch 1, a dedicated queue, a visibility
 timeout above the longest job, no result backend (status lives only in the ledger). The worker
-process also runs the outbox relay (a bootstep), so no extra process is needed to move requests
-from Postgres to Redis.
+process also runs the outbox relay and the purge loop (a bootstep), so no extra process is
+needed to move requests from Postgres to Redis or to delete superseded weights.
 
 `celery -A worker.celery_app worker` finds the app through this module's `app` attribute, which
 is built from the environment on first access (never at import).
@@ -23,6 +23,7 @@ from ledger.db import Database
 from ledger.settings import Settings
 from worker.context import LazyContext
 from worker.dispatch import OutboxDispatcher
+from worker.retention import PurgeLoop
 
 log = logging.getLogger("ltu.worker")
 
@@ -60,8 +61,7 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
             raise self.retry(countdown=settings.lease_seconds + 1)
         return outcome
 
-    if relay:
-        app.steps["worker"].add(_relay_step(settings))
+    app.steps["worker"].add(_background_step(settings, relay=relay))
     return app
 
 
@@ -75,26 +75,29 @@ def celery_relay(settings: Settings, app: Celery, *, database: Database | None =
                             name="ltu-outbox-relay")
 
 
-def _relay_step(settings: Settings) -> type[bootsteps.StartStopStep]:
-    class OutboxRelayStep(bootsteps.StartStopStep):
-        """Runs the outbox relay in the worker's main process."""
+def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.StartStopStep]:
+    class BackgroundStep(bootsteps.StartStopStep):
+        """Runs the outbox relay (unless disabled) and the purge loop in the worker's main process."""
 
         requires = ("celery.worker.components:Pool",)
 
         def __init__(self, worker, **kwargs) -> None:
             super().__init__(worker, **kwargs)
-            self.relay: OutboxDispatcher | None = None
+            self.loops: list = []
 
         def start(self, worker) -> None:
-            self.relay = celery_relay(settings, worker.app)
-            self.relay.start()
-            log.info("outbox relay started (queue %s)", settings.queue)
+            self.loops = [celery_relay(settings, worker.app)] if relay else []
+            self.loops.append(PurgeLoop(settings))
+            for loop in self.loops:
+                loop.start()
+            log.info("outbox relay %s; purge pass every %.0f s (queue %s)", "started" if relay else "disabled",
+                     settings.purge_interval, settings.queue)
 
         def stop(self, worker) -> None:
-            if self.relay is not None:
-                self.relay.stop()
+            for loop in reversed(self.loops):
+                loop.stop()
 
-    return OutboxRelayStep
+    return BackgroundStep
 
 
 _app: Celery | None = None

@@ -38,6 +38,8 @@ log = logging.getLogger("ltu.worker")
 MAX_REBASES = 3
 PROGRESS_INTERVAL = 0.5  # seconds between progress writes within one phase
 CANCEL_CHECK_INTERVAL = 1.0  # seconds between cancellation reads
+SCORE_POINTS = 200  # forget-set member scores kept per measurement (order statistics beyond that)
+HISTOGRAM_BINS = 24  # bins of the control's member-score histogram
 
 
 class JobFailed(Exception):
@@ -185,7 +187,7 @@ class ErasureJob:
         self.progress("preparing", 0, 1)
         prep = self.prepare()
         self.check_cancelled()
-        before, verdict_before = self.measure(prep.model, prep)
+        before, verdict_before, scores_before = self.measure(prep.model, prep)
         self.report(base_version=prep.base.number, metrics_before=before)
         self.check_cancelled()
 
@@ -196,11 +198,11 @@ class ErasureJob:
         self.check_cancelled()
 
         self.progress("verifying", 0, 1)
-        after, verdict_after = self.measure(result.model, prep, original_ta=before["ta"])
+        after, verdict_after, scores_after = self.measure(result.model, prep, original_ta=before["ta"])
         fallback = None
         if not verdict_after["passed"] and not prep.method.reads_full_retain:
             fallback = self.fallback(prep, result, verdict_after)
-            result, (after, verdict_after) = fallback.pop("_result"), fallback.pop("_measure")
+            result, (after, verdict_after, scores_after) = fallback.pop("_result"), fallback.pop("_measure")
         self.progress("verifying", 1, 1)
         verification = {
             "passed": verdict_after["passed"],
@@ -209,7 +211,8 @@ class ErasureJob:
             "after": verdict_after,
             "fallback": fallback,
         }
-        details = {**prep.info, "run": _jsonable(result.record()), "device": self.device}
+        details = {**prep.info, "run": _jsonable(result.record()), "device": self.device,
+                   "scores": {"before": scores_before, "after": scores_after}}
         self.check_cancelled()
         return self.publish(prep, result, after, verification, details)
 
@@ -272,18 +275,23 @@ class ErasureJob:
         return UnlearningTask.from_split(model or prep.model, prep.arch, prep.split, prep.recipe,
                                          seed=self.ctx.settings.seed, device=self.device)
 
-    def measure(self, model: Any, prep: Prepared, *, original_ta: float | None = None) -> tuple[dict, dict]:
-        """(UA/RA/TA/MIA metrics, membership-inference verdict with its numbers) of `model`."""
-        from ltu_core.metrics import evaluate
-        from ltu_core.mia import VerificationThresholds, verify_model
+    def measure(self, model: Any, prep: Prepared, *, original_ta: float | None = None) -> tuple[dict, dict, dict]:
+        """(UA/RA/TA/MIA metrics, membership-inference verdict with its numbers, member scores) of `model`."""
+        from ltu_core.metrics import evaluate_posteriors
+        from ltu_core.mia import VerificationThresholds, score_summary, verify_forgetting
+        from ltu_core.models import predict_split
 
         settings = self.ctx.settings
-        evaluation = evaluate(model, prep.split, device=self.device, seed=settings.seed)
-        reference_ta = evaluation.ta if original_ta is None else original_ta
+        post = predict_split(model, prep.split, device=self.device)  # one inference pass for all three
+        evaluation = evaluate_posteriors(post, prep.split, seed=settings.seed)
         thresholds = VerificationThresholds(z=settings.verify_z, max_test_drop=settings.verify_max_test_drop)
-        verdict = verify_model(model, prep.split, original_test_accuracy=reference_ta, thresholds=thresholds,
-                               seed=settings.seed, device=self.device)
-        return _jsonable(evaluation.as_dict()), _jsonable(verdict.as_dict())
+        verdict = verify_forgetting(
+            retain=post["retain"], test=post["test"], forget=post["forget"], control=post["reference"],
+            original_test_accuracy=evaluation.ta if original_ta is None else original_ta,
+            thresholds=thresholds, seed=settings.seed,
+        )
+        scores = score_summary(post["forget"], post["reference"], points=SCORE_POINTS, bins=HISTOGRAM_BINS)
+        return _jsonable(evaluation.as_dict()), _jsonable(verdict.as_dict()), scores
 
     def fallback(self, prep: Prepared, first: Any, first_verdict: dict) -> dict[str, Any]:
         """Verification failed: fall back to exact retraining, or fail the request saying why."""

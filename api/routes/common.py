@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from api.errors import ProblemError
 from api.schemas import Problem
 
 PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
@@ -16,7 +17,13 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def aware(moment: datetime | None) -> datetime | None:
-    """A query time without an offset is read as UTC."""
-    if moment is not None and moment.tzinfo is None:
+    """A query time in UTC (one without an offset is read as UTC); 422 if it has no UTC equivalent."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ProblemError(422, f"{moment.isoformat()} lies outside the representable UTC range",
+                           code="validation_error") from None

@@ -1,17 +1,21 @@
-"""Deletion requests: submit (202 + Location + Retry-After, Idempotency-Key), read, list, cancel."""
+"""Deletion requests: submit (202 + Location + Retry-After, Idempotency-Key), read, list, cancel, extend the
+deadline, and the signed erasure certificate of a completed one."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.deps import PollKey, SessionDep, SettingsDep, SubmitKey, actor
+from api.deps import CertificateKey, PollKey, SessionDep, SettingsDep, SignerDep, SubmitKey, actor
 from api.routes.common import aware, problems
 from api.schemas import (
+    Deadline,
+    DeadlineExtension,
+    DeadlineExtensionCreate,
     DeletionRequestCreate,
     DeletionRequestPage,
     DeletionRequestRead,
@@ -21,9 +25,9 @@ from api.schemas import (
     RequestSampleRead,
     RequestStatus,
 )
-from ledger import registry, requests
+from ledger import certificates, registry, requests
 from ledger.hashing import body_hash, subject_hash
-from ledger.tables import ACTIVE_STATUSES, DeletionRequest, ModelVersion
+from ledger.tables import ACTIVE_STATUSES, DeletionRequest, ModelVersion, utcnow
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
 
@@ -43,8 +47,9 @@ def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRe
         progress=Progress(phase=r.phase, step=r.progress_step, total=r.progress_total),
         cancel_requested=r.cancel_requested, attempts=r.attempts, target_kind=r.target_kind,  # type: ignore[arg-type]
         num_targets=r.num_targets, subject_hashes=r.subject_hashes, method=r.method, parameters=r.parameters,
-        received_at=r.received_at, due_at=r.due_at, queued_at=r.queued_at, started_at=r.started_at,
-        finished_at=r.finished_at, base_version=r.base_version,
+        received_at=r.received_at, due_at=r.due_at, overdue=r.status in ACTIVE_STATUSES and r.due_at < utcnow(),
+        extension=DeadlineExtension.model_validate(r.extension) if r.extension else None, queued_at=r.queued_at,
+        started_at=r.started_at, finished_at=r.finished_at, base_version=r.base_version,
         result_version=version.number if version else None, result_sha256=version.sha256 if version else None,
         metrics_before=r.metrics_before, metrics_after=r.metrics_after, verification=r.verification, details=r.details,
         error=RequestError(code=r.error_code, message=r.error_message) if r.error_code else None,
@@ -86,17 +91,21 @@ def create_deletion_request(
 def list_deletion_requests(
     session: SessionDep,
     key: PollKey,
+    settings: SettingsDep,
     status: RequestStatus | None = None,
     model_id: str | None = None,
     received_after: datetime | None = None,
     received_before: datetime | None = None,
+    deadline: Annotated[Deadline | None, Query(
+        description="overdue: open past the deadline; due_soon: open, deadline within LTU_DUE_SOON_DAYS (7).")] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DeletionRequestPage:
     """The tenant's requests, newest first."""
     page = requests.list_requests(
         session, tenant_id=key.tenant_id, status=status, model_id=model_id, received_after=aware(received_after),
-        received_before=aware(received_before), cursor=cursor, limit=limit,
+        received_before=aware(received_before), deadline=deadline, due_soon=timedelta(days=settings.due_soon_days),
+        cursor=cursor, limit=limit,
     )
     return DeletionRequestPage(items=request_reads(session, page.items), next_cursor=page.next_cursor)
 
@@ -122,3 +131,28 @@ def list_request_samples(request_id: str, session: SessionDep, key: PollKey) -> 
     """The samples the request names and whether each has been erased (and by which request)."""
     request = requests.get_request(session, tenant_id=key.tenant_id, request_id=request_id)
     return RequestSamplePage(items=[RequestSampleRead.model_validate(s) for s in requests.request_samples(session, request_id=request.id)])
+
+
+@router.post("/{request_id}/deadline-extension", response_model=DeletionRequestRead, responses=problems(404, 409))
+def extend_deadline(
+    request_id: str, body: DeadlineExtensionCreate, session: SessionDep, key: SubmitKey, settings: SettingsDep
+) -> DeletionRequestRead:
+    """Extend an open request's deadline once by one or two months (GDPR Art. 12(3)), within a month of receipt."""
+    request = requests.extend_deadline(
+        session, tenant_id=key.tenant_id, request_id=request_id, months=body.months, reason=body.reason,
+        reason_hash=body_hash(settings.secret_key, {"deadline_extension_reason": body.reason}), actor=actor(key),
+    )
+    return request_reads(session, [request])[0]
+
+
+@router.get(
+    "/{request_id}/certificate",
+    response_class=Response,
+    responses={**problems(404, 409, 503), 200: {"content": {"application/json": {}},
+                                                "description": "The signed certificate (one line of canonical JSON)."}},
+)
+def get_certificate(request_id: str, session: SessionDep, key: CertificateKey, signer: SignerDep) -> Response:
+    """The signed erasure certificate of a completed request; check it with `ltu certificate verify`."""
+    content = certificates.certificate_content(session, tenant_id=key.tenant_id, request_id=request_id)
+    return Response(signer.sign(content), media_type="application/json",
+                    headers={"Content-Disposition": f'inline; filename="erasure-certificate-{request_id}.json"'})

@@ -10,7 +10,7 @@ from torch import nn
 
 from ltu_core.data.selection import UnlearningSplit
 from ltu_core.mia.svc import svc_mia_efficacy
-from ltu_core.models.inference import Posteriors, predict
+from ltu_core.models.inference import Posteriors, predict_split
 
 HEADLINE = ("ua", "ra", "ta", "mia")
 """The four numbers Avg. Gap averages over."""
@@ -49,8 +49,11 @@ def evaluate(
     model: nn.Module, split: UnlearningSplit, *, device: torch.device | str = "cpu", seed: int = 0
 ) -> Evaluation:
     """Evaluate `model` on every set of `split` with the shared protocol."""
-    sets = split.sets()
-    post = {name: predict(model, sets[name], device=device) for name in ("forget", "retain", "test")}
+    return evaluate_posteriors(predict_split(model, split, names=("forget", "retain", "test"), device=device), split, seed=seed)
+
+
+def evaluate_posteriors(post: dict[str, Posteriors], split: UnlearningSplit, *, seed: int = 0) -> Evaluation:
+    """The protocol on posteriors already computed (keys forget, retain, test; see predict_split)."""
     seen = torch.from_numpy(np.isin(split.retain, split.retain_subset))
     retain, forget, test = post["retain"], post["forget"], post["test"]
     mia = {

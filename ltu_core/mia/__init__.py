@@ -10,7 +10,13 @@ from ltu_core.mia.attackers import (
 )
 from ltu_core.mia.features import FEATURES
 from ltu_core.mia.svc import MIA_DIRECTION, svc_mia_efficacy
-from ltu_core.mia.verify import Verdict, VerificationThresholds, verify_forgetting, verify_model
+from ltu_core.mia.verify import (
+    Verdict,
+    VerificationThresholds,
+    score_summary,
+    verify_forgetting,
+    verify_model,
+)
 
 __all__ = [
     "ATTACKER_FEATURES",
@@ -23,6 +29,7 @@ __all__ = [
     "svc_mia_efficacy",
     "train_attackers",
     "Verdict",
+    "score_summary",
     "VerificationThresholds",
     "verify_forgetting",
     "verify_model",

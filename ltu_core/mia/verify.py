@@ -27,7 +27,7 @@ from torch import nn
 
 from ltu_core.data.selection import UnlearningSplit
 from ltu_core.mia.svc import svc_mia_efficacy
-from ltu_core.models.inference import Posteriors, predict
+from ltu_core.models.inference import Posteriors, predict_split
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,17 @@ def margin(post: Posteriors) -> np.ndarray:
     return torch.nan_to_num(torch.log(true) - torch.log(other), nan=0.0).numpy()
 
 
-def mean_percentile_rank(scores: np.ndarray, control: np.ndarray) -> float:
-    """Mean over `scores` of the share of `control` below each (ties count half)."""
+def percentile_ranks(scores: np.ndarray, control: np.ndarray) -> np.ndarray:
+    """For each score, the share of `control` below it (ties count half), in [0, 1]."""
     ordered = np.sort(control)
     below = np.searchsorted(ordered, scores, side="left")
     at_or_below = np.searchsorted(ordered, scores, side="right")
-    return float(np.mean((below + at_or_below) / (2.0 * len(ordered))))
+    return (below + at_or_below) / (2.0 * len(ordered))
+
+
+def mean_percentile_rank(scores: np.ndarray, control: np.ndarray) -> float:
+    """Mean of `percentile_ranks`: the verdict's statistic."""
+    return float(np.mean(percentile_ranks(scores, control)))
 
 
 def verify_forgetting(
@@ -126,8 +131,7 @@ def verify_model(
     device: torch.device | str = "cpu",
 ) -> Verdict:
     """Verdict for `model` on a split's sets (control = D_ref, never trained on)."""
-    sets = split.sets()
-    post = {k: predict(model, sets[k], device=device) for k in ("retain", "test", "forget", "reference")}
+    post = predict_split(model, split, device=device)
     return verify_forgetting(
         retain=post["retain"],
         test=post["test"],
@@ -137,3 +141,26 @@ def verify_model(
         thresholds=thresholds,
         seed=seed,
     )
+
+
+def score_summary(forget: Posteriors, control: Posteriors, *, points: int = 200, bins: int = 24) -> dict:
+    """The verifier's member scores, compact enough for a request record (dashboards plot it).
+
+    The forget set's margins sorted, each beside its percentile rank among the control (at most
+    `points` evenly spaced order statistics), the mean rank the verdict tests, and a histogram of
+    the control's margins on bins that also cover the forget margins. Plain JSON values.
+    """
+    f, c = margin(forget), margin(control)
+    ranks = percentile_ranks(f, c)
+    order = np.argsort(f)  # sorting both keeps each margin beside its rank
+    keep = np.unique(np.linspace(0, len(f) - 1, min(len(f), points)).round().astype(int))
+    edges = np.histogram_bin_edges(np.concatenate([f, c]), bins=bins)
+    counts, _ = np.histogram(c, bins=edges)
+    return {
+        "n_forget": len(f),
+        "n_control": len(c),
+        "forget": [round(float(v), 4) for v in f[order][keep]],
+        "forget_ranks": [round(float(v), 4) for v in ranks[order][keep]],
+        "mean_rank": round(float(ranks.mean()), 4),
+        "control_histogram": {"edges": [round(float(v), 4) for v in edges], "counts": [int(v) for v in counts]},
+    }

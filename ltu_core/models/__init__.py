@@ -8,6 +8,6 @@ from ltu_core.models.factory import (
     read_checkpoint,
     save_model,
 )
-from ltu_core.models.inference import Posteriors, predict
+from ltu_core.models.inference import Posteriors, predict, predict_split
 
-__all__ = ["ArchConfig", "Posteriors", "predict", "build_model", "count_parameters", "load_model", "read_checkpoint", "save_model"]
+__all__ = ["ArchConfig", "Posteriors", "predict", "predict_split", "build_model", "count_parameters", "load_model", "read_checkpoint", "save_model"]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ltu_core.data.dataset import SampleSet
+from ltu_core.data.selection import UnlearningSplit
 
 
 @dataclass(frozen=True)
@@ -44,3 +45,16 @@ def predict(model: nn.Module, samples: SampleSet, *, device: torch.device | str 
     if not probs:
         return Posteriors(torch.empty(0, 0), torch.empty(0, dtype=torch.int64))
     return Posteriors(torch.cat(probs), torch.cat(labels))
+
+
+def predict_split(
+    model: nn.Module,
+    split: UnlearningSplit,
+    *,
+    names: tuple[str, ...] = ("forget", "retain", "test", "reference"),
+    device: torch.device | str = "cpu",
+) -> dict[str, Posteriors]:
+    """Posteriors of `model` on the named sets of a split: one inference pass that evaluation,
+    verification and score summaries can all share."""
+    sets = split.sets()
+    return {name: predict(model, sets[name], device=device) for name in names}

@@ -163,6 +163,89 @@ def embedded(make_service):
     return make_service(runner=True)
 
 
+@dataclass(frozen=True)
+class Completed:
+    """A service with one completed erasure request."""
+
+    service: Service
+    model: object  # ltu_client.Model
+    request: object  # ltu_client.DeletionRequest, completed
+
+    @property
+    def client(self):
+        """The admin client."""
+        return self.service.client
+
+
+def complete_request(service: Service, artifacts: Artifacts, *, subject_index: int = 0) -> Completed:
+    """Register the tiny dataset and model, erase one subject and run the job here (no runner thread)."""
+    from worker.runner import EmbeddedRunner
+
+    dataset = service.client.register_dataset(artifacts.archive)
+    model = service.client.register_model(artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe)
+    request = service.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(subject_index)],
+                                             parameters=service.tiny_ltu)
+    EmbeddedRunner(service.settings).run_pending()
+    done = service.client.get_request(request.id)
+    assert done.status == "completed", done.error
+    return Completed(service, model, done)
+
+
+@pytest.fixture()
+def submit_backdated():
+    """Factory: `submit(service, model_id, subject, days_ago)` → the id of a request received `days_ago` days ago."""
+    from datetime import timedelta
+
+    from ledger import requests
+    from ledger.db import Database
+    from ledger.hashing import subject_hash
+    from ledger.tables import Model, utcnow
+
+    def submit(service: Service, model_id: str, subject: str, days_ago: float) -> str:
+        database = Database(service.settings.database_url)
+        try:
+            with database.transaction() as session:
+                model = session.get(Model, model_id)
+                target = requests.Target("subjects", (subject_hash(service.settings.secret_key, subject),))
+                request, _ = requests.create_request(
+                    session, tenant_id=model.tenant_id, model=model, target=target, method="ltu", parameters={},
+                    idempotency_key=None, body_hash=secrets.token_hex(32), actor="test",
+                    now=utcnow() - timedelta(days=days_ago))
+                return request.id
+        finally:
+            database.dispose()
+
+    return submit
+
+
+@pytest.fixture()
+def completed(api, artifacts) -> Completed:
+    """An embedded API (no runner thread) with one completed request."""
+    return complete_request(api, artifacts)
+
+
+# --- headless Chromium ---------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package: apt-get install -y chromium
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run")
+
+
+@pytest.fixture()
+def chromium():
+    """A launched headless Chromium (Debian's, driven by playwright; never `playwright install`)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("the playwright package is not installed (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).is_file():
+        unavailable(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+        yield browser
+        browser.close()
+
+
 # --- Postgres + Redis + Celery -------------------------------------------------------------------
 
 
@@ -187,6 +270,24 @@ def postgres_url():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture()
+def fresh_postgres_url(postgres_url):
+    """A migrated Postgres database of this test alone (for tests that tamper with it), dropped afterwards."""
+    import psycopg
+
+    from ledger import migrate
+
+    admin = POSTGRES_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"ltu_test_{secrets.token_hex(4)}"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    migrate.upgrade(url)
+    yield url
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     """The Redis broker URL (a dedicated DB index)."""
@@ -205,12 +306,18 @@ def celery_stack(tmp_path_factory, postgres_url, redis_url):
     """Settings shared by the API and a real `celery worker` subprocess on a queue of its own."""
     from ledger.settings import Settings
 
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     root = tmp_path_factory.mktemp("celery-stack")
     queue = f"gpu-test-{secrets.token_hex(4)}"
+    signing_key = root / "certificate-key.pem"  # deployed: a configured key, never a generated one
+    signing_key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     settings = Settings(
         home=root, database_url=postgres_url, artifacts_dir=root / "artifacts", secret_key=secrets.token_urlsafe(48),
         broker_url=redis_url, admin_api_key=ADMIN_KEY, queue=queue, device="cpu", torch_threads=1,
-        poll_interval=0.2, retry_after_seconds=1,
+        poll_interval=0.2, retry_after_seconds=1, certificate_key_file=signing_key,
     )
     env = {
         **os.environ,

@@ -144,6 +144,15 @@ def test_revoked_key_is_401(api):
     assert err.value.status == 401
 
 
+def test_no_part_of_a_key_secret_is_kept_in_listings_or_the_audit_chain(api):
+    created = api.client.create_api_key("fingerprinted", ["read"])
+    secret = created["key"].removeprefix("ltu_")
+    listed = api.http.get("/v1/api-keys", headers=api.client.headers).text
+    exported = api.http.get("/v1/audit/events", params={"format": "ndjson"}, headers=api.client.headers).text
+    for text in (listed, exported):
+        assert not any(secret[i : i + 6] in text for i in range(len(secret) - 5))
+
+
 def test_wrong_scope_is_403(api, registered, artifacts):
     _, model = registered
     reader = api.client_for(api.client.create_api_key("reader", ["read"])["key"])

@@ -62,7 +62,14 @@ def test_dockerfile_uses_a_cuda_pytorch_base_and_the_same_pins():
     assert ".ltu" in ignored and "*.safetensors" in ignored
 
 
-def test_docker_compose_config_when_the_plugin_exists():
+def test_certificate_key_is_a_mounted_secret_of_the_api():
+    spec = compose()
+    api = spec["services"]["api"]
+    assert api["environment"]["LTU_CERTIFICATE_KEY_FILE"] == "/run/secrets/ltu_certificate_key"
+    assert api["secrets"] == ["ltu_certificate_key"] and "ltu_certificate_key" in spec["secrets"]
+
+
+def test_docker_compose_config_when_the_plugin_exists(tmp_path):
     """`docker compose config -q` validates the file fully where the compose plugin is installed."""
     docker = shutil.which("docker")
     has_plugin = docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
@@ -70,7 +77,10 @@ def test_docker_compose_config_when_the_plugin_exists():
         # Without the plugin the YAML checks above are the validation; say so in the output.
         print("docker compose plugin not installed: validated docker-compose.yml with PyYAML only")
         return
-    env = {**os.environ, "LTU_SECRET_KEY": "x" * 48, "LTU_ADMIN_API_KEY": "ltu_" + "y" * 40}
+    key = tmp_path / "certificate-key.pem"
+    key.write_text("placeholder: config only checks that the file exists\n")
+    env = {**os.environ, "LTU_SECRET_KEY": "x" * 48, "LTU_ADMIN_API_KEY": "ltu_" + "y" * 40,
+           "LTU_CERTIFICATE_KEY_PATH": str(key)}
     result = subprocess.run([docker, "compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

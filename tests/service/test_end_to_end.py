@@ -4,6 +4,7 @@ shape (Postgres + a real Celery worker process on Redis), with the same scenario
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
@@ -12,7 +13,9 @@ from ltu_client import ApiError
 
 def erasure_scenario(service, artifacts, tmp_path) -> None:
     """register dataset and model → submit → completed → new version downloads with its sha256 →
-    the subject's samples are erased → an audit event for every transition."""
+    the subject's samples are erased → an audit event for every transition → the chain and the
+    certificate verify."""
+    from api.signing import load_public_key, verify_certificate
     client = service.client
     tiny = service.tiny_ltu
     dataset = client.register_dataset(artifacts.archive)
@@ -66,6 +69,13 @@ def erasure_scenario(service, artifacts, tmp_path) -> None:
                          "deletion_request.completed"]
     assert {"model_version.created", "model_version.superseded", "samples.erased"} <= set(actions)
     assert any(e.action == "dataset.registered" for e in client.audit_events(action="dataset.registered"))
+
+    # Compliance: the audit chain verifies, and so does the request's signed certificate.
+    assert client.verify_audit()["valid"]
+    document = client.certificate(request_id)
+    content = verify_certificate(document, load_public_key(json.dumps(client.certificate_key())))
+    assert content["model"]["new_version"]["sha256"] == done.result_sha256 and client.certificate(request_id) == document
+    assert client.audit_summary()["overall"]["by_status"]["completed"] == 1
 
     # The subject is gone: a new request for it is refused with a clear message.
     with pytest.raises(ApiError) as err:

@@ -1,0 +1,156 @@
+"""The compliance dashboard: server-rendered pages for keys with the audit scope (no JavaScript).
+
+Sign-in: the login form takes an API key with the audit (or admin) scope and sets an HttpOnly,
+SameSite=Strict session cookie that holds the key's id, an expiry and an HMAC of both under the
+server secret, never the key itself; revoking the key ends the session. A Bearer header works
+too (scripts, screenshots).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy import select
+
+from api import plots
+from api.deps import SessionDep, SettingsDep, SignerDep, bearer
+from api.errors import ProblemError
+from api.schemas import Deadline
+from ledger import audit, certificates, reports, requests, tenants
+from ledger.tables import ACTIVE_STATUSES, ApiKey, Model, Tenant, utcnow
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+COOKIE = "ltu_dashboard"
+SESSION_SECONDS = 8 * 3600
+LOGIN = "/dashboard/login"
+
+
+def session_token(secret: str, key_id: str, expires: int) -> str:
+    """`<key id>.<expiry>.<HMAC>`: proves a login with that key until the expiry (Unix seconds)."""
+    mac = hmac.new(secret.encode(), f"dashboard:{key_id}:{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{key_id}.{expires}.{mac}"
+
+
+def dashboard_key(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> ApiKey | None:
+    """The signed-in key (Bearer header, else session cookie), or None; 403 without the audit scope."""
+    if credentials is not None:
+        key = tenants.authenticate(session, secret=credentials.credentials)
+    else:
+        key = _cookie_key(session, settings.secret_key, request.cookies.get(COOKIE, ""))
+    if key is not None and not {"audit", "admin"} & set(key.scopes):
+        raise ProblemError(403, "the dashboard needs an API key with the audit scope", code="insufficient_scope")
+    return key
+
+
+def _cookie_key(session, secret: str, token: str) -> ApiKey | None:
+    key_id, _, rest = token.partition(".")
+    expires, _, _ = rest.partition(".")
+    if not expires.isdigit() or int(expires) < time.time():
+        return None
+    if not hmac.compare_digest(token, session_token(secret, key_id, int(expires))):
+        return None
+    key = session.get(ApiKey, key_id)
+    return key if key is not None and key.revoked_at is None else None
+
+
+DashboardKey = Annotated[ApiKey | None, Depends(dashboard_key)]
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> Response:
+    """The sign-in form."""
+    return request.app.state.templates.TemplateResponse(request, "login.html", {"error": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, session: SessionDep, settings: SettingsDep,
+          api_key: Annotated[str, Form(min_length=1, max_length=500)]) -> Response:
+    """Check the key and start a session (303 to the dashboard), or show the form again with why."""
+    key = tenants.authenticate(session, secret=api_key.strip())
+    error, status = None, 303
+    if key is None:
+        error, status = "This API key is unknown or revoked.", 401
+    elif not {"audit", "admin"} & set(key.scopes):
+        error, status = "This API key lacks the audit scope the dashboard needs.", 403
+    if error:
+        return request.app.state.templates.TemplateResponse(request, "login.html", {"error": error}, status_code=status)
+    response = RedirectResponse("/dashboard", status_code=303)
+    expires = int(time.time()) + SESSION_SECONDS
+    response.set_cookie(COOKIE, session_token(settings.secret_key, key.id, expires), max_age=SESSION_SECONDS,
+                        path="/dashboard", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    """End the session."""
+    response = RedirectResponse(LOGIN, status_code=303)
+    response.delete_cookie(COOKIE, path="/dashboard")
+    return response
+
+
+@router.get("", response_class=HTMLResponse)
+def overview(request: Request, session: SessionDep, settings: SettingsDep, key: DashboardKey,
+             deadline: Deadline | None = None, cursor: str | None = None) -> Response:
+    """Figures, the overdue list, and the requests with status, progress and deadline."""
+    if key is None:
+        return RedirectResponse(LOGIN, status_code=303)
+    now, due_soon = utcnow(), timedelta(days=settings.due_soon_days)
+    overall, per_model = reports.summarize(session, tenant_id=key.tenant_id, now=now, due_soon=due_soon)
+    page = requests.list_requests(session, tenant_id=key.tenant_id, deadline=deadline, due_soon=due_soon,
+                                  cursor=cursor, limit=50)
+    overdue = requests.list_requests(session, tenant_id=key.tenant_id, deadline=requests.OVERDUE, limit=50).items
+    names = dict(session.execute(select(Model.id, Model.name).where(Model.tenant_id == key.tenant_id)).all())
+    return request.app.state.templates.TemplateResponse(request, "overview.html", {
+        "tenant": session.get(Tenant, key.tenant_id), "overall": overall, "per_model": per_model, "names": names,
+        "page": page, "overdue": overdue, "shown": deadline, "now": now, "active": ACTIVE_STATUSES,
+        "due_soon_days": settings.due_soon_days,
+    })
+
+
+@router.get("/requests/{request_id}", response_class=HTMLResponse)
+def request_page(request_id: str, request: Request, session: SessionDep, settings: SettingsDep, key: DashboardKey) -> Response:
+    """One request: lifecycle, deadline, member-score plots before and after, accuracy, audit trail."""
+    if key is None:
+        return RedirectResponse(LOGIN, status_code=303)
+    erasure = requests.get_request(session, tenant_id=key.tenant_id, request_id=request_id)
+    events = audit.list_events(session, where=audit.EventFilter(tenant_id=key.tenant_id, request_id=erasure.id),
+                               limit=200).items
+    scores = (erasure.details or {}).get("scores")
+    figures = {}
+    if scores:
+        x_range = plots.score_range(scores["before"], scores["after"])
+        threshold = ((erasure.verification or {}).get("after") or {}).get("rank_threshold")
+        figures = {"before": plots.score_plot(scores["before"], phase="before", x_range=x_range),
+                   "after": plots.score_plot(scores["after"], phase="after", x_range=x_range),
+                   "ranks": plots.rank_plot(scores["before"], scores["after"], threshold=threshold)}
+    if erasure.metrics_before and erasure.metrics_after:
+        figures["metrics"] = plots.metrics_plot(erasure.metrics_before, erasure.metrics_after)
+    model = session.get(Model, erasure.model_id)
+    return request.app.state.templates.TemplateResponse(request, "request.html", {
+        "r": erasure, "model": model, "events": events, "figures": figures, "now": utcnow(),
+        "active": ACTIVE_STATUSES, "due_soon_days": settings.due_soon_days,
+    })
+
+
+@router.get("/requests/{request_id}/certificate")
+def certificate(request_id: str, session: SessionDep, key: DashboardKey, signer: SignerDep) -> Response:
+    """The request's signed erasure certificate, for download from the page."""
+    if key is None:
+        return RedirectResponse(LOGIN, status_code=303)
+    content = certificates.certificate_content(session, tenant_id=key.tenant_id, request_id=request_id)
+    return Response(signer.sign(content), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="erasure-certificate-{request_id}.json"'})

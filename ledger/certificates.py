@@ -1,0 +1,85 @@
+"""The content of an erasure certificate: what a completed request did, taken from the ledger.
+
+The API signs it (api/signing.py). Everything here is fixed once the request has completed, so
+the same request always yields the same content, and (Ed25519 being deterministic) the same
+signed bytes under the same key. No personal data: subjects appear as their keyed hashes and the
+erased samples as one hash of their sorted ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ledger import registry, requests
+from ledger.canonical import canonical_json
+from ledger.errors import Conflict
+from ledger.tables import COMPLETED, AuditEvent, DeletionRequest, ModelVersion
+
+FORMAT = "ltu-erasure-certificate/1"
+COMPLETION_ACTION = "deletion_request.completed"
+
+
+def sample_set_hash(sample_ids: list[str]) -> str:
+    """SHA-256 of the canonical JSON array of the sorted sample ids (reproducible from the id list)."""
+    return hashlib.sha256(canonical_json(sorted(sample_ids)).encode()).hexdigest()
+
+
+def certificate_content(session: Session, *, tenant_id: str, request_id: str) -> dict[str, Any]:
+    """The certificate of a completed request (NotFound for another tenant's, Conflict while not completed)."""
+    request = requests.get_request(session, tenant_id=tenant_id, request_id=request_id)
+    if request.status != COMPLETED:
+        raise Conflict(f"deletion request {request_id} is {request.status}: only completed requests have a certificate")
+    produced = session.scalar(select(ModelVersion).where(ModelVersion.producing_request_id == request.id))
+    assert produced is not None and request.base_version is not None  # completion publishes both
+    base = registry.get_version(session, model_id=request.model_id, number=request.base_version)
+    samples = requests.request_samples(session, request_id=request.id)
+    verification = request.verification or {}
+    run = (request.details or {}).get("run", {})
+    fallback = verification.get("fallback")
+    return {
+        "format": FORMAT,
+        "request": {
+            "id": request.id, "tenant_id": request.tenant_id, "target_kind": request.target_kind,
+            "num_targets": request.num_targets, "received_at": request.received_at, "due_at": request.due_at,
+            "deadline_extension_months": (request.extension or {}).get("months", 0),
+            "started_at": request.started_at, "completed_at": request.finished_at,
+            "completed_on_time": bool(request.finished_at and request.finished_at <= request.due_at),
+        },
+        "subjects": {"subject_hashes": request.subject_hashes, "hashing": "HMAC-SHA256 under the service's secret key"},
+        "erased_samples": {
+            "count": len(samples), "train": sum(s.split == "train" for s in samples),
+            "sha256": sample_set_hash([s.sample_id for s in samples]),
+            "hashing": "SHA-256 of the canonical JSON array of the sorted sample ids",
+        },
+        "model": {
+            "id": request.model_id,
+            "base_version": {"number": base.number, "sha256": base.sha256},
+            "new_version": {"number": produced.number, "sha256": produced.sha256},
+        },
+        "method": {"requested": request.method, "parameters": request.parameters,
+                   "executed": run.get("method"), "config": run.get("config")},
+        "metrics": {"before": request.metrics_before, "after": request.metrics_after},
+        "verification": {
+            "passed": verification.get("passed"), "exact": verification.get("exact"),
+            "thresholds": (verification.get("after") or {}).get("thresholds"),
+            "before": verification.get("before"), "after": verification.get("after"),
+            "fallback": {"method": fallback["method"], "reason": fallback["reason"]} if fallback else None,
+        },
+        "audit": _covered_events(session, request),
+    }
+
+
+def _covered_events(session: Session, request: DeletionRequest) -> dict[str, Any]:
+    """The request's audit events up to its completion, and the chain hash there (the anchor)."""
+    rows = session.execute(
+        select(AuditEvent.seq, AuditEvent.action, AuditEvent.hash)
+        .where(AuditEvent.request_id == request.id).order_by(AuditEvent.seq)
+    ).all()
+    end = next(i for i, row in enumerate(rows) if row.action == COMPLETION_ACTION)
+    covered = rows[: end + 1]
+    return {"sequence_numbers": [row.seq for row in covered], "last_seq": covered[-1].seq,
+            "last_hash": covered[-1].hash}

@@ -1,0 +1,78 @@
+"""Purge: superseded weights that still contain erased subjects leave the artifact store.
+
+A version is superseded when an erasure request publishes its successor; from then on its
+weights still carry the erased subjects' influence. After a grace period (in-flight downloads,
+consumers moving to the new version) its file is deleted and the version becomes `purged`, with
+an audit event that records the file's sha256 and whether it is gone. The current version is
+never purged (it is never superseded), and the current pointer never moves back
+(registry.move_current), so no model ever points at a purged or pre-erasure version again.
+
+Weights are stored by sha256, so two versions can share one file (the same weights uploaded
+twice): the file is deleted only when no other unpurged version references it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from ledger import audit
+from ledger.tables import Model, ModelVersion
+
+SUPERSEDED, PURGED = "superseded", "purged"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A superseded version due for purging, and the request that superseded it."""
+
+    version_id: str
+    tenant_id: str
+    model_id: str
+    number: int
+    sha256: str
+    storage_key: str
+    superseded_by_request: str
+
+
+def due_for_purge(session: Session, *, now: datetime, grace: timedelta) -> list[Candidate]:
+    """Superseded versions whose erasure-produced successor is older than `grace`."""
+    successor = aliased(ModelVersion)
+    rows = session.execute(
+        select(ModelVersion.id, Model.tenant_id, ModelVersion.model_id, ModelVersion.number, ModelVersion.sha256,
+               ModelVersion.storage_key, successor.producing_request_id)
+        .join(successor, successor.parent_id == ModelVersion.id)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .where(ModelVersion.state == SUPERSEDED, ModelVersion.number < Model.current_version,
+               successor.producing_request_id.is_not(None), successor.created_at <= now - grace)
+        .order_by(successor.created_at)
+    ).all()
+    return [Candidate(*row) for row in rows]
+
+
+def other_references(session: Session, *, candidate: Candidate) -> int:
+    """How many other unpurged versions (of any model) use the candidate's file."""
+    return session.scalar(
+        select(func.count()).select_from(ModelVersion).where(
+            ModelVersion.storage_key == candidate.storage_key, ModelVersion.id != candidate.version_id,
+            ModelVersion.state != PURGED)
+    ) or 0
+
+
+def mark_purged(session: Session, *, candidate: Candidate, gone: bool, kept_for: int, actor: str = "system") -> bool:
+    """superseded → purged with its audit event; False if another purger was first."""
+    changed = session.execute(
+        update(ModelVersion).where(ModelVersion.id == candidate.version_id, ModelVersion.state == SUPERSEDED)
+        .values(state=PURGED).execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        return False
+    audit.record(session, tenant_id=candidate.tenant_id, actor=actor, action="model_version.purged",
+                 resource_type="model_version", resource_id=candidate.version_id, model_id=candidate.model_id,
+                 request_id=candidate.superseded_by_request,
+                 data={"number": candidate.number, "sha256": candidate.sha256, "gone": gone,
+                       "kept_for_other_versions": kept_for})
+    return True

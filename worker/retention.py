@@ -1,0 +1,76 @@
+"""Purging superseded weights: one pass (`purge_due`, also `ltu purge`) and the loop that repeats it.
+
+`ltu serve` runs the loop beside the embedded runner and every Celery worker runs it beside the
+outbox relay (a bootstep), so a deployment needs no extra scheduler; `ltu purge` runs one pass
+(cron, or right after lowering LTU_PURGE_GRACE_HOURS). Concurrent passes are harmless: the
+file deletion is idempotent and only one pass wins each version's compare-and-set.
+
+Each version: delete the file first (unless another live version shares it), then mark it purged
+with its audit event. A crash in between leaves it superseded with its file gone; the next pass
+finds it again, deletes nothing, and records it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from ledger import retention
+from ledger.artifacts import ArtifactStore
+from ledger.db import Database
+from ledger.settings import Settings
+from ledger.tables import utcnow
+
+log = logging.getLogger("ltu.retention")
+
+
+def purge_due(database: Database, store: ArtifactStore, *, grace: timedelta) -> list[retention.Candidate]:
+    """Purge every superseded version past its grace period; returns those this pass purged."""
+    with database.session() as session:
+        candidates = retention.due_for_purge(session, now=utcnow(), grace=grace)
+    purged = []
+    for candidate in candidates:
+        with database.session() as session:
+            kept_for = retention.other_references(session, candidate=candidate)
+        gone = store.delete(candidate.storage_key) if kept_for == 0 else False
+        with database.transaction() as session:
+            if retention.mark_purged(session, candidate=candidate, gone=gone, kept_for=kept_for):
+                purged.append(candidate)
+                log.info("purged model %s version %d (sha256 %s, file %s)", candidate.model_id, candidate.number,
+                         candidate.sha256, "deleted" if gone else f"kept for {kept_for} other version(s)")
+    return purged
+
+
+class PurgeLoop:
+    """A daemon thread running `purge_due` every `settings.purge_interval` seconds (start/stop object)."""
+
+    def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
+        self.database = database or Database(settings.database_url)
+        self.store = ArtifactStore(settings.artifacts_dir)
+        self.grace = timedelta(hours=settings.purge_grace_hours)
+        self.interval = settings.purge_interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                purge_due(self.database, self.store, grace=self.grace)
+            except Exception:  # noqa: BLE001 - e.g. the database is briefly down: try again next time
+                log.exception("purge pass failed; retrying in %.0f s", self.interval)
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        """Start the thread (the first pass runs at once)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="ltu-purge", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current pass."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
