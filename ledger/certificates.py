@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from ledger import registry, requests
 from ledger.canonical import canonical_json
 from ledger.errors import Conflict
-from ledger.tables import COMPLETED, AuditEvent, DeletionRequest, ModelVersion
+from ledger.tables import COMPLETED, AuditEvent, DeletionRequest
 
 FORMAT = "ltu-erasure-certificate/1"
 COMPLETION_ACTION = "deletion_request.completed"
@@ -33,13 +33,14 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
     request = requests.get_request(session, tenant_id=tenant_id, request_id=request_id)
     if request.status != COMPLETED:
         raise Conflict(f"deletion request {request_id} is {request.status}: only completed requests have a certificate")
-    produced = session.scalar(select(ModelVersion).where(ModelVersion.producing_request_id == request.id))
-    assert produced is not None and request.base_version is not None  # completion publishes both
+    assert request.result_version is not None and request.base_version is not None  # completion records both
+    produced = registry.get_version(session, model_id=request.model_id, number=request.result_version)
     base = registry.get_version(session, model_id=request.model_id, number=request.base_version)
     samples = requests.request_samples(session, request_id=request.id)
     verification = request.verification or {}
     run = (request.details or {}).get("run", {})
     fallback = verification.get("fallback")
+    batch = verification.get("batch")
     return {
         "format": FORMAT,
         "request": {
@@ -68,6 +69,10 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
             "thresholds": (verification.get("after") or {}).get("thresholds"),
             "before": verification.get("before"), "after": verification.get("after"),
             "fallback": {"method": fallback["method"], "reason": fallback["reason"]} if fallback else None,
+            # Coalesced: one unlearning run forgot several requests' samples together; `before`/`after`
+            # are this request's own verdicts, `run_after` the verdict over the run's whole forget set.
+            "coalesced": {"requests": batch["size"], "forget_samples": batch["forget_samples"],
+                          "run_after": batch["verdict_after"]} if batch else None,
         },
         "audit": _covered_events(session, request),
     }

@@ -36,7 +36,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    # A bounded connect: with the database unreachable the API answers 503 at once instead of
+    # holding the client (and a worker thread) for the operating system's TCP timeout.
+    return create_engine(url, echo=echo, pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
 class Database:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -387,7 +387,7 @@ def claim(
         update(DeletionRequest)
         .where(*conditions)
         .values(status=RUNNING, lease_token=token, heartbeat_at=now, attempts=request.attempts + 1,
-                started_at=func.coalesce(DeletionRequest.started_at, now), phase="preparing",
+                started_at=func.coalesce(DeletionRequest.started_at, now), phase="preparing", batch_id=None,
                 progress_step=0, progress_total=0, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -402,24 +402,87 @@ def claim(
     return request
 
 
-def report(session: Session, *, request_id: str, token: str, **values: Any) -> None:
-    """Write progress or results of the executing attempt (also its heartbeat); LeaseLost if it is not ours."""
+def claim_siblings(
+    session: Session, *, leader: DeletionRequest, lease_seconds: float, max_attempts: int, limit: int
+) -> list[DeletionRequest]:
+    """Claim up to `limit` requests that can share the leader's unlearning run (coalescing).
+
+    Siblings are waiting requests (received, queued, or running with a stale heartbeat) on the
+    same model with the same method and parameters, oldest first. Each is claimed under the
+    leader's lease token with its own compare-and-set and its own audit event, so each keeps its
+    record; the leader's id becomes their `batch_id`.
+    """
+    if limit <= 0:
+        return []
+    now = utcnow()
+    waiting = or_(
+        DeletionRequest.status.in_((RECEIVED, QUEUED)),
+        and_(DeletionRequest.status == RUNNING, DeletionRequest.heartbeat_at < now - timedelta(seconds=lease_seconds)),
+    )
+    candidates = session.scalars(
+        select(DeletionRequest)
+        .where(DeletionRequest.model_id == leader.model_id, DeletionRequest.id != leader.id, waiting,
+               DeletionRequest.method == leader.method, DeletionRequest.cancel_requested.is_(False),
+               DeletionRequest.attempts < max_attempts)
+        .order_by(DeletionRequest.received_at, DeletionRequest.id)
+        .limit(4 * limit)  # parameters are compared here, not in SQL (JSON equality differs by backend)
+    ).all()
+    claimed: list[DeletionRequest] = []
+    for candidate in candidates:
+        if len(claimed) == limit:
+            break
+        if candidate.parameters != leader.parameters:
+            continue
+        changed = session.execute(
+            update(DeletionRequest)
+            .where(DeletionRequest.id == candidate.id, DeletionRequest.status == candidate.status,
+                   DeletionRequest.attempts == candidate.attempts)
+            .values(status=RUNNING, lease_token=leader.lease_token, heartbeat_at=now, attempts=candidate.attempts + 1,
+                    started_at=func.coalesce(DeletionRequest.started_at, now), phase="preparing", batch_id=leader.id,
+                    progress_step=0, progress_total=0, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed != 1:
+            continue
+        sibling = load(session, request_id=candidate.id)
+        assert sibling is not None
+        audit.record(session, tenant_id=sibling.tenant_id, actor=WORKER, action="deletion_request.running",
+                     resource_type="deletion_request", resource_id=sibling.id, model_id=sibling.model_id,
+                     request_id=sibling.id, now=now,
+                     data={"attempt": sibling.attempts, "resumed": candidate.status == RUNNING, "batch_id": leader.id})
+        claimed.append(sibling)
+    if claimed:
+        session.execute(update(DeletionRequest).where(DeletionRequest.id == leader.id)
+                        .values(batch_id=leader.id).execution_options(synchronize_session=False))
+        leader.batch_id = leader.id
+    return claimed
+
+
+def report(session: Session, *, request_ids: Sequence[str], token: str, **values: Any) -> None:
+    """Write progress or results of the executing attempt to each of its requests (also their heartbeat).
+
+    LeaseLost if any of them is not held by this execution any more.
+    """
+    now = utcnow()
     changed = session.execute(
         update(DeletionRequest)
-        .where(DeletionRequest.id == request_id, DeletionRequest.status == RUNNING, DeletionRequest.lease_token == token)
-        .values(heartbeat_at=utcnow(), updated_at=utcnow(), **values)
+        .where(DeletionRequest.id.in_(tuple(request_ids)), DeletionRequest.status == RUNNING,
+               DeletionRequest.lease_token == token)
+        .values(heartbeat_at=now, updated_at=now, **values)
         .execution_options(synchronize_session=False)
     ).rowcount
-    if changed != 1:
-        raise LeaseLost(f"deletion request {request_id} is no longer held by this execution")
+    if changed != len(request_ids):
+        raise LeaseLost(f"deletion request(s) {', '.join(request_ids)} no longer held by this execution")
 
 
-def cancel_requested(session: Session, *, request_id: str) -> bool:
-    """True when someone asked to cancel the request (or it is no longer running)."""
-    row = session.execute(
-        select(DeletionRequest.status, DeletionRequest.cancel_requested).where(DeletionRequest.id == request_id)
-    ).one_or_none()
-    return row is None or row[1] or row[0] != RUNNING
+def cancel_requested(session: Session, *, request_ids: Sequence[str]) -> set[str]:
+    """Those of `request_ids` someone asked to cancel (or that are no longer running)."""
+    rows = session.execute(
+        select(DeletionRequest.id, DeletionRequest.status, DeletionRequest.cancel_requested)
+        .where(DeletionRequest.id.in_(tuple(request_ids)))
+    ).all()
+    running = {row[0] for row in rows if row[1] == RUNNING and not row[2]}
+    return set(request_ids) - running
 
 
 def finish(
@@ -442,45 +505,124 @@ def finish(
     )
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What one request of a run records on completion: its own metrics, verdict and run details."""
+
+    metrics_after: dict[str, Any]
+    verification: dict[str, Any]
+    details: dict[str, Any]
+
+
 def complete(
     session: Session,
     *,
-    request: DeletionRequest,
     token: str,
     model: Model,
     base: ModelVersion,
+    outcomes: dict[str, Outcome],
     sha256: str,
     size_bytes: int,
     storage_key: str,
-    metrics_after: dict[str, Any],
-    verification: dict[str, Any],
-    details: dict[str, Any],
 ) -> ModelVersion:
-    """Publish the new version, mark the request's samples erased and complete it, in one transaction.
+    """Publish one new version for the run and complete each of its requests, in one transaction.
 
-    Raises StaleBase (the model moved on: redo on the new version) or LeaseLost (not ours any
-    more); the caller rolls back either way, so nothing is half-published.
+    `outcomes` maps request id → Outcome, the run's leader first (it is the version's producing
+    request). Each request gets its samples marked erased and its completion event. Raises
+    StaleBase (the model moved on: redo on the new version) or LeaseLost (not ours any more);
+    the caller rolls back either way, so nothing is half-published.
     """
+    leader_id = next(iter(outcomes))
     version = registry.publish_version(
-        session, model=model, base=base, request_id=request.id, sha256=sha256, size_bytes=size_bytes,
-        storage_key=storage_key, metrics=metrics_after, actor=WORKER,
+        session, model=model, base=base, request_id=leader_id, sha256=sha256, size_bytes=size_bytes,
+        storage_key=storage_key, metrics=outcomes[leader_id].metrics_after, actor=WORKER,
     )
     now = utcnow()
-    sample_pks = select(RequestSample.sample_pk).where(RequestSample.request_id == request.id)
-    erased = session.execute(
-        update(DatasetSample)
-        .where(DatasetSample.id.in_(sample_pks), DatasetSample.erased_by_request_id.is_(None))
-        .values(erased_by_request_id=request.id, erased_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    audit.record(session, tenant_id=request.tenant_id, actor=WORKER, action="samples.erased", resource_type="dataset",
-                 resource_id=model.dataset_id, model_id=model.id, request_id=request.id, now=now,
-                 data={"newly_erased": erased, "version": version.number})
-    if not _transition(
-        session, request_id=request.id, expect=(RUNNING,), to=COMPLETED, actor=WORKER, token=token,
-        values={"finished_at": now, "lease_token": None, "phase": None, "metrics_after": metrics_after,
-                "verification": verification, "details": details, "base_version": base.number},
-        data={"version": version.number, "sha256": sha256, "verification_passed": verification.get("passed")},
-    ):
-        raise LeaseLost(f"deletion request {request.id} is no longer held by this execution")
+    for request_id, outcome in outcomes.items():
+        request = load(session, request_id=request_id)
+        assert request is not None
+        sample_pks = select(RequestSample.sample_pk).where(RequestSample.request_id == request_id)
+        erased = session.execute(
+            update(DatasetSample)
+            .where(DatasetSample.id.in_(sample_pks), DatasetSample.erased_by_request_id.is_(None))
+            .values(erased_by_request_id=request_id, erased_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        audit.record(session, tenant_id=request.tenant_id, actor=WORKER, action="samples.erased",
+                     resource_type="dataset", resource_id=model.dataset_id, model_id=model.id, request_id=request_id,
+                     now=now, data={"newly_erased": erased, "version": version.number})
+        batch = {"batch_id": request.batch_id, "batch_size": len(outcomes)} if len(outcomes) > 1 else {}
+        if not _transition(
+            session, request_id=request_id, expect=(RUNNING,), to=COMPLETED, actor=WORKER, token=token,
+            values={"finished_at": now, "lease_token": None, "phase": None, "metrics_after": outcome.metrics_after,
+                    "verification": outcome.verification, "details": outcome.details, "base_version": base.number,
+                    "result_version": version.number},
+            data={"version": version.number, "sha256": sha256,
+                  "verification_passed": outcome.verification.get("passed"), **batch},
+        ):
+            raise LeaseLost(f"deletion request {request_id} is no longer held by this execution")
     return version
+
+
+# --- reconciliation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What one reconciler pass did: ids requeued and ids failed."""
+
+    requeued: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+
+def reconcile(
+    session: Session, *, lease_seconds: float, queued_after: float, max_attempts: int, limit: int = 100,
+    now: datetime | None = None,
+) -> Reconciled:
+    """Find requests whose work was interrupted and dispatch them again, at most `max_attempts` times.
+
+    Interrupted: running with a heartbeat older than the lease (its worker was killed or lost the
+    database), or queued for longer than `queued_after` (the broker lost the message, e.g. Redis
+    restarted empty). Each is dispatched again through a new outbox row; a request that was
+    already executed or requeued `max_attempts` times is failed with the reason instead. A request
+    is not requeued twice within one lease, and the job's compare-and-set makes any duplicate
+    message a no-op, so concurrent reconcilers are harmless.
+    """
+    now = now or utcnow()
+    stale = now - timedelta(seconds=lease_seconds)
+    interrupted = or_(
+        and_(DeletionRequest.status == RUNNING, DeletionRequest.heartbeat_at < stale),
+        and_(DeletionRequest.status == QUEUED, DeletionRequest.updated_at < now - timedelta(seconds=queued_after)),
+    )
+    rows = session.scalars(
+        select(DeletionRequest).where(interrupted, DeletionRequest.updated_at < stale)
+        .order_by(DeletionRequest.received_at).limit(limit)
+    ).all()
+    requeued, failed = [], []
+    for request in rows:
+        reason = "worker_lost" if request.status == RUNNING else "broker_lost"
+        interruptions = max(request.attempts, request.requeues)
+        if interruptions >= max_attempts:
+            message = f"the request was interrupted {interruptions} times (last: {reason.replace('_', ' ')}); giving up"
+            if _transition(session, request_id=request.id, expect=(request.status,), to=FAILED, actor="reconciler",
+                           values={"finished_at": now, "error_code": "attempts_exhausted", "error_message": message,
+                                   "lease_token": None, "phase": None},
+                           data={"attempts": request.attempts, "requeues": request.requeues, "reason": reason}):
+                failed.append(request.id)
+            continue
+        changed = session.execute(
+            update(DeletionRequest)
+            .where(DeletionRequest.id == request.id, DeletionRequest.status == request.status,
+                   DeletionRequest.updated_at == request.updated_at)
+            .values(requeues=request.requeues + 1, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed != 1:
+            continue  # it moved meanwhile (a heartbeat, another reconciler)
+        outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request.id})
+        audit.record(session, tenant_id=request.tenant_id, actor="reconciler", action="deletion_request.requeued",
+                     resource_type="deletion_request", resource_id=request.id, model_id=request.model_id,
+                     request_id=request.id, now=now,
+                     data={"reason": reason, "status": request.status, "requeue": request.requeues + 1})
+        requeued.append(request.id)
+    return Reconciled(tuple(requeued), tuple(failed))

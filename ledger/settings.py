@@ -62,6 +62,9 @@ class Settings:
     coalesce_window_seconds: float = 2.0
     coalesce_max_batch: int = 20
     reconcile_interval: float = 30.0  # seconds between reconciler passes (requeue interrupted work)
+    # A request queued this long is presumed lost by the broker and dispatched again (duplicates
+    # are no-ops); the same horizon after which Redis itself would redeliver an unacked message.
+    requeue_queued_after: float = 6 * 3600.0
     rate_limit_per_minute: int = 120  # erasure submissions per API key and minute (token bucket)
     rate_limit_burst: int = 30  # submissions a key may send at once before the rate applies
     max_body_bytes: int = 1 << 20  # JSON request bodies (uploads have their own limits)
@@ -116,6 +119,9 @@ class Settings:
             coalesce_window_seconds=_float(env, "LTU_COALESCE_WINDOW_SECONDS", 2.0),
             coalesce_max_batch=_int(env, "LTU_COALESCE_MAX_BATCH", 20),
             reconcile_interval=_float(env, "LTU_RECONCILE_INTERVAL", 30.0),
+            requeue_queued_after=_float(env, "LTU_REQUEUE_QUEUED_AFTER", 6 * 3600.0),
+            lease_seconds=_float(env, "LTU_LEASE_SECONDS", 300.0),
+            max_attempts=_int(env, "LTU_MAX_ATTEMPTS", 3),
             rate_limit_per_minute=_int(env, "LTU_RATE_LIMIT_PER_MINUTE", 120),
             rate_limit_burst=_int(env, "LTU_RATE_LIMIT_BURST", 30),
             max_body_bytes=_int(env, "LTU_MAX_BODY_BYTES", 1 << 20),
@@ -147,8 +153,8 @@ class Settings:
             raise ConfigError("LTU_PURGE_GRACE_HOURS must be 0 or positive")
         if not self.coalesce_window_seconds >= 0 or self.coalesce_max_batch < 1:
             raise ConfigError("LTU_COALESCE_WINDOW_SECONDS must be 0 or positive and LTU_COALESCE_MAX_BATCH at least 1")
-        if not self.reconcile_interval > 0:
-            raise ConfigError("LTU_RECONCILE_INTERVAL must be positive")
+        if not self.reconcile_interval > 0 or not self.lease_seconds > 0 or not self.requeue_queued_after > 0:
+            raise ConfigError("LTU_RECONCILE_INTERVAL, LTU_LEASE_SECONDS and LTU_REQUEUE_QUEUED_AFTER must be positive")
         if self.rate_limit_per_minute < 1 or self.rate_limit_burst < 1:
             raise ConfigError("LTU_RATE_LIMIT_PER_MINUTE and LTU_RATE_LIMIT_BURST must be at least 1")
         if self.max_body_bytes < 1024:

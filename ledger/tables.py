@@ -19,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -225,12 +226,26 @@ class DeletionRequest(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     base_version: Mapped[int | None]  # the version number the unlearning started from
+    result_version: Mapped[int | None]  # the version it published (shared by a coalesced batch)
     metrics_before: Mapped[dict[str, Any] | None]
     metrics_after: Mapped[dict[str, Any] | None]
     verification: Mapped[dict[str, Any] | None]  # verdicts before/after with the numbers behind them
     details: Mapped[dict[str, Any] | None]  # run record: split sizes, method record, fallback
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Coalescing: the requests executed by one unlearning run share the id of the one that led it.
+    batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    requeues: Mapped[int] = mapped_column(default=0)  # times the reconciler dispatched it again
+
+
+class RateLimitBucket(Base):
+    """A token bucket per API key for erasure submissions, shared by every API process."""
+
+    __tablename__ = "rate_limit_buckets"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    refilled_at: Mapped[datetime]
 
 
 class RequestSample(Base):

@@ -3,8 +3,9 @@
 `create_celery(settings)` builds an app for the Redis broker with the settings long GPU jobs need
 (SERVICE.md): late acks, rejection on worker loss, prefetch 1, a dedicated queue, a visibility
 timeout above the longest job, no result backend (status lives only in the ledger). The worker
-process also runs the outbox relay and the purge loop (a bootstep), so no extra process is
-needed to move requests from Postgres to Redis or to delete superseded weights.
+process also runs the outbox relay, the reconciler and the purge loop (a bootstep), so no extra
+process is needed to move requests from Postgres to Redis, to requeue interrupted work or to
+delete superseded weights.
 
 `celery -A worker.celery_app worker` finds the app through this module's `app` attribute, which
 is built from the environment on first access (never at import).
@@ -23,6 +24,7 @@ from ledger.db import Database
 from ledger.settings import Settings
 from worker.context import LazyContext
 from worker.dispatch import OutboxDispatcher
+from worker.reconciler import ReconcileLoop
 from worker.retention import PurgeLoop
 
 log = logging.getLogger("ltu.worker")
@@ -77,7 +79,7 @@ def celery_relay(settings: Settings, app: Celery, *, database: Database | None =
 
 def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.StartStopStep]:
     class BackgroundStep(bootsteps.StartStopStep):
-        """Runs the outbox relay (unless disabled) and the purge loop in the worker's main process."""
+        """Runs the outbox relay (unless disabled), the reconciler and the purge loop in the worker's main process."""
 
         requires = ("celery.worker.components:Pool",)
 
@@ -87,11 +89,12 @@ def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.Start
 
         def start(self, worker) -> None:
             self.loops = [celery_relay(settings, worker.app)] if relay else []
-            self.loops.append(PurgeLoop(settings))
+            self.loops += [ReconcileLoop(settings), PurgeLoop(settings)]
             for loop in self.loops:
                 loop.start()
-            log.info("outbox relay %s; purge pass every %.0f s (queue %s)", "started" if relay else "disabled",
-                     settings.purge_interval, settings.queue)
+            log.info("outbox relay %s; reconciler every %.0f s; purge pass every %.0f s (queue %s)",
+                     "started" if relay else "disabled", settings.reconcile_interval, settings.purge_interval,
+                     settings.queue)
 
         def stop(self, worker) -> None:
             for loop in reversed(self.loops):

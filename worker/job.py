@@ -12,7 +12,11 @@ the attempt's lease token, so:
 - publication is one transaction (new version + forward move of `current` + erased samples +
   completed status), so a request publishes exactly one version or none;
 - if another request published a newer version meanwhile, the job redoes its work on it, so no
-  version ever re-contains data erased by an earlier request.
+  version ever re-contains data erased by an earlier request;
+- requests for the same model, method and parameters that wait at the same time are coalesced:
+  the claim takes up to `coalesce_max_batch` of them under one lease, one unlearning run forgets
+  the union of their samples, and each request still gets its own metrics, verdict, audit
+  events and completion (with the one published version).
 
 Cancellation is honoured between steps and, inside the unlearning method, at its checks. No
 database session is held while the model trains.
@@ -30,7 +34,7 @@ from typing import Any
 from ledger import registry, requests
 from ledger import datasets as ledger_datasets
 from ledger.errors import LeaseLost, StaleBase
-from ledger.tables import CANCELLED, FAILED, RUNNING, Dataset, Model, ModelVersion
+from ledger.tables import CANCELLED, FAILED, QUEUED, RECEIVED, RUNNING, Dataset, Model, ModelVersion, utcnow
 from worker.context import JobContext
 
 log = logging.getLogger("ltu.worker")
@@ -40,6 +44,9 @@ PROGRESS_INTERVAL = 0.5  # seconds between progress writes within one phase
 CANCEL_CHECK_INTERVAL = 1.0  # seconds between cancellation reads
 SCORE_POINTS = 200  # forget-set member scores kept per measurement (order statistics beyond that)
 HISTOGRAM_BINS = 24  # bins of the control's member-score histogram
+
+
+ALREADY_ERASED = "every training sample this request names was already erased from the model by an earlier request"
 
 
 class JobFailed(Exception):
@@ -56,17 +63,23 @@ class Cancelled(Exception):
 
 
 def run_erasure(ctx: JobContext, request_id: str) -> str:
-    """Execute one deletion request; returns what happened.
+    """Execute one deletion request, with the waiting requests it can share a run with; returns what happened.
 
     completed | failed | cancelled: this call finished it. skipped: it was already finished or
     cancelled. busy: another execution holds its lease (retry after `lease_seconds`: if that
     execution died, the retry takes the request over). lease_lost: it was taken over meanwhile.
     """
+    _wait_for_coalescing(ctx, request_id)
     token = str(uuid.uuid4())
+    settings = ctx.settings
     with ctx.database.transaction() as session:
-        claimed = requests.claim(session, request_id=request_id, token=token,
-                                 lease_seconds=ctx.settings.lease_seconds, max_attempts=ctx.settings.max_attempts)
-    if claimed is None:
+        leader = requests.claim(session, request_id=request_id, token=token,
+                                lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts)
+        siblings = [] if leader is None else requests.claim_siblings(
+            session, leader=leader, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+            limit=settings.coalesce_max_batch - 1)
+        request_ids = [] if leader is None else [leader.id, *(s.id for s in siblings)]
+    if leader is None:
         with ctx.database.session() as session:
             current = requests.load(session, request_id=request_id)
         if current is not None and current.status == RUNNING:
@@ -76,7 +89,9 @@ def run_erasure(ctx: JobContext, request_id: str) -> str:
             return "busy"
         log.info("request %s: nothing to do (finished or cancelled)", request_id)
         return "skipped"
-    job = ErasureJob(ctx, request_id, token)
+    if len(request_ids) > 1:
+        log.info("request %s: coalesced with %d waiting request(s) on the same model", request_id, len(request_ids) - 1)
+    job = ErasureJob(ctx, request_ids, token)
     try:
         for _ in range(MAX_REBASES):
             try:
@@ -102,6 +117,24 @@ def run_erasure(ctx: JobContext, request_id: str) -> str:
         return job.finish(FAILED, "internal_error", f"internal error ({type(exc).__name__}); the worker log has the details")
 
 
+def _wait_for_coalescing(ctx: JobContext, request_id: str) -> None:
+    """Give requests submitted together a moment to arrive: wait until `coalesce_window_seconds` after receipt.
+
+    Only a waiting request that is younger than the window waits, so a backlog (or a requeued
+    request) starts at once.
+    """
+    window = ctx.settings.coalesce_window_seconds
+    if window <= 0 or ctx.settings.coalesce_max_batch <= 1:
+        return
+    with ctx.database.session() as session:
+        request = requests.load(session, request_id=request_id)
+        if request is None or request.status not in (RECEIVED, QUEUED):
+            return
+        remaining = (request.received_at - utcnow()).total_seconds() + window
+    if remaining > 0:
+        time.sleep(min(remaining, window))
+
+
 def _error_code(exc: Exception) -> str:
     """CheckpointError → checkpoint_error, MethodConfigError → method_config_error, ..."""
     name = type(exc).__name__
@@ -121,62 +154,109 @@ class Prepared:
     has_recipe: bool
     method: Any  # ltu_core UnlearningMethod
     info: dict[str, Any]
+    own_rows: dict[str, Any]  # request id → its D_f rows (dataset row indices), for its own metrics
+
+
+@dataclass
+class Measured:
+    """One model measured on the run's split: the union's numbers and each request's own."""
+
+    metrics: dict[str, Any]  # UA/RA/TA/MIA over the whole D_f
+    verdict: dict[str, Any]  # membership-inference verdict over the whole D_f
+    scores: dict[str, Any]  # member-score summary over the whole D_f
+    own: dict[str, tuple[dict, dict, dict]]  # request id → (metrics, verdict, scores) on its samples
+
+    def for_request(self, request_id: str) -> tuple[dict, dict, dict]:
+        """(metrics, verdict, scores) of one request: its own when coalesced, else the union's."""
+        return self.own.get(request_id, (self.metrics, self.verdict, self.scores))
+
+    @property
+    def passed(self) -> bool:
+        """The union passed, and so did every request whose own sample count makes its test conclusive."""
+        return self.verdict["passed"] and all(v["passed"] or not v["conclusive"] for _, v, _ in self.own.values())
+
+    def failures(self) -> dict[str, Any]:
+        """The verdict that failed, to explain a fallback: the union's, else the first failing request's."""
+        if not self.verdict["passed"]:
+            return self.verdict
+        return next(v for _, v, _ in self.own.values() if not v["passed"] and v["conclusive"])
 
 
 class ErasureJob:
-    """One execution attempt of one request, holding the lease `token`."""
+    """One execution attempt over one or more coalesced requests, holding the lease `token`.
 
-    def __init__(self, ctx: JobContext, request_id: str, token: str) -> None:
+    `request_ids[0]` led the claim; requests cancelled while running leave the list at the next
+    check between steps (the run goes on for the others).
+    """
+
+    def __init__(self, ctx: JobContext, request_ids: list[str], token: str) -> None:
         self.ctx = ctx
-        self.request_id = request_id
+        self.request_ids = list(request_ids)
+        self.request_id = request_ids[0]
         self.token = token
         ctx.configure_torch()
         self.device = ctx.device()
         self._phase: str | None = None
+        self._phase_started = time.monotonic()
+        self.phase_seconds: dict[str, float] = {}
         self._last_write = 0.0
         self._last_cancel_check = 0.0
-        self._cancel = False
+        self._cancelled: set[str] = set()
 
     # --- ledger I/O (short transactions) ----------------------------------------------------------
 
     def report(self, **values: Any) -> None:
-        """Write values of the running request (LeaseLost if it is not ours any more)."""
+        """Write values to every request of the run (LeaseLost if one of them is not ours any more)."""
         with self.ctx.database.transaction() as session:
-            requests.report(session, request_id=self.request_id, token=self.token, **values)
+            requests.report(session, request_ids=self.request_ids, token=self.token, **values)
 
     def progress(self, phase: str, step: int, total: int) -> None:
         """Progress callback: every phase change, the last step, and at most every PROGRESS_INTERVAL otherwise."""
         now = time.monotonic()
-        if phase == self._phase and step < total and now - self._last_write < PROGRESS_INTERVAL:
+        if phase != self._phase:
+            if self._phase is not None:  # time spent per phase, for /metrics and the run record
+                self.phase_seconds[self._phase] = self.phase_seconds.get(self._phase, 0.0) + now - self._phase_started
+            self._phase_started = now
+        elif step < total and now - self._last_write < PROGRESS_INTERVAL:
             return
         self._phase, self._last_write = phase, now
         self.report(phase=phase, progress_step=step, progress_total=total)
 
     def should_cancel(self) -> bool:
-        """Cancellation check for ltu_core hooks (reads the ledger at most every second)."""
+        """Cancellation check for ltu_core hooks: stop the run only when every request asked to (read at most every second)."""
         now = time.monotonic()
-        if not self._cancel and now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL:
+        if now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL:
             self._last_cancel_check = now
             with self.ctx.database.session() as session:
-                self._cancel = requests.cancel_requested(session, request_id=self.request_id)
-        return self._cancel
+                self._cancelled = requests.cancel_requested(session, request_ids=self.request_ids)
+        return bool(self.request_ids) and self._cancelled.issuperset(self.request_ids)
 
     def check_cancelled(self) -> None:
-        """Between steps: stop if cancellation was asked for."""
+        """Between steps: finish the requests that asked to be cancelled; stop if none is left."""
         self._last_cancel_check = 0.0
         if self.should_cancel():
             raise Cancelled()
+        for request_id in [r for r in self.request_ids if r in self._cancelled]:
+            self._finish_one(request_id, CANCELLED, None, "cancelled on request")
+
+    def _finish_one(self, request_id: str, to: str, code: str | None, message: str | None) -> None:
+        """Drop one request from the run, ending it as failed or cancelled (the others go on)."""
+        with self.ctx.database.transaction() as session:
+            requests.finish(session, request_id=request_id, token=self.token, to=to, error_code=code, error_message=message)
+        self.request_ids.remove(request_id)
+        log.info("request %s: %s%s (its coalesced run goes on)", request_id, to, f" ({code})" if code else "")
 
     def finish(self, to: str, code: str | None, message: str | None, values: dict[str, Any] | None = None) -> str:
-        """End the attempt as failed or cancelled (a no-op if the lease was lost)."""
+        """End the attempt as failed or cancelled for every request of the run (a no-op if the lease was lost)."""
         with self.ctx.database.transaction() as session:
             if values:
                 try:
-                    requests.report(session, request_id=self.request_id, token=self.token, **values)
+                    requests.report(session, request_ids=self.request_ids, token=self.token, **values)
                 except LeaseLost:
                     return "lease_lost"
-            done = requests.finish(session, request_id=self.request_id, token=self.token, to=to,
-                                   error_code=code, error_message=message)
+            # A list, not a generator: every request is finished, even after one that was lost.
+            done = all([requests.finish(session, request_id=r, token=self.token, to=to, error_code=code,
+                                        error_message=message) for r in self.request_ids])
         log.info("request %s: %s%s", self.request_id, to, f" ({code}: {message})" if code else "")
         return to if done else "lease_lost"
 
@@ -184,11 +264,13 @@ class ErasureJob:
 
     def execute(self) -> str:
         """prepare → measure before → unlearn → verify → publish; returns "completed"."""
+        self.phase_seconds.clear()
         self.progress("preparing", 0, 1)
         prep = self.prepare()
         self.check_cancelled()
-        before, verdict_before, scores_before = self.measure(prep.model, prep)
-        self.report(base_version=prep.base.number, metrics_before=before)
+        self.progress("measuring", 0, 1)
+        before = self.measure(prep.model, prep)
+        self.report(base_version=prep.base.number, metrics_before=before.metrics)
         self.check_cancelled()
 
         from ltu_core.methods import RunHooks
@@ -198,23 +280,14 @@ class ErasureJob:
         self.check_cancelled()
 
         self.progress("verifying", 0, 1)
-        after, verdict_after, scores_after = self.measure(result.model, prep, original_ta=before["ta"])
+        after = self.measure(result.model, prep, original_ta=before.metrics["ta"])
         fallback = None
-        if not verdict_after["passed"] and not prep.method.reads_full_retain:
-            fallback = self.fallback(prep, result, verdict_after)
-            result, (after, verdict_after, scores_after) = fallback.pop("_result"), fallback.pop("_measure")
+        if not after.passed and not prep.method.reads_full_retain:
+            fallback = self.fallback(prep, result, after)
+            result, after = fallback.pop("_result"), fallback.pop("_measure")
         self.progress("verifying", 1, 1)
-        verification = {
-            "passed": verdict_after["passed"],
-            "exact": bool(result.method == "retrain"),
-            "before": verdict_before,
-            "after": verdict_after,
-            "fallback": fallback,
-        }
-        details = {**prep.info, "run": _jsonable(result.record()), "device": self.device,
-                   "scores": {"before": scores_before, "after": scores_after}}
         self.check_cancelled()
-        return self.publish(prep, result, after, verification, details)
+        return self.publish(prep, result, before, after, fallback)
 
     def prepare(self) -> Prepared:
         """Load the current version, the dataset without previously erased samples, D_f and the method."""
@@ -225,21 +298,25 @@ class ErasureJob:
         from ltu_core.train import TrainRecipe
 
         with self.ctx.database.session() as session:
-            request = requests.load(session, request_id=self.request_id)
-            assert request is not None
-            model_row = session.get(Model, request.model_id)
+            leader = requests.load(session, request_id=self.request_id)
+            assert leader is not None
+            model_row = session.get(Model, leader.model_id)
             assert model_row is not None
             base = registry.get_version(session, model_id=model_row.id, number=model_row.current_version)
             dataset_row = session.get(Dataset, model_row.dataset_id)
             assert dataset_row is not None
-            named = requests.request_samples(session, request_id=self.request_id)
+            named = {r: requests.request_samples(session, request_id=r) for r in self.request_ids}
             forgotten = ledger_datasets.erased_for_model(session, model_id=model_row.id)
             erased = ledger_datasets.erased_rows(session, dataset_id=dataset_row.id)
-            method_name, parameters = request.method, dict(request.parameters)
+            method_name, parameters = leader.method, dict(leader.parameters)
 
-        forget = [s for s in named if s.split == "train" and s.id not in forgotten]
+        own = {r: [s for s in samples if s.split == "train" and s.id not in forgotten] for r, samples in named.items()}
+        for request_id in [r for r, samples in own.items() if not samples and len(own) > 1]:
+            self._finish_one(request_id, FAILED, "already_erased", ALREADY_ERASED)
+            del own[request_id]
+        forget = sorted({s.id: s for samples in own.values() for s in samples}.values(), key=lambda s: s.row)
         if not forget:
-            raise JobFailed("already_erased", "every training sample this request names was already erased from the model by an earlier request")
+            raise JobFailed("already_erased", ALREADY_ERASED)
         forget_pks = {s.id for s in forget}
         excluded = sorted(row for pk, row in erased.items() if pk not in forget_pks)
 
@@ -266,7 +343,8 @@ class ErasureJob:
             "base_version": base.number,
             "base_sha256": base.sha256,
         }
-        return Prepared(model_row, base, model, arch, split, recipe, has_recipe, method, info)
+        own_rows = {r: np.asarray([s.row for s in samples]) for r, samples in own.items()}
+        return Prepared(model_row, base, model, arch, split, recipe, has_recipe, method, info, own_rows)
 
     def task(self, prep: Prepared, model: Any = None):
         """The ltu_core task for this request's split."""
@@ -275,26 +353,41 @@ class ErasureJob:
         return UnlearningTask.from_split(model or prep.model, prep.arch, prep.split, prep.recipe,
                                          seed=self.ctx.settings.seed, device=self.device)
 
-    def measure(self, model: Any, prep: Prepared, *, original_ta: float | None = None) -> tuple[dict, dict, dict]:
-        """(UA/RA/TA/MIA metrics, membership-inference verdict with its numbers, member scores) of `model`."""
+    def measure(self, model: Any, prep: Prepared, *, original_ta: float | None = None) -> Measured:
+        """UA/RA/TA/MIA metrics, the membership-inference verdict and member scores of `model`.
+
+        Over the run's whole D_f and, when requests were coalesced, over each request's own samples.
+        """
+        import numpy as np
+        import torch
         from ltu_core.metrics import evaluate_posteriors
         from ltu_core.mia import VerificationThresholds, score_summary, verify_forgetting
         from ltu_core.models import predict_split
 
         settings = self.ctx.settings
-        post = predict_split(model, prep.split, device=self.device)  # one inference pass for all three
-        evaluation = evaluate_posteriors(post, prep.split, seed=settings.seed)
+        post = predict_split(model, prep.split, device=self.device)  # one inference pass for everything
         thresholds = VerificationThresholds(z=settings.verify_z, max_test_drop=settings.verify_max_test_drop)
-        verdict = verify_forgetting(
-            retain=post["retain"], test=post["test"], forget=post["forget"], control=post["reference"],
-            original_test_accuracy=evaluation.ta if original_ta is None else original_ta,
-            thresholds=thresholds, seed=settings.seed,
-        )
-        scores = score_summary(post["forget"], post["reference"], points=SCORE_POINTS, bins=HISTOGRAM_BINS)
-        return _jsonable(evaluation.as_dict()), _jsonable(verdict.as_dict()), scores
 
-    def fallback(self, prep: Prepared, first: Any, first_verdict: dict) -> dict[str, Any]:
-        """Verification failed: fall back to exact retraining, or fail the request saying why."""
+        def numbers(forget: Any) -> tuple[dict, dict, dict]:
+            evaluation = evaluate_posteriors({**post, "forget": forget}, prep.split, seed=settings.seed)
+            verdict = verify_forgetting(
+                retain=post["retain"], test=post["test"], forget=forget, control=post["reference"],
+                original_test_accuracy=evaluation.ta if original_ta is None else original_ta,
+                thresholds=thresholds, seed=settings.seed,
+            )
+            scores = score_summary(forget, post["reference"], points=SCORE_POINTS, bins=HISTOGRAM_BINS)
+            return _jsonable(evaluation.as_dict()), _jsonable(verdict.as_dict()), scores
+
+        whole = numbers(post["forget"])
+        own = {}
+        if len(prep.own_rows) > 1:
+            for request_id, rows in prep.own_rows.items():
+                own[request_id] = numbers(post["forget"].subset(torch.from_numpy(np.isin(prep.split.forget, rows))))
+        return Measured(*whole, own=own)
+
+    def fallback(self, prep: Prepared, first: Any, first_measured: Measured) -> dict[str, Any]:
+        """Verification failed: fall back to exact retraining, or fail the request(s) saying why."""
+        first_verdict = first_measured.failures()
         failed = []
         if not first_verdict["forgetting_passed"]:
             failed.append("forgetting" if first_verdict["conclusive"]
@@ -324,11 +417,34 @@ class ErasureJob:
             "_measure": measured,
         }
 
-    def publish(self, prep: Prepared, result: Any, after: dict, verification: dict, details: dict) -> str:
-        """Store the weights (sha256-addressed) and publish version base+1 in one transaction."""
+    def outcomes(self, prep: Prepared, result: Any, before: Measured, after: Measured,
+                 fallback: dict[str, Any] | None) -> dict[str, requests.Outcome]:
+        """Each request's record: its own metrics and verdicts, the run's shared details."""
+        self.progress("publishing", 0, 1)
+        run = {**prep.info, "run": _jsonable(result.record()), "device": self.device,
+               "phase_seconds": {k: round(v, 3) for k, v in self.phase_seconds.items()}}
+        batch = {"size": len(self.request_ids), "leader": self.request_id, "verdict_after": after.verdict,
+                 "forget_samples": len(prep.split.forget)} if len(self.request_ids) > 1 else None
+        outcomes = {}
+        for request_id in self.request_ids:
+            metrics_before, verdict_before, scores_before = before.for_request(request_id)
+            metrics_after, verdict_after, scores_after = after.for_request(request_id)
+            verification = {"passed": after.passed, "exact": bool(result.method == "retrain"),
+                            "before": verdict_before, "after": verdict_after, "fallback": fallback, "batch": batch}
+            details = {**run, "scores": {"before": scores_before, "after": scores_after},
+                       "own_forget_samples": len(prep.own_rows[request_id])}
+            outcomes[request_id] = requests.Outcome(metrics_after, verification, details)
+            if request_id != self.request_id:  # the leader's "before" was reported already; the others' are their own
+                with self.ctx.database.transaction() as session:
+                    requests.report(session, request_ids=[request_id], token=self.token, metrics_before=metrics_before)
+        return outcomes
+
+    def publish(self, prep: Prepared, result: Any, before: Measured, after: Measured,
+                fallback: dict[str, Any] | None) -> str:
+        """Store the weights (sha256-addressed) and publish version base+1 for every request in one transaction."""
         from ltu_core.models import save_model
 
-        self.progress("publishing", 0, 1)
+        outcomes = self.outcomes(prep, result, before, after, fallback)
         staged = self.ctx.store.staging_file(".safetensors")
         try:
             save_model(result.model.cpu(), prep.arch, staged, metadata={
@@ -339,17 +455,16 @@ class ErasureJob:
         finally:
             self.ctx.store.discard(staged)
         with self.ctx.database.transaction() as session:
-            request = requests.load(session, request_id=self.request_id)
             model_row = session.get(Model, prep.model_row.id)
             base = session.get(ModelVersion, prep.base.id)
-            assert request is not None and model_row is not None and base is not None
+            assert model_row is not None and base is not None
             version = requests.complete(
-                session, request=request, token=self.token, model=model_row, base=base, sha256=blob.sha256,
-                size_bytes=blob.size, storage_key=blob.key, metrics_after=after, verification=verification,
-                details=details,
+                session, token=self.token, model=model_row, base=base, outcomes=outcomes, sha256=blob.sha256,
+                size_bytes=blob.size, storage_key=blob.key,
             )
-        log.info("request %s: completed; model %s version %d (sha256 %s)", self.request_id, prep.model_row.id,
-                 version.number, blob.sha256)
+        log.info("request %s: completed%s; model %s version %d (sha256 %s)", self.request_id,
+                 f" with {len(outcomes) - 1} coalesced request(s)" if len(outcomes) > 1 else "",
+                 prep.model_row.id, version.number, blob.sha256)
         return "completed"
 
 

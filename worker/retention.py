@@ -13,7 +13,6 @@ finds it again, deletes nothing, and records it.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 from ledger import retention
@@ -21,6 +20,7 @@ from ledger.artifacts import ArtifactStore
 from ledger.db import Database
 from ledger.settings import Settings
 from ledger.tables import utcnow
+from worker.periodic import PeriodicLoop
 
 log = logging.getLogger("ltu.retention")
 
@@ -42,35 +42,12 @@ def purge_due(database: Database, store: ArtifactStore, *, grace: timedelta) -> 
     return purged
 
 
-class PurgeLoop:
-    """A daemon thread running `purge_due` every `settings.purge_interval` seconds (start/stop object)."""
+class PurgeLoop(PeriodicLoop):
+    """`purge_due` every `settings.purge_interval` seconds in a daemon thread (start/stop object)."""
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.database = database or Database(settings.database_url)
         self.store = ArtifactStore(settings.artifacts_dir)
         self.grace = timedelta(hours=settings.purge_grace_hours)
-        self.interval = settings.purge_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                purge_due(self.database, self.store, grace=self.grace)
-            except Exception:  # noqa: BLE001 - e.g. the database is briefly down: try again next time
-                log.exception("purge pass failed; retrying in %.0f s", self.interval)
-            self._stop.wait(self.interval)
-
-    def start(self) -> None:
-        """Start the thread (the first pass runs at once)."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="ltu-purge", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current pass."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        super().__init__("ltu-purge", settings.purge_interval,
+                         lambda: purge_due(self.database, self.store, grace=self.grace))

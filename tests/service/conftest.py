@@ -103,7 +103,7 @@ def embedded_settings(root: Path, **overrides):
     settings = Settings(
         home=root, database_url=f"sqlite:///{root / 'ledger.db'}", artifacts_dir=root / "artifacts",
         secret_key="test-secret-" + "x" * 32, admin_api_key=ADMIN_KEY, torch_threads=1, poll_interval=0.1,
-        retry_after_seconds=1,
+        retry_after_seconds=1, coalesce_window_seconds=0.0,  # waiting requests still coalesce; nobody waits for more
     ).with_(**overrides)
     migrate.upgrade(settings.database_url)
     return settings

@@ -16,10 +16,10 @@ def setup_model(service, artifacts, *, recipe=True):
                                          recipe=artifacts.recipe if recipe else None)
 
 
-def job_context(service):
+def job_context(service, **overrides):
     from worker.context import JobContext
 
-    return JobContext.from_settings(service.settings)
+    return JobContext.from_settings(service.settings.with_(**overrides))
 
 
 def test_redelivery_is_a_no_op_and_publishes_once(api, artifacts):
@@ -47,7 +47,7 @@ def test_a_crashed_execution_is_taken_over_then_capped(api, artifacts):
     model = setup_model(api, artifacts)
     first = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(0)], parameters=api.tiny_ltu)
     second = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(1)], parameters=api.tiny_ltu)
-    ctx = job_context(api)
+    ctx = job_context(api, coalesce_max_batch=1)  # one request per run: the takeover is what is tested
 
     def crash(request_id: str, *, attempts_left: int) -> None:
         # A worker claimed the request and died: running, with a heartbeat older than the lease.
@@ -179,3 +179,45 @@ def test_later_requests_never_read_erased_samples(api, artifacts):
     train_total = len(artifacts.dataset.split_indices("train"))
     first_train = sum(s.split == "train" for s in api.client.request_samples(first.id))
     assert sizes["retain"] + sizes["forget"] == train_total - first_train
+
+
+def test_the_reconciler_requeues_interrupted_work_then_gives_up(api, artifacts):
+    from ledger import requests
+    from ledger.tables import DeletionRequest, utcnow
+    from worker.job import run_erasure
+    from worker.reconciler import reconcile_once
+
+    model = setup_model(api, artifacts)
+    killed, lost, live = (api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(i)],
+                                                     parameters=api.tiny_ltu) for i in range(3))
+    ctx = job_context(api, coalesce_max_batch=1)
+    lease = api.settings.lease_seconds
+    old = utcnow() - timedelta(seconds=lease + 1)
+    with ctx.database.transaction() as session:
+        for request_id, token in ((killed.id, "killed-worker"), (live.id, "live-worker")):
+            requests.claim(session, request_id=request_id, token=token, lease_seconds=lease, max_attempts=3)
+        session.get(DeletionRequest, killed.id).heartbeat_at = old  # its worker died mid-run
+        session.get(DeletionRequest, killed.id).updated_at = old
+        requests.mark_queued(session, request_id=lost.id)
+        session.flush()
+        session.get(DeletionRequest, lost.id).updated_at = old  # the broker lost its message
+    outcome = reconcile_once(ctx.database, api.settings.with_(requeue_queued_after=lease))
+    assert set(outcome.requeued) == {killed.id, lost.id} and outcome.failed == ()
+    assert reconcile_once(ctx.database, api.settings).requeued == ()  # not twice within one lease
+    reasons = {e.request_id: e.data["reason"] for e in api.client.audit_events(action="deletion_request.requeued")}
+    assert reasons == {killed.id: "worker_lost", lost.id: "broker_lost"}
+
+    # The requeued messages run them (the killed one is taken over); the live one is left alone.
+    assert run_erasure(ctx, killed.id) == "completed" and run_erasure(ctx, lost.id) == "completed"
+    assert api.client.get_request(live.id).status == "running"
+
+    # Out of attempts: failed with the reason instead of requeued.
+    with ctx.database.transaction() as session:
+        row = session.get(DeletionRequest, live.id)
+        row.heartbeat_at = row.updated_at = old
+        row.attempts = api.settings.max_attempts
+    assert reconcile_once(ctx.database, api.settings).failed == (live.id,)
+    failed = api.client.get_request(live.id)
+    assert failed.status == "failed" and failed.error["code"] == "attempts_exhausted"
+    assert "worker lost" in failed.error["message"]
+    assert [v.number for v in api.client.list_versions(model.id)] == [3, 2, 1]
