@@ -1,7 +1,7 @@
 """Moving dispatch rows out of the outbox: the shared loop of the embedded runner and the Celery relay.
 
-A dispatcher claims the oldest pending row, marks its request queued (both committed), hands it
-on, then marks the row dispatched. If the hand-off fails the row is released and retried; if the
+A dispatcher claims the oldest pending row (committed), hands it on, then marks the row
+dispatched and its request queued. If the hand-off fails the row is released and retried; if the
 process dies in between, the claim's lease expires and another dispatcher sends it again (the
 job's compare-and-set makes duplicates harmless).
 """
@@ -47,8 +47,6 @@ class OutboxDispatcher:
                 return False
             message_id, token = message.id, message.claim_token
             task_name, payload = message.task_name, dict(message.payload)
-            if task_name == outbox.ERASURE_TASK:
-                requests.mark_queued(session, request_id=payload["request_id"])
         assert token is not None
         try:
             self.handle(task_name, payload)
@@ -58,7 +56,9 @@ class OutboxDispatcher:
                 outbox.release(session, message_id=message_id, token=token, error=repr(exc))
             return False
         with self.database.transaction() as session:
-            outbox.mark_dispatched(session, message_id=message_id, token=token)
+            # Queued only once it really is (a worker may already run it: then this is a no-op).
+            if outbox.mark_dispatched(session, message_id=message_id, token=token) and task_name == outbox.ERASURE_TASK:
+                requests.mark_queued(session, request_id=payload["request_id"])
         return True
 
     def drain(self) -> int:

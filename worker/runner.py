@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from ledger import outbox
+from ledger import outbox, requests
 from ledger.db import Database
 from ledger.settings import Settings
 from worker.context import JobContext
@@ -32,6 +32,8 @@ class EmbeddedRunner:
             return
         from worker.job import run_erasure
 
+        with self.context.database.transaction() as session:  # handed over: this runner is its queue
+            requests.mark_queued(session, request_id=payload["request_id"])
         run_erasure(self.context, payload["request_id"])
 
     def run_pending(self) -> int:
