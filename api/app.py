@@ -10,15 +10,18 @@ from typing import Protocol
 
 from fastapi import FastAPI
 from fastapi.templating import Jinja2Templates
+from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import install_problem_handlers
-from api.routes import api_keys, audit, dashboard, datasets, deletion_requests, health, models, well_known
+from api.limits import body_size_guard
+from api.routes import api_keys, audit, dashboard, datasets, deletion_requests, health, metrics, models, well_known
 from api.signing import Signer
-from api.uploads import body_size_guard
+from api.telemetry import HttpMetrics, request_telemetry
 from ledger import tenants
 from ledger.artifacts import ArtifactStore
 from ledger.db import Database
+from ledger.observability import LedgerCollector
 from ledger.settings import Settings
 
 log = logging.getLogger("ltu.api")
@@ -34,6 +37,10 @@ inference and publishes a new model version. Every state change is an audit even
 Authenticate with `Authorization: Bearer <API key>`. Errors are `application/problem+json`.
 Completed requests have a signed erasure certificate; the audit log is a verifiable hash chain;
 `/dashboard` shows both to compliance teams (API keys with the audit scope).
+
+Submissions are rate-limited per API key (429 with Retry-After); request bodies over the configured
+limit are 413. Every answer carries an `X-Request-ID` (send a sane one of your own to correlate).
+`/metrics` serves Prometheus figures to the operator's audit or admin keys.
 """
 
 
@@ -76,12 +83,19 @@ def create_app(
     app.state.store = ArtifactStore(settings.artifacts_dir).ensure()
     app.state.signer = Signer.from_settings(settings)
     app.state.templates = Jinja2Templates(directory=TEMPLATES)
+    # One registry per app (nothing global at import time); the ledger figures are read per scrape.
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(db))
+    ProcessCollector(registry=registry)
+    app.state.metrics_registry = registry
     install_problem_handlers(app)
     app.add_middleware(body_size_guard({
         ("POST", "/v1/datasets"): lambda: settings.max_dataset_bytes + MULTIPART_SLACK,
         ("POST", "/v1/models"): lambda: settings.max_weights_bytes + MULTIPART_SLACK,
-    }))
-    for module in (health, datasets, models, deletion_requests, audit, api_keys, well_known, dashboard):
+    }, default=lambda: settings.max_body_bytes))
+    # Added last, so it is the outermost: 413s of the guard get a request id, an access line and a count too.
+    app.add_middleware(request_telemetry(HttpMetrics(registry)))
+    for module in (health, datasets, models, deletion_requests, audit, api_keys, well_known, dashboard, metrics):
         app.include_router(module.router)
     return app
 

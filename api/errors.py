@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.telemetry import REQUEST_ID_HEADER, request_id_of
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, LedgerError, NotFound, StaleBase
 
 log = logging.getLogger("ltu.api")
@@ -105,8 +106,10 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(request, exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(DataError)
-    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
-        # Postgres refuses some values Python accepts: NUL characters in text, numbers beyond BIGINT.
+    @app.exception_handler(OverflowError)
+    async def _unstorable(request: Request, exc: DataError | OverflowError) -> JSONResponse:
+        # Postgres refuses some values Python accepts: NUL characters in text, numbers beyond BIGINT
+        # (DataError); SQLite's driver refuses integers beyond 64 bits before sending them (OverflowError).
         return problem_response(request, 422, "a value in the request cannot be stored or compared by the ledger "
                                 "database (a NUL character, or a number out of range)", code="unstorable_value")
 
@@ -118,5 +121,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(request, 500, "internal error; the incident was logged", code="internal_error")
+        # The telemetry middleware has logged it with the request id; this answer is sent from outside
+        # that middleware, so it names the id itself for the caller to quote.
+        request_id = request_id_of(request.scope)
+        return problem_response(request, 500, "internal error; the incident was logged with its request id",
+                                code="internal_error", headers={REQUEST_ID_HEADER: request_id} if request_id else None)

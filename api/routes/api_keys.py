@@ -12,7 +12,7 @@ from ledger import tenants
 router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
 
 
-@router.post("", status_code=201, response_model=ApiKeyCreated, responses=problems(409))
+@router.post("", status_code=201, response_model=ApiKeyCreated, responses=problems(400, 409, 413))
 def create_api_key(body: ApiKeyCreate, session: SessionDep, key: AdminKey) -> ApiKeyCreated:
     """Create a key for the caller's tenant; its secret is returned once."""
     new, secret = tenants.create_key(session, tenant_id=key.tenant_id, name=body.name, scopes=body.scopes, actor=actor(key))

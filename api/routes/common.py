@@ -12,7 +12,11 @@ PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries documenting problem+json answers (401/403/422 always)."""
+    """OpenAPI `responses` entries documenting problem+json answers (401/403/422 always).
+
+    Routes with a body add 400 (a body that cannot be parsed at all: malformed multipart, bytes that
+    are not UTF-8) and 413 (over its size limit).
+    """
     return {status: PROBLEM for status in sorted({401, 403, 422, *statuses})}
 
 

@@ -45,9 +45,16 @@ def dashboard_key(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKey | None:
-    """The signed-in key (Bearer header, else session cookie), or None; 403 without the audit scope."""
+    """The signed-in key (Bearer header, else session cookie), or None; 403 without the audit scope.
+
+    No credentials send a browser to the sign-in form (the pages redirect on None), but a Bearer key
+    that is wrong is a script's error: 401, as on every API route.
+    """
     if credentials is not None:
         key = tenants.authenticate(session, secret=credentials.credentials)
+        if key is None:
+            raise ProblemError(401, "invalid or revoked API key", code="invalid_api_key",
+                               headers={"WWW-Authenticate": 'Bearer realm="ltu"'})
     else:
         key = _cookie_key(session, settings.secret_key, request.cookies.get(COOKIE, ""))
     if key is not None and not {"audit", "admin"} & set(key.scopes):

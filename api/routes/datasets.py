@@ -27,7 +27,7 @@ def dataset_read(session, dataset: Dataset) -> DatasetRead:
     return read
 
 
-@router.post("", status_code=201, response_model=DatasetRead, responses=problems(413, 415))
+@router.post("", status_code=201, response_model=DatasetRead, responses=problems(400, 413, 415))
 def register_dataset(
     archive: Annotated[UploadFile, File(description="An uncompressed tar of manifest.json, samples.csv, images.u8 (ltu-dataset v1).")],
     session: SessionDep,

@@ -7,10 +7,11 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from api.deps import CertificateKey, PollKey, SessionDep, SettingsDep, SignerDep, SubmitKey, actor
+from api.errors import ProblemError
 from api.routes.common import aware, problems
 from api.schemas import (
     Deadline,
@@ -25,7 +26,7 @@ from api.schemas import (
     RequestSampleRead,
     RequestStatus,
 )
-from ledger import certificates, registry, requests
+from ledger import certificates, ratelimit, registry, requests
 from ledger.hashing import body_hash, subject_hash
 from ledger.tables import ACTIVE_STATUSES, DeletionRequest, ModelVersion, utcnow
 
@@ -34,11 +35,12 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
 
 def request_reads(session: Session, rows: list[DeletionRequest]) -> list[DeletionRequestRead]:
     """Response bodies for requests, with the versions they produced (one query for all)."""
+    wanted = {(r.model_id, r.result_version) for r in rows if r.result_version is not None}
     produced = {
-        v.producing_request_id: v
-        for v in session.scalars(select(ModelVersion).where(ModelVersion.producing_request_id.in_([r.id for r in rows])))
-    } if rows else {}
-    return [_read(r, produced.get(r.id)) for r in rows]
+        (v.model_id, v.number): v
+        for v in session.scalars(select(ModelVersion).where(tuple_(ModelVersion.model_id, ModelVersion.number).in_(wanted)))
+    } if wanted else {}
+    return [_read(r, produced.get((r.model_id, r.result_version))) for r in rows]
 
 
 def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRead:
@@ -56,7 +58,7 @@ def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRe
     )
 
 
-@router.post("", status_code=202, response_model=DeletionRequestRead, responses=problems(404))
+@router.post("", status_code=202, response_model=DeletionRequestRead, responses=problems(400, 404, 413, 429))
 def create_deletion_request(
     body: DeletionRequestCreate,
     session: SessionDep,
@@ -69,7 +71,21 @@ def create_deletion_request(
                description="Same key + same body returns the same request; same key + another body is a 422."),
     ] = None,
 ) -> DeletionRequestRead:
-    """Accept an erasure request; poll the Location until it is completed, failed or cancelled."""
+    """Accept an erasure request; poll the Location until it is completed, failed or cancelled.
+
+    Each key may submit `LTU_RATE_LIMIT_PER_MINUTE` requests a minute after a burst of
+    `LTU_RATE_LIMIT_BURST`; beyond that the answer is 429 with Retry-After. Replays are free.
+    """
+    replay = idempotency_key is not None and requests.find_by_idempotency_key(
+        session, tenant_id=key.tenant_id, key=idempotency_key) is not None
+    if not replay:
+        # Same transaction as the request row: a submission refused further down (404, 422) costs no token.
+        decision = ratelimit.take(session, api_key_id=key.id, per_minute=settings.rate_limit_per_minute,
+                                  burst=settings.rate_limit_burst)
+        if not decision.allowed:
+            raise ProblemError(429, f"this API key may submit {settings.rate_limit_per_minute} requests a minute "
+                                    f"(bursts of {settings.rate_limit_burst}); retry in {decision.retry_after} s",
+                               code="rate_limited", headers={"Retry-After": str(decision.retry_after)})
     model = registry.get_model(session, tenant_id=key.tenant_id, model_id=body.model_id)
     if body.subject_ids is not None:
         target = requests.Target(kind="subjects", subject_hashes=tuple(subject_hash(settings.secret_key, s) for s in body.subject_ids))
@@ -133,7 +149,8 @@ def list_request_samples(request_id: str, session: SessionDep, key: PollKey) -> 
     return RequestSamplePage(items=[RequestSampleRead.model_validate(s) for s in requests.request_samples(session, request_id=request.id)])
 
 
-@router.post("/{request_id}/deadline-extension", response_model=DeletionRequestRead, responses=problems(404, 409))
+@router.post("/{request_id}/deadline-extension", response_model=DeletionRequestRead,
+             responses=problems(400, 404, 409, 413))
 def extend_deadline(
     request_id: str, body: DeadlineExtensionCreate, session: SessionDep, key: SubmitKey, settings: SettingsDep
 ) -> DeletionRequestRead:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
@@ -18,6 +18,10 @@ from ledger import datasets, registry
 from ledger.tables import Dataset, Model, ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+
+# Versions count from 1; the bound keeps a path value inside the INTEGER column (a larger one is a 422,
+# not a database error).
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="The version number (from 1).")]
 
 
 def version_read(model: Model, version: ModelVersion, parent_number: int | None) -> ModelVersionRead:
@@ -44,7 +48,7 @@ def _check_fits(arch: dict, dataset: Dataset) -> None:
                            code="architecture_mismatch")
 
 
-@router.post("", status_code=201, response_model=ModelRead, responses=problems(404, 413, 415))
+@router.post("", status_code=201, response_model=ModelRead, responses=problems(400, 404, 413, 415))
 def register_model(
     weights: Annotated[UploadFile, File(description="Initial weights: a safetensors file written by ltu_core.models.save_model.")],
     dataset_id: Annotated[str, Form(min_length=1, max_length=255)],
@@ -109,7 +113,7 @@ def list_model_versions(model_id: str, session: SessionDep, key: ReadKey) -> Mod
 
 
 @router.get("/{model_id}/versions/{number}", response_model=ModelVersionRead, responses=problems(404))
-def get_model_version(model_id: str, number: int, session: SessionDep, key: ReadKey) -> ModelVersionRead:
+def get_model_version(model_id: str, number: VersionNumber, session: SessionDep, key: ReadKey) -> ModelVersionRead:
     """One version of a model."""
     model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
     version = registry.get_version(session, model_id=model.id, number=number)
@@ -122,7 +126,7 @@ def get_model_version(model_id: str, number: int, session: SessionDep, key: Read
     response_class=FileResponse,
     responses={**problems(404, 410), 200: {"content": {"application/octet-stream": {}}, "description": "safetensors weights"}},
 )
-def download_weights(model_id: str, number: int, session: SessionDep, key: ReadKey, store: StoreDep) -> FileResponse:
+def download_weights(model_id: str, number: VersionNumber, session: SessionDep, key: ReadKey, store: StoreDep) -> FileResponse:
     """The version's safetensors file; ETag and Repr-Digest carry its sha256."""
     model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
     version = registry.get_version(session, model_id=model.id, number=number)
