@@ -9,8 +9,9 @@ Environment: LTU_HOME (state directory, default ./.ltu), LTU_DATABASE_URL (Postg
 SQLite file in LTU_HOME), LTU_BROKER_URL (Redis for Celery workers; default in-process runner),
 LTU_SECRET_KEY (required outside embedded mode), LTU_ADMIN_API_KEY (registered at start-up),
 LTU_CERTIFICATE_KEY_FILE (Ed25519 PEM signing certificates; generated in LTU_HOME when embedded),
-LTU_PURGE_GRACE_HOURS, LTU_DUE_SOON_DAYS, LTU_QUEUE, LTU_DEVICE, LTU_TORCH_THREADS; for the client
-commands LTU_URL and LTU_API_KEY.
+LTU_PURGE_GRACE_HOURS, LTU_DUE_SOON_DAYS, LTU_QUEUE, LTU_DEVICE, LTU_TORCH_THREADS,
+LTU_RATE_LIMIT_PER_MINUTE, LTU_RATE_LIMIT_BURST, LTU_MAX_BODY_BYTES; LTU_LOG_LEVEL and
+LTU_LOG_FORMAT (json | text) for `serve`; for the client commands LTU_URL and LTU_API_KEY.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--migrate", action="store_true", help="migrate the database first (always done for the embedded SQLite file)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="API processes (default 1); more than one needs LTU_BROKER_URL (jobs run in Celery workers)")
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker for erasure jobs (needs LTU_BROKER_URL)")
@@ -149,32 +152,67 @@ def _migrate_db(settings) -> None:
 
 
 def _build_app(settings, *, embedded_runner: bool):
-    """The API; embedded, with the in-process runner and the purge loop beside it (else the workers run those)."""
+    """The API; embedded, with the in-process runner, reconciler and purge loop beside it (else the workers run those)."""
     from api.app import create_app
 
     background = []
     if embedded_runner:
+        from worker.reconciler import ReconcileLoop
         from worker.retention import PurgeLoop
         from worker.runner import EmbeddedRunner
 
-        background += [EmbeddedRunner(settings), PurgeLoop(settings)]
+        background += [EmbeddedRunner(settings), ReconcileLoop(settings), PurgeLoop(settings)]
     return create_app(settings, background=background)
+
+
+def _configure_logging() -> None:
+    """JSON lines on stderr (LTU_LOG_FORMAT=text for a terminal) at LTU_LOG_LEVEL (default INFO)."""
+    from ledger.observability import configure_logging_from_env
+    from ledger.settings import ConfigError
+
+    from ltu_cli.main import CLIError
+
+    try:
+        configure_logging_from_env()
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from ltu_cli.main import CLIError
+
+    _configure_logging()
     settings = _settings()
     settings = settings.with_(admin_api_key=_local_admin_key(settings))
+    if args.workers < 1:
+        raise CLIError("--workers must be at least 1")
+    if args.workers > 1 and settings.embedded_runner:
+        raise CLIError("--workers above 1 needs LTU_BROKER_URL: the embedded runner executes jobs inside the one API process")
     if settings.dev_mode or args.migrate:
         _migrate_db(settings)
-    app = _build_app(settings, embedded_runner=settings.embedded_runner)
     runner = "in-process runner" if settings.embedded_runner else f"Celery queue {settings.queue!r}"
-    print(f"ltu serve: http://{args.host}:{args.port}  (ledger {_redact(settings.database_url)}, {runner})", file=sys.stderr)
+    print(f"ltu serve: http://{args.host}:{args.port}  (ledger {_redact(settings.database_url)}, {runner}, "
+          f"{args.workers} process{'es' if args.workers > 1 else ''})", file=sys.stderr)
     if settings.dev_mode and not os.environ.get("LTU_ADMIN_API_KEY"):
         print(f"ltu serve: admin API key in {settings.home / ADMIN_KEY_FILE}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # uvicorn's records go to the handler configure_logging installed (log_config=None keeps uvicorn's
+    # own off); its access log is replaced by the API's, which names route templates, not raw URLs.
+    if args.workers > 1:  # each process builds its own app from the same environment
+        uvicorn.run("ltu_cli.service:app_from_env", factory=True, workers=args.workers, host=args.host,
+                    port=args.port, log_config=None, access_log=False)
+    else:
+        uvicorn.run(_build_app(settings, embedded_runner=settings.embedded_runner), host=args.host,
+                    port=args.port, log_config=None, access_log=False)
     return 0
+
+
+def app_from_env():
+    """ASGI factory of one API process of `ltu serve --workers N` (broker mode: no runner inside)."""
+    _configure_logging()
+    settings = _settings()
+    return _build_app(settings.with_(admin_api_key=_local_admin_key(settings)), embedded_runner=False)
 
 
 def _redact(url: str) -> str:

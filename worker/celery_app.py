@@ -17,10 +17,11 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 
 from ledger import outbox
 from ledger.db import Database
+from ledger.observability import bind, configure_logging_from_env
 from ledger.settings import Settings
 from worker.context import LazyContext
 from worker.dispatch import OutboxDispatcher
@@ -52,19 +53,26 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
     )
     context = LazyContext(settings)
     worker_process_init.connect(lambda **_: context.reset(), weak=False)  # prefork child: own engine
+    # Connected, this replaces Celery's own logging set-up: the same JSON lines as the API's.
+    setup_logging.connect(_configure_logging, weak=False, dispatch_uid="ltu-logging")
 
     @app.task(name=outbox.ERASURE_TASK, bind=True, ignore_result=True, max_retries=None)
     def run_erasure_task(self, request_id: str) -> str:
         """Execute one deletion request (all state is in the ledger)."""
         from worker.job import run_erasure
 
-        outcome = run_erasure(context.get(), request_id)
+        with bind(task_id=self.request.id):
+            outcome = run_erasure(context.get(), request_id)
         if outcome == "busy":  # e.g. redelivered after its worker was killed: take over once the lease expires
             raise self.retry(countdown=settings.lease_seconds + 1)
         return outcome
 
     app.steps["worker"].add(_background_step(settings, relay=relay))
     return app
+
+
+def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    configure_logging_from_env(default_level=loglevel or "INFO")  # LTU_LOG_LEVEL wins over --loglevel
 
 
 def celery_relay(settings: Settings, app: Celery, *, database: Database | None = None) -> OutboxDispatcher:

@@ -34,6 +34,7 @@ from typing import Any
 from ledger import registry, requests
 from ledger import datasets as ledger_datasets
 from ledger.errors import LeaseLost, StaleBase
+from ledger.observability import bind
 from ledger.tables import CANCELLED, FAILED, QUEUED, RECEIVED, RUNNING, Dataset, Model, ModelVersion, utcnow
 from worker.context import JobContext
 
@@ -69,6 +70,11 @@ def run_erasure(ctx: JobContext, request_id: str) -> str:
     cancelled. busy: another execution holds its lease (retry after `lease_seconds`: if that
     execution died, the retry takes the request over). lease_lost: it was taken over meanwhile.
     """
+    with bind(deletion_request_id=request_id):
+        return _run(ctx, request_id)
+
+
+def _run(ctx: JobContext, request_id: str) -> str:
     _wait_for_coalescing(ctx, request_id)
     token = str(uuid.uuid4())
     settings = ctx.settings
