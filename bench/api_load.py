@@ -1,0 +1,745 @@
+"""Load benchmark of the erasure API: Postgres, several uvicorn workers, erasure submissions and
+status reads on loopback, then a check that every accepted (202) request is in the ledger.
+
+    python bench/api_load.py --quick     # smoke: 200 submissions + 400 reads, well under a minute
+    python bench/api_load.py             # 2000 submissions + 4000 reads, 2 workers, 16 in flight
+    python bench/api_load.py --workers 4 --concurrency 32 --json /tmp/api_load-4w.json
+
+(with the project's virtualenv, e.g. `.venv/bin/python bench/api_load.py`, from any directory;
+it needs Postgres with trust auth on 127.0.0.1:5432, or a URL in --postgres).
+
+What it does, in order:
+
+1. creates a throw-away database `ltu_bench_<random>` and migrates it (ledger.migrate.upgrade);
+2. starts the API as a real server, `ltu serve --workers N`, on a free loopback port, configured
+   through LTU_* variables like a deployment (Postgres ledger, a broker URL so no job runs
+   in-process, a random LTU_SECRET_KEY and admin key);
+3. registers a small synthetic dataset and an untrained tiny model through ltu_client, and creates
+   a submit+read API key for the load (what an integration would hold);
+4. warms up, then drives a bounded, interleaved load from this process (httpx, asyncio, at most
+   --concurrency requests in flight): POST /v1/deletion-requests with a distinct Idempotency-Key
+   each, naming a random subject that has training samples, and GET /v1/deletion-requests/{id} of
+   ids already accepted. Every latency and status code is recorded; every non-2xx is reported;
+5. reads the database directly: each id answered with 202 must have its deletion_requests row,
+   its request_samples, its outbox row and its `deletion_request.received` audit event
+   ("lost: 0"), and the audit hash chain must verify (GET /v1/audit/verify);
+6. prints the table (operation | count | errors | ops/s | p50 | p95 | p99) and writes --json;
+   stops the server and drops the database, also on Ctrl-C or failure.
+
+What it measures and what it does not: the API and the ledger only. No Celery worker runs and the
+outbox is not relayed (Redis is never touched), so every request stays `received`; reads see small
+rows. Rate limiting is raised out of the way (LTU_RATE_LIMIT_*), so this is the service's raw
+capacity, not the admission policy. Client, server and Postgres share this machine's cores over
+loopback: the numbers are a regression yardstick for this machine, not a capacity plan. The
+process CPU split printed at the end shows how much the load generator itself took.
+
+Exit status: 0 when nothing was lost, the chain verifies and (unless --allow-errors) no request
+failed; 1 otherwise; 2 when the benchmark could not run (no Postgres, the server did not start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = REPO / "bench" / "results" / "api_load.json"
+DEFAULT_POSTGRES = os.environ.get("LTU_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DEFAULT_BROKER = os.environ.get("LTU_BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
+# Far above anything this load sends: the benchmark measures capacity, not the admission policy.
+UNLIMITED_RATE = 10**9
+# The synthetic dataset: 8x8 grey images, subjects of 3 samples → 667 subjects, 660 with training samples.
+DATASET_SAMPLES = 2000
+QUICK = {"submissions": 200, "reads": 400, "warmup": 20}
+SERVER_START_TIMEOUT = 90.0  # seconds for every worker to import the API and finish its start-up
+REQUEST_TIMEOUT = 30.0  # per request; a timeout is recorded as an error, never retried
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (exit status 2); the message says why."""
+
+
+# --- the server side --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    # Bound and released at once: uvicorn binds it again a moment later (a race only with another
+    # process picking the same ephemeral port in between, which start-up would report).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """The uvicorn supervisor process, its log and its URL."""
+
+    process: subprocess.Popen
+    log: Path
+    url: str
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def pids(self) -> list[int]:
+        """The supervisor and its worker processes (for CPU accounting)."""
+        return [self.process.pid, *_children(self.process.pid)]
+
+
+@contextmanager
+def running_server(env: dict[str, str], workers: int, log: Path) -> Iterator[Server]:
+    """Start `uvicorn --workers N` on a free loopback port; yield once every worker has started."""
+    port = _free_port()
+    # Exactly how a deployment runs the API: `ltu serve --workers N`, one app per process, its JSON
+    # access log included (at INFO, which also carries the per-worker start-up lines waited for).
+    command = [sys.executable, "-m", "ltu_cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers)]
+    with open(log, "wb") as out:
+        # A session of its own: a Ctrl-C in the terminal reaches only this script, whose finally
+        # stops the server in order (uvicorn's supervisor then stops its workers).
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = Server(process, log, f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        # Wait for all workers, not just the first: requests would otherwise pile onto the early ones.
+        while (log_text := server.log_tail(1 << 20)).count("Application startup complete") < workers:
+            # A worker that fails to start is respawned by uvicorn's supervisor again and again:
+            # its first traceback is the answer, not the time-out.
+            if process.poll() is not None or "Traceback" in log_text or time.monotonic() > deadline:
+                state = (f"exited with status {process.returncode}" if process.poll() is not None
+                         else "failed" if "Traceback" in log_text else "timed out")
+                raise BenchError(f"the API server {state} before all {workers} workers started:\n{server.log_tail()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()  # SIGTERM: uvicorn's supervisor shuts its workers down gracefully
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the workers go with it
+            process.wait()
+
+
+# --- the database -----------------------------------------------------------------------------------
+
+
+def _libpq(url: str) -> str:
+    """psycopg wants postgresql://; SQLAlchemy URLs may carry +psycopg."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@contextmanager
+def throwaway_database(admin_url: str) -> Iterator[str]:
+    """A fresh, migrated database (SQLAlchemy URL); dropped afterwards, connections and all."""
+    import psycopg
+
+    from ledger import migrate
+
+    admin = _libpq(admin_url)
+    name = f"ltu_bench_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise BenchError(f"cannot create a database through {admin} ({type(exc).__name__}: {exc})") from None
+    url = "postgresql+psycopg://" + admin.removeprefix("postgresql://").rsplit("/", 1)[0] + f"/{name}"
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class LedgerCheck:
+    """Every id the API accepted (202), looked up in the ledger afterwards."""
+
+    accepted: int
+    missing: dict[str, list[str]]  # what → ids without it
+    unacknowledged: int  # rows no 202 reported (a request whose answer the client lost)
+    dispatched: int  # outbox rows marked dispatched (must be 0: no relay runs)
+
+    @property
+    def lost(self) -> list[str]:
+        return sorted({i for ids in self.missing.values() for i in ids})
+
+
+def check_ledger(database_url: str, accepted_ids: list[str]) -> LedgerCheck:
+    """Look every accepted id up in deletion_requests, request_samples, the outbox and the audit log."""
+    import psycopg
+
+    from ledger.outbox import ERASURE_TASK
+
+    ids = sorted(set(accepted_ids))
+    queries = {
+        "request row": "SELECT id FROM deletion_requests WHERE id = ANY(%s)",
+        "request samples": "SELECT DISTINCT request_id FROM request_samples WHERE request_id = ANY(%s)",
+        "outbox row": "SELECT DISTINCT payload->>'request_id' FROM outbox "
+                      f"WHERE task_name = '{ERASURE_TASK}' AND payload->>'request_id' = ANY(%s)",
+        "audit event": "SELECT DISTINCT request_id FROM audit_events "
+                       "WHERE action = 'deletion_request.received' AND request_id = ANY(%s)",
+    }
+    with psycopg.connect(_libpq(database_url), connect_timeout=5) as conn:
+        missing = {}
+        for what, query in queries.items():
+            found = {row[0] for row in conn.execute(query, (ids,))}
+            missing[what] = [i for i in ids if i not in found]
+        total = conn.execute("SELECT count(*) FROM deletion_requests").fetchone()[0]
+        dispatched = conn.execute("SELECT count(*) FROM outbox WHERE dispatched_at IS NOT NULL").fetchone()[0]
+    return LedgerCheck(accepted=len(ids), missing=missing, unacknowledged=total - len(ids), dispatched=dispatched)
+
+
+# --- fixtures: a dataset and a model ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fixture:
+    archive: Path
+    weights: Path
+    subjects: list[str]  # subject ids with at least one training sample
+
+
+def build_fixture(root: Path, seed: int) -> Fixture:
+    """A synthetic dataset archive and an untrained tiny ResNet-18 on it (no job runs, so untrained is fine)."""
+    import numpy as np
+    import torch
+
+    from ltu_core.data import make_synthetic, pack_dataset, write_dataset
+    from ltu_core.models import ArchConfig, build_model, save_model
+
+    torch.set_num_threads(1)  # a few ms of work; spinning threads would only steal from the server later
+    dataset = make_synthetic(num_samples=DATASET_SAMPLES, num_classes=4, image_size=8, seed=seed)
+    archive = pack_dataset(write_dataset(dataset, root / "dataset"), root / "dataset.tar")
+    arch = ArchConfig("resnet18", num_classes=4, in_chans=1, img_size=8, width=0.125)
+    weights = save_model(build_model(arch, seed=seed), arch, root / "model.safetensors")
+    subjects = np.unique(dataset.subject_ids[dataset.split_indices("train")])
+    return Fixture(archive, weights, [str(s) for s in subjects])
+
+
+# --- the load ---------------------------------------------------------------------------------------
+
+SUBMIT, READ = "submit", "read"
+
+
+@dataclass
+class Record:
+    op: str
+    status: int  # HTTP status; 0 when no answer came (connection error, timeout)
+    seconds: float
+    error: str | None = None  # why a 2xx was not a success, or the transport error
+
+
+@dataclass
+class LoadResult:
+    records: list[Record] = field(default_factory=list)
+    accepted: list[str] = field(default_factory=list)  # ids answered 202, in answer order
+    wall_seconds: float = 0.0
+
+
+async def drive_load(*, url: str, api_key: str, model_id: str, subjects: list[str], submissions: int, reads: int,
+                     concurrency: int, rng: random.Random, key_prefix: str,
+                     readable: list[str] | None = None) -> LoadResult:
+    """Run `submissions` POSTs and `reads` GETs, interleaved in a seeded random order, `concurrency` at a time.
+
+    Reads pick a random id among those accepted so far (`readable` seeds that pool, e.g. from the
+    warm-up), the way clients poll the requests they submitted.
+    """
+    plan = [SUBMIT] * submissions + [READ] * reads
+    rng.shuffle(plan)
+    if not readable and READ in plan and SUBMIT in plan:
+        plan.remove(SUBMIT)
+        plan.insert(0, SUBMIT)  # something must be accepted before the first read
+    queue = iter(enumerate(plan))  # shared by the tasks; asyncio switches only at awaits
+    result = LoadResult()
+    pool = list(readable or ())
+    submits_left = submissions
+    readable_event = asyncio.Event()  # set once a read can pick an id (or never will)
+    if pool or not submissions:
+        readable_event.set()
+    headers = {"Authorization": f"Bearer {api_key}"}
+
+    async def submit(client: httpx.AsyncClient, index: int) -> None:
+        nonlocal submits_left
+        body = {"model_id": model_id, "subject_ids": [rng.choice(subjects)]}
+        started = time.perf_counter()
+        try:
+            response = await client.post("/v1/deletion-requests", json=body,
+                                         headers={**headers, "Idempotency-Key": f"{key_prefix}-{index}"})
+        except httpx.HTTPError as exc:
+            result.records.append(Record(SUBMIT, 0, time.perf_counter() - started, type(exc).__name__))
+        else:
+            elapsed = time.perf_counter() - started
+            error = None
+            if response.status_code == 202:
+                request_id = _answer_id(response)
+                if request_id and response.headers.get("Location") == f"/v1/deletion-requests/{request_id}":
+                    result.accepted.append(request_id)
+                    pool.append(request_id)
+                    readable_event.set()
+                else:
+                    error = "202 without the request id and its Location"
+            elif response.is_success:
+                error = f"expected 202, got {response.status_code}"
+            else:
+                error = _problem(response)
+            result.records.append(Record(SUBMIT, response.status_code, elapsed, error))
+        finally:
+            submits_left -= 1
+            if not submits_left:
+                readable_event.set()  # nothing more will be accepted: waiting reads must not hang
+
+    async def read(client: httpx.AsyncClient) -> None:
+        await readable_event.wait()  # not timed: this is the load's ordering, not the server's latency
+        if not pool:
+            result.records.append(Record(READ, 0, 0.0, "nothing accepted to read"))
+            return
+        request_id = rng.choice(pool)
+        started = time.perf_counter()
+        try:
+            response = await client.get(f"/v1/deletion-requests/{request_id}", headers=headers)
+        except httpx.HTTPError as exc:
+            result.records.append(Record(READ, 0, time.perf_counter() - started, type(exc).__name__))
+            return
+        elapsed = time.perf_counter() - started
+        error = None
+        if response.status_code != 200:  # a 404 here means an accepted request is not readable
+            error = _problem(response)
+        elif _answer_id(response) != request_id:
+            error = "200 with another request's body"
+        result.records.append(Record(READ, response.status_code, elapsed, error))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for index, op in queue:
+            if op == SUBMIT:
+                await submit(client, index)
+            else:
+                await read(client)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=REQUEST_TIMEOUT) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        result.wall_seconds = time.perf_counter() - started
+    return result
+
+
+def _answer_id(response: httpx.Response) -> str | None:
+    """The `id` of a JSON object answer, or None (a malformed answer is an error, not a crash)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("id") if isinstance(body, dict) else None
+
+
+def _problem(response: httpx.Response) -> str:
+    """`<status> <code>: <detail>` of an error answer (problem+json), shortened."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    text = f"{response.status_code} {body.get('code') or response.reason_phrase}"
+    detail = body.get("detail") or body.get("title")
+    return f"{text}: {str(detail)[:120]}" if detail else text
+
+
+# --- statistics -------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (an observed value; no interpolation between two requests); None if empty."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarize(records: list[Record], wall_seconds: float) -> dict[str, dict[str, Any]]:
+    """Per operation and overall: count, errors, ops/s over the load's wall time, latency percentiles (ms).
+
+    Percentiles cover every request that got an answer, errors included (a fast 500 is a served
+    request too; the errors column says how many there were).
+    """
+    rows = {}
+    for op in (SUBMIT, READ, "all"):
+        mine = [r for r in records if op == "all" or r.op == op]
+        answered = sorted(r.seconds * 1000 for r in mine if r.status)
+        rows[op] = {
+            "count": len(mine),
+            "errors": sum(r.error is not None for r in mine),
+            "ops_per_s": _round(len(mine) / wall_seconds if wall_seconds else None, 2),
+            "p50_ms": _round(percentile(answered, 50), 3),
+            "p95_ms": _round(percentile(answered, 95), 3),
+            "p99_ms": _round(percentile(answered, 99), 3),
+            "max_ms": _round(answered[-1] if answered else None, 3),
+            "status_codes": dict(sorted(Counter(str(r.status) for r in mine).items())),
+        }
+    return rows
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def table(rows: dict[str, dict[str, Any]]) -> str:
+    """A markdown table (pastes into the README as is)."""
+    names = {SUBMIT: "POST /v1/deletion-requests", READ: "GET /v1/deletion-requests/{id}", "all": "all"}
+    header = ("operation", "count", "errors", "ops/s", "p50 ms", "p95 ms", "p99 ms")
+
+    def num(value: float | None, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    body = [(names[op], str(r["count"]), str(r["errors"]), num(r["ops_per_s"], 0), num(r["p50_ms"], 1),
+             num(r["p95_ms"], 1), num(r["p99_ms"], 1)) for op, r in rows.items()]
+    widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *(line(row) for row in body)])
+
+
+# --- CPU accounting (Linux /proc; absent elsewhere) --------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after the parenthesised name
+                kids.append(int(entry.name))
+    return kids
+
+
+def _process_cpu(pids: list[int]) -> float | None:
+    """User + system CPU seconds of live processes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _machine_busy() -> float | None:
+    """Busy CPU seconds of the whole machine, all processes (/proc/stat), or None."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+
+
+def _load_average() -> str | None:
+    """The 1, 5 and 15 minute load averages, e.g. "1.02 0.80 0.41", or None."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return None
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used during one phase by this client, the API processes and the whole machine."""
+
+    server: Server
+    start: dict[str, float | None] = field(default_factory=dict)
+    used: dict[str, float | None] = field(default_factory=dict)
+
+    def _sample(self) -> dict[str, float | None]:
+        times = os.times()
+        return {"client": times.user + times.system, "api_server": _process_cpu(self.server.pids()),
+                "machine": _machine_busy()}
+
+    def __enter__(self) -> Self:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._sample()
+        self.used = {k: (end[k] - v if v is not None and end[k] is not None else None) for k, v in self.start.items()}
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+def server_env(database_url: str, broker_url: str, home: Path, admin_key: str) -> dict[str, str]:
+    """The API workers' environment: a deployment's LTU_* variables, rate limits raised."""
+    return {
+        **os.environ,
+        "LTU_HOME": str(home),
+        "LTU_ARTIFACTS_DIR": str(home / "artifacts"),
+        "LTU_DATABASE_URL": database_url,
+        # Set so the API does not run jobs in-process; nothing consumes it (no worker, no relay).
+        "LTU_BROKER_URL": broker_url,
+        "LTU_SECRET_KEY": secrets.token_urlsafe(48)[:48],
+        "LTU_ADMIN_API_KEY": admin_key,
+        "LTU_RATE_LIMIT_PER_MINUTE": str(UNLIMITED_RATE),
+        "LTU_RATE_LIMIT_BURST": str(UNLIMITED_RATE),
+        # No LTU_CERTIFICATE_KEY_FILE: outside embedded mode the API then serves no certificates,
+        # which no operation here needs.
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def _git() -> dict[str, Any]:
+    def run(*args: str) -> str | None:
+        try:  # --no-optional-locks: never refresh (write) the index of a tree others are editing
+            out = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True,
+                                 check=False, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+def run(args: argparse.Namespace) -> int:
+    from ltu_client import ApiError, Client
+
+    t0 = time.perf_counter()
+    rng = random.Random(args.seed)
+    cpus = os.cpu_count() or 1
+    load_before = _load_average()  # other work on the machine skews every number: say how much there was
+    config = {"workers": args.workers, "concurrency": args.concurrency, "submissions": args.submissions,
+              "reads": args.reads, "warmup": args.warmup, "seed": args.seed, "cpu_count": cpus,
+              "dataset_samples": DATASET_SAMPLES}
+    print(f"api_load: {args.workers} uvicorn workers, concurrency {args.concurrency}, "
+          f"{args.submissions} submissions + {args.reads} reads (+{args.warmup} warm-up submissions and reads), "
+          f"{cpus} CPUs shared by client, API workers and Postgres (loopback)")
+    print(f"api_load: rate limits raised to {UNLIMITED_RATE}/min (burst {UNLIMITED_RATE}) for the benchmark; "
+          "no Celery worker or relay runs, so requests stay `received`")
+
+    with tempfile.TemporaryDirectory(prefix="ltu-bench-") as tmp:
+        root = Path(tmp)
+        admin_key = "ltu_" + secrets.token_urlsafe(32)
+        with throwaway_database(args.postgres) as database_url:
+            fixture = build_fixture(root, args.seed)
+            env = server_env(database_url, args.broker_url, root / "home", admin_key)
+            with running_server(env, args.workers, root / "server.log") as server:
+                setup_seconds = time.perf_counter() - t0
+                try:
+                    with Client(server.url, admin_key) as admin:
+                        dataset = admin.register_dataset(fixture.archive, name="bench-synthetic")
+                        model = admin.register_model(fixture.weights, dataset_id=dataset.id, name="bench-tiny")
+                        load_key = admin.create_api_key("bench-load", ["submit", "read"])["key"]
+                except ApiError as exc:
+                    raise BenchError(f"registering the dataset and model failed: {exc}\n{server.log_tail()}") from None
+                print(f"api_load: server {server.url} ready, database {database_url.rsplit('/', 1)[1]}, "
+                      f"dataset {dataset.id} ({len(fixture.subjects)} subjects with training samples), "
+                      f"model {model.id}; set-up {setup_seconds:.1f} s")
+
+                common = {"url": server.url, "api_key": load_key, "model_id": model.id, "subjects": fixture.subjects,
+                          "concurrency": args.concurrency, "rng": rng}
+                # Warm-up: connection pools, first imports and query plans of every worker; not
+                # in the statistics, but its 202s are checked in the ledger like the others.
+                warm = asyncio.run(drive_load(**common, submissions=args.warmup, reads=args.warmup, key_prefix="warm"))
+                with CpuMeter(server) as cpu:
+                    load = asyncio.run(drive_load(**common, submissions=args.submissions, reads=args.reads,
+                                                  key_prefix="load", readable=warm.accepted))
+                try:  # the chain is sealed under an advisory lock: concurrent commits must not fork it
+                    with Client(server.url, admin_key) as admin:
+                        chain = admin.verify_audit()
+                except ApiError as exc:
+                    chain = {"valid": False, "broken": f"GET /v1/audit/verify: {exc}"}
+                server_log = server.log_tail(1 << 20)
+            # The server is stopped: every answered request's transaction has ended.
+            accepted = warm.accepted + load.accepted
+            ledger = check_ledger(database_url, accepted)
+
+    rows = summarize(load.records, load.wall_seconds)
+    warm_errors = sum(r.error is not None for r in warm.records)
+    errors = Counter(r.error for r in warm.records + load.records if r.error)
+    server_errors = server_log.count("Traceback")
+    total_seconds = time.perf_counter() - t0
+
+    print()
+    print(table(rows))
+    print()
+    print(f"load {load.wall_seconds:.1f} s wall; total {total_seconds:.1f} s (set-up, warm-up, load, checks, teardown)")
+    used = cpu.used
+    api_cpu_ms = used["api_server"] * 1000 / len(load.records) if used.get("api_server") and load.records else None
+    if all(used.get(k) is not None for k in ("client", "api_server", "machine")):
+        capacity = cpus * load.wall_seconds
+        print(f"CPU during the load (of {capacity:.0f} core-seconds): load generator {used['client']:.1f} s, "
+              f"API processes {used['api_server']:.1f} s, whole machine {used['machine']:.1f} s "
+              f"({used['machine'] / capacity:.0%} busy; the rest is Postgres and whatever else runs here; "
+              f"load average before the run {load_before})")
+    if api_cpu_ms is not None:
+        # Throughput moves with whatever else runs on a shared machine; CPU per request much less.
+        print(f"API CPU per request: {api_cpu_ms:.2f} ms (mixed load; steadier than ops/s on a shared machine)")
+    for error, n in errors.most_common(10):
+        print(f"error x{n}: {error}")
+    if warm_errors:
+        print(f"warm-up: {warm_errors} of {len(warm.records)} requests failed")
+    if server_errors:
+        print(f"server log: {server_errors} traceback(s); last lines:\n{server_log[-3000:]}")
+
+    lost = ledger.lost
+    print(f"ledger: {ledger.accepted} ids answered 202 (warm-up included); "
+          + ", ".join(f"{len(ids)} without {what}" for what, ids in ledger.missing.items()))
+    if ledger.unacknowledged:
+        print(f"ledger: {ledger.unacknowledged} request row(s) no 202 reported (answers lost on the way back)")
+    if ledger.dispatched:
+        print(f"ledger: {ledger.dispatched} outbox row(s) dispatched although no relay runs")
+    print(f"audit chain: {'valid' if chain.get('valid') else 'BROKEN ' + json.dumps(chain.get('broken'))}, "
+          f"{chain.get('checked')} events")
+    print(f"lost: {len(lost)}" + (f"  {' '.join(lost[:50])}{' …' if len(lost) > 50 else ''}" if lost else ""))
+
+    failures = []
+    if lost:
+        failures.append(f"{len(lost)} accepted request(s) missing from the ledger")
+    if not chain.get("valid"):
+        failures.append("the audit chain does not verify")
+    if ledger.accepted != len(accepted):
+        duplicates = len(accepted) - ledger.accepted
+        failures.append(f"{duplicates} distinct Idempotency-Keys were answered with an id already given")
+    if errors and not args.allow_errors:
+        failures.append(f"{sum(errors.values())} request(s) failed (--allow-errors to accept)")
+
+    if args.json:
+        record = {
+            "benchmark": "api_load",
+            "config": config,
+            "environment": {"python": platform.python_version(), "platform": platform.platform(),
+                            "machine_note": f"loopback; {cpus} CPUs shared by the load generator, "
+                                            f"{args.workers} uvicorn workers and Postgres; no Celery worker",
+                            "rate_limits": f"raised to {UNLIMITED_RATE} per minute and burst", **_git()},
+            "operations": rows,
+            "load_wall_seconds": round(load.wall_seconds, 2),
+            "total_seconds": round(total_seconds, 2),
+            "cpu_seconds_during_load": {k: _round(v, 2) for k, v in used.items()},
+            "api_cpu_ms_per_request": _round(api_cpu_ms, 3),
+            "load_average_before": load_before,
+            "errors": dict(errors),
+            "server_tracebacks": server_errors,
+            "ledger": {"accepted": ledger.accepted, "missing": {k: len(v) for k, v in ledger.missing.items()},
+                       "lost": lost, "unacknowledged_rows": ledger.unacknowledged,
+                       "dispatched_outbox_rows": ledger.dispatched},
+            "audit_chain": chain,
+            "passed": not failures,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        print(f"results: {args.json}")
+    for failure in failures:
+        print(f"api_load: FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python bench/api_load.py",
+        description="Load benchmark of the erasure API on Postgres with several uvicorn workers (loopback): "
+                    "throughput and p50/p95/p99 of erasure submissions and status reads, then a check that "
+                    "every accepted (202) request is in the ledger. No Celery worker runs.",
+        epilog="Exit status: 0 pass; 1 an accepted request is missing, the audit chain is broken or a request "
+               "failed; 2 the benchmark could not run.",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default 2)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight from the client (default 16)")
+    parser.add_argument("--submissions", type=int, default=2000, help="POST /v1/deletion-requests (default 2000)")
+    parser.add_argument("--reads", type=int, default=4000, help="GET /v1/deletion-requests/{id} (default 4000)")
+    parser.add_argument("--warmup", type=int, default=100,
+                        help="submissions and as many reads before the measured load, not in the statistics (default 100)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK['submissions']} submissions, {QUICK['reads']} reads, "
+                             f"{QUICK['warmup']} warm-up (overrides those three; writes no results unless --json)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the dataset, the operation order and the subjects")
+    parser.add_argument("--json", type=Path, default=None,
+                        help=f"write the results here (default {DEFAULT_JSON.relative_to(REPO)}; none with --quick)")
+    parser.add_argument("--postgres", default=DEFAULT_POSTGRES,
+                        help="a Postgres URL allowed to CREATE and DROP DATABASE (default LTU_BENCH_POSTGRES_URL "
+                             f"or {DEFAULT_POSTGRES})")
+    parser.add_argument("--broker-url", default=DEFAULT_BROKER,
+                        help="LTU_BROKER_URL of the API; never connected to, it only turns off the in-process runner "
+                             f"(default LTU_BENCH_BROKER_URL or {DEFAULT_BROKER})")
+    parser.add_argument("--allow-errors", action="store_true", help="exit 0 even if some requests failed")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.submissions, args.reads, args.warmup = QUICK["submissions"], QUICK["reads"], QUICK["warmup"]
+    elif args.json is None:
+        args.json = DEFAULT_JSON
+    for name in ("workers", "concurrency"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    for name in ("submissions", "reads", "warmup"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be 0 or more")
+    if not args.broker_url:
+        parser.error("--broker-url must be set: without it the API would run erasure jobs in its own processes")
+    if args.reads and not (args.submissions or args.warmup):
+        parser.error("reads need something to read: --submissions or --warmup must be positive")
+    return args
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the finally blocks stop the server and drop the database.
+
+    Re-raised as SIGINT because asyncio.run turns that into a clean cancellation of the load;
+    a KeyboardInterrupt raised inside a task would leave asyncio complaining about it.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background by a shell
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run(args)
+    except BenchError as exc:
+        print(f"api_load: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("api_load: interrupted; the server is stopped and the database dropped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
