@@ -76,16 +76,6 @@ def create_deletion_request(
     Each key may submit `LTU_RATE_LIMIT_PER_MINUTE` requests a minute after a burst of
     `LTU_RATE_LIMIT_BURST`; beyond that the answer is 429 with Retry-After. Replays are free.
     """
-    replay = idempotency_key is not None and requests.find_by_idempotency_key(
-        session, tenant_id=key.tenant_id, key=idempotency_key) is not None
-    if not replay:
-        # Same transaction as the request row: a submission refused further down (404, 422) costs no token.
-        decision = ratelimit.take(session, api_key_id=key.id, per_minute=settings.rate_limit_per_minute,
-                                  burst=settings.rate_limit_burst)
-        if not decision.allowed:
-            raise ProblemError(429, f"this API key may submit {settings.rate_limit_per_minute} requests a minute "
-                                    f"(bursts of {settings.rate_limit_burst}); retry in {decision.retry_after} s",
-                               code="rate_limited", headers={"Retry-After": str(decision.retry_after)})
     model = registry.get_model(session, tenant_id=key.tenant_id, model_id=body.model_id)
     if body.subject_ids is not None:
         target = requests.Target(kind="subjects", subject_hashes=tuple(subject_hash(settings.secret_key, s) for s in body.subject_ids))
@@ -96,6 +86,16 @@ def create_deletion_request(
         parameters=body.parameters, idempotency_key=idempotency_key,
         body_hash=body_hash(settings.secret_key, body.model_dump(mode="json")), actor=actor(key),
     )
+    if created:
+        # Last, in the transaction that stores the request: a refusal (404, 422) or a replay costs no
+        # token, a 429 rolls the request back, and the key's bucket row stays locked only until the
+        # commit instead of for the whole submission (one key's submissions would queue on it).
+        decision = ratelimit.take(session, api_key_id=key.id, per_minute=settings.rate_limit_per_minute,
+                                  burst=settings.rate_limit_burst)
+        if not decision.allowed:
+            raise ProblemError(429, f"this API key may submit {settings.rate_limit_per_minute} requests a minute "
+                                    f"(bursts of {settings.rate_limit_burst}); retry in {decision.retry_after} s",
+                               code="rate_limited", headers={"Retry-After": str(decision.retry_after)})
     response.headers["Location"] = f"/v1/deletion-requests/{request.id}"
     response.headers["Retry-After"] = str(settings.retry_after_seconds)
     if not created:
