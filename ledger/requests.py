@@ -40,6 +40,7 @@ from ledger.tables import (
 )
 
 WORKER = "worker"
+CLAIM_TRIES = 3
 
 
 def add_calendar_month(moment: datetime, months: int = 1) -> datetime:
@@ -366,32 +367,36 @@ def claim(
     """Start (or take over) executing a request; None when there is nothing to do.
 
     Nothing to do: the request is finished or cancelled, or another execution holds a live lease.
-    A request that already used `max_attempts` executions is failed instead of started.
+    A request that already used `max_attempts` executions is failed instead of started. A
+    compare-and-set lost to a concurrent change that leaves the request startable (the relay
+    marking it queued as the worker picks it up) is retried on the new state.
     """
-    request = load(session, request_id=request_id)
-    if request is None or request.status not in (RECEIVED, QUEUED, RUNNING):
-        return None
-    now = utcnow()
-    stale = request.status == RUNNING
-    if stale and request.heartbeat_at is not None and request.heartbeat_at > now - timedelta(seconds=lease_seconds):
-        return None  # someone is working on it
-    if request.attempts >= max_attempts:
-        _transition(session, request_id=request_id, expect=(request.status,), to=FAILED, actor=WORKER,
-                    values={"finished_at": now, "error_code": "attempts_exhausted", "lease_token": None,
-                            "error_message": f"the request was interrupted {request.attempts} times; giving up"},
-                    data={"attempts": request.attempts})
-        return None
-    conditions = [DeletionRequest.id == request_id, DeletionRequest.status == request.status,
-                  DeletionRequest.attempts == request.attempts]
-    changed = session.execute(
-        update(DeletionRequest)
-        .where(*conditions)
-        .values(status=RUNNING, lease_token=token, heartbeat_at=now, attempts=request.attempts + 1,
-                started_at=func.coalesce(DeletionRequest.started_at, now), phase="preparing", batch_id=None,
-                progress_step=0, progress_total=0, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if changed != 1:
+    for _ in range(CLAIM_TRIES):
+        request = load(session, request_id=request_id)
+        if request is None or request.status not in (RECEIVED, QUEUED, RUNNING):
+            return None
+        now = utcnow()
+        stale = request.status == RUNNING
+        if stale and request.heartbeat_at is not None and request.heartbeat_at > now - timedelta(seconds=lease_seconds):
+            return None  # someone is working on it
+        if request.attempts >= max_attempts:
+            _transition(session, request_id=request_id, expect=(request.status,), to=FAILED, actor=WORKER,
+                        values={"finished_at": now, "error_code": "attempts_exhausted", "lease_token": None,
+                                "error_message": f"the request was interrupted {request.attempts} times; giving up"},
+                        data={"attempts": request.attempts})
+            return None
+        changed = session.execute(
+            update(DeletionRequest)
+            .where(DeletionRequest.id == request_id, DeletionRequest.status == request.status,
+                   DeletionRequest.attempts == request.attempts)
+            .values(status=RUNNING, lease_token=token, heartbeat_at=now, attempts=request.attempts + 1,
+                    started_at=func.coalesce(DeletionRequest.started_at, now), phase="preparing", batch_id=None,
+                    progress_step=0, progress_total=0, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if changed == 1:
+            break
+    else:
         return None
     request = load(session, request_id=request_id)
     assert request is not None

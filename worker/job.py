@@ -88,10 +88,11 @@ def _run(ctx: JobContext, request_id: str) -> str:
     if leader is None:
         with ctx.database.session() as session:
             current = requests.load(session, request_id=request_id)
-        if current is not None and current.status == RUNNING:
-            # Another execution holds a live lease — or held it until it was killed a moment ago.
-            # The caller may try again once the lease has run out (the Celery task does).
-            log.info("request %s: held by another execution; try again after the lease", request_id)
+        if current is not None and current.status in (RECEIVED, QUEUED, RUNNING):
+            # Another execution holds a live lease — or held it until it was killed a moment ago —
+            # or the request kept changing under the claim. The caller may try again later (the
+            # Celery task does, after the lease); the reconciler is the backstop.
+            log.info("request %s: %s and not claimable now; try again after the lease", request_id, current.status)
             return "busy"
         log.info("request %s: nothing to do (finished or cancelled)", request_id)
         return "skipped"

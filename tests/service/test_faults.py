@@ -36,15 +36,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.2):
-    """Poll `condition` until it returns something truthy; fail saying `what` after `timeout` seconds."""
+def wait_until(condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.2,
+               context: Callable[[], str] = str):
+    """Poll `condition` until it returns something truthy; fail saying `what` (and `context()`) after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{context()}", pytrace=False)
         time.sleep(interval)
 
 
@@ -224,7 +225,8 @@ class Stack:
             current = [client.get_request(r) for r in request_ids]
             return current if all(r.status in ("completed", "failed", "cancelled") for r in current) else None
 
-        return wait_until(finished, timeout=timeout, what=f"requests {request_ids} to finish", interval=0.5)
+        return wait_until(finished, timeout=timeout, what=f"requests {request_ids} to finish", interval=0.5,
+                          context=self.logs)
 
     def ledger(self):
         """Direct read access to the ledger (the checks do not trust the API)."""
@@ -255,9 +257,6 @@ def stack(tmp_path, fresh_postgres_url, artifacts) -> Iterator[Stack]:
     stack = Stack(tmp_path, fresh_postgres_url, artifacts)
     try:
         yield stack
-    except BaseException:
-        print(stack.logs())
-        raise
     finally:
         stack.close()
 
@@ -275,7 +274,7 @@ def test_a_worker_killed_while_unlearning_is_replaced_and_the_request_completes_
     request = client.submit_deletion(model.id, subject_ids=[stack.artifacts.subject_with_train_samples()],
                                      parameters=SLOW_LTU)
     wait_until(lambda: client.get_request(request.id).progress.get("phase") == "unlearning", timeout=120,
-               what="the job to reach its unlearning phase")
+               what="the job to reach its unlearning phase", context=stack.logs)
     stack.worker.kill9()
 
     stack.start_worker()  # its reconciler finds the silent request once the lease has run out

@@ -157,3 +157,42 @@ def test_subject_hashes_are_keyed(api, artifacts):
     assert all(subject.encode() not in f.read_bytes() for f in api.settings.home.glob("ledger.db*"))
     stored_csv = next(api.settings.artifacts_dir.glob("datasets/*/samples.csv")).read_text()
     assert subject not in stored_csv
+
+
+def test_a_claim_that_races_the_relay_marking_it_queued_still_starts_it(celery_service, artifacts, monkeypatch):
+    """Postgres, READ COMMITTED: the relay commits received → queued between the worker's read and
+    its compare-and-set; the claim retries on the new state instead of dropping the request."""
+    from ledger import requests
+    from ledger.db import Database
+    from ledger.hashing import subject_hash
+    from ledger.tables import Model, OutboxMessage
+
+    client = celery_service.client
+    dataset = client.register_dataset(artifacts.archive)
+    model = client.register_model(artifacts.weights, dataset_id=dataset.id)
+    database = Database(celery_service.settings.database_url)
+    try:
+        with database.transaction() as setup:  # a request the relay never sees (its outbox row is removed)
+            target = requests.Target("subjects", (subject_hash(celery_service.settings.secret_key,
+                                                               artifacts.subject_with_train_samples(5)),))
+            request, _ = requests.create_request(
+                setup, tenant_id=setup.get(Model, model.id).tenant_id, model=setup.get(Model, model.id), target=target,
+                method="ltu", parameters={}, idempotency_key=None, body_hash="0" * 64, actor="test")
+            request_id = request.id
+            setup.query(OutboxMessage).filter(OutboxMessage.payload["request_id"].as_string() == request_id).delete()
+        original_load, raced = requests.load, []
+
+        def load_then_race(session, *, request_id):
+            row = original_load(session, request_id=request_id)
+            if not raced:  # the relay, in its own transaction, right after the worker's read
+                raced.append(True)
+                with database.transaction() as relay:
+                    assert requests.mark_queued(relay, request_id=request_id)
+            return row
+
+        monkeypatch.setattr(requests, "load", load_then_race)
+        with database.transaction() as session:
+            claimed = requests.claim(session, request_id=request_id, token="w", lease_seconds=60, max_attempts=3)
+        assert raced and claimed is not None and claimed.status == "running" and claimed.attempts == 1
+    finally:
+        database.dispose()
