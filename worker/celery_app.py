@@ -29,6 +29,7 @@ from worker.reconciler import ReconcileLoop
 from worker.retention import PurgeLoop
 
 log = logging.getLogger("ltu.worker")
+BUSY_RETRY_SECONDS = 2
 
 
 def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
@@ -63,8 +64,8 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
 
         with bind(task_id=self.request.id):
             outcome = run_erasure(context.get(), request_id)
-        if outcome == "busy":  # e.g. redelivered after its worker was killed: take over once the lease expires
-            raise self.retry(countdown=settings.lease_seconds + 1)
+        if outcome == "busy":  # startable, but the claim kept losing races: a moment later it will not
+            raise self.retry(countdown=BUSY_RETRY_SECONDS)
         return outcome
 
     app.steps["worker"].add(_background_step(settings, relay=relay))

@@ -67,8 +67,10 @@ def run_erasure(ctx: JobContext, request_id: str) -> str:
     """Execute one deletion request, with the waiting requests it can share a run with; returns what happened.
 
     completed | failed | cancelled: this call finished it. skipped: it was already finished or
-    cancelled. busy: another execution holds its lease (retry after `lease_seconds`: if that
-    execution died, the retry takes the request over). lease_lost: it was taken over meanwhile.
+    cancelled. held: another live execution holds it (e.g. a coalesced run took it along); if
+    that execution dies, the reconciler dispatches it again once its heartbeat is older than the
+    lease. busy: it is startable but kept changing under the claim; try again shortly.
+    lease_lost: it was taken over meanwhile.
     """
     with bind(deletion_request_id=request_id):
         return _run(ctx, request_id)
@@ -88,11 +90,12 @@ def _run(ctx: JobContext, request_id: str) -> str:
     if leader is None:
         with ctx.database.session() as session:
             current = requests.load(session, request_id=request_id)
-        if current is not None and current.status in (RECEIVED, QUEUED, RUNNING):
-            # Another execution holds a live lease — or held it until it was killed a moment ago —
-            # or the request kept changing under the claim. The caller may try again later (the
-            # Celery task does, after the lease); the reconciler is the backstop.
-            log.info("request %s: %s and not claimable now; try again after the lease", request_id, current.status)
+        if current is not None and current.status == RUNNING:
+            log.info("request %s: held by a live execution (batch %s); the reconciler requeues it if that dies",
+                     request_id, current.batch_id or request_id)
+            return "held"
+        if current is not None and current.status in (RECEIVED, QUEUED):
+            log.info("request %s: %s but the claim kept losing races; try again shortly", request_id, current.status)
             return "busy"
         log.info("request %s: nothing to do (finished or cancelled)", request_id)
         return "skipped"

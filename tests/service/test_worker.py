@@ -58,10 +58,10 @@ def test_a_crashed_execution_is_taken_over_then_capped(api, artifacts):
             row.heartbeat_at = utcnow() - timedelta(seconds=api.settings.lease_seconds + 1)
             row.attempts = api.settings.max_attempts - attempts_left
 
-    # While the other execution's lease is live, a delivery is told to come back later.
+    # While the other execution's lease is live, a delivery leaves it alone (the reconciler watches the lease).
     with ctx.database.transaction() as session:
         assert requests.claim(session, request_id=first.id, token="live-worker", lease_seconds=0, max_attempts=99)
-    assert run_erasure(ctx, first.id) == "busy"
+    assert run_erasure(ctx, first.id) == "held"
 
     crash(first.id, attempts_left=1)
     assert run_erasure(ctx, first.id) == "completed"
