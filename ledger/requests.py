@@ -514,6 +514,7 @@ def finish(
 class Outcome:
     """What one request of a run records on completion: its own metrics, verdict and run details."""
 
+    metrics_before: dict[str, Any]
     metrics_after: dict[str, Any]
     verification: dict[str, Any]
     details: dict[str, Any]
@@ -559,7 +560,8 @@ def complete(
         batch = {"batch_id": request.batch_id, "batch_size": len(outcomes)} if len(outcomes) > 1 else {}
         if not _transition(
             session, request_id=request_id, expect=(RUNNING,), to=COMPLETED, actor=WORKER, token=token,
-            values={"finished_at": now, "lease_token": None, "phase": None, "metrics_after": outcome.metrics_after,
+            values={"finished_at": now, "lease_token": None, "phase": None,
+                    "metrics_before": outcome.metrics_before, "metrics_after": outcome.metrics_after,
                     "verification": outcome.verification, "details": outcome.details, "base_version": base.number,
                     "result_version": version.number},
             data={"version": version.number, "sha256": sha256,

@@ -9,11 +9,11 @@ job's compare-and-set makes duplicates harmless).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from ledger import outbox, requests
 from ledger.db import Database
+from worker.periodic import PeriodicLoop
 
 log = logging.getLogger("ltu.dispatch")
 
@@ -35,9 +35,8 @@ class OutboxDispatcher:
         self.poll_interval = poll_interval
         self.claim_seconds = claim_seconds
         self.name = name
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Drains the outbox every poll_interval; a failed pass (the database briefly down) is retried.
+        self._loop = PeriodicLoop(name, poll_interval, self.drain)
 
     def dispatch_one(self) -> bool:
         """Hand on one pending row; False when there was none."""
@@ -68,26 +67,10 @@ class OutboxDispatcher:
             count += 1
         return count
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.drain()
-            except Exception:  # noqa: BLE001 - e.g. the database is briefly down: keep polling
-                log.exception("outbox dispatch failed; retrying")
-            self._wake.wait(self.poll_interval)
-            self._wake.clear()
-
     def start(self) -> None:
         """Start polling in a daemon thread."""
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-            self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Ask the thread to stop after its current row and wait for it."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)

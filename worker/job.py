@@ -371,19 +371,21 @@ class ErasureJob:
         import numpy as np
         import torch
         from ltu_core.metrics import evaluate_posteriors
-        from ltu_core.mia import VerificationThresholds, score_summary, verify_forgetting
+        from ltu_core.mia import VerificationThresholds, fit_svc_attackers, score_summary, verify_forgetting
         from ltu_core.models import predict_split
 
         settings = self.ctx.settings
         post = predict_split(model, prep.split, device=self.device)  # one inference pass for everything
+        attackers = fit_svc_attackers(post["retain"], post["test"], seed=settings.seed)  # one fit per feature
         thresholds = VerificationThresholds(z=settings.verify_z, max_test_drop=settings.verify_max_test_drop)
 
         def numbers(forget: Any) -> tuple[dict, dict, dict]:
-            evaluation = evaluate_posteriors({**post, "forget": forget}, prep.split, seed=settings.seed)
+            evaluation = evaluate_posteriors({**post, "forget": forget}, prep.split, seed=settings.seed,
+                                             attackers=attackers)
             verdict = verify_forgetting(
                 retain=post["retain"], test=post["test"], forget=forget, control=post["reference"],
                 original_test_accuracy=evaluation.ta if original_ta is None else original_ta,
-                thresholds=thresholds, seed=settings.seed,
+                thresholds=thresholds, seed=settings.seed, attacker=attackers["confidence"],
             )
             scores = score_summary(forget, post["reference"], points=SCORE_POINTS, bins=HISTOGRAM_BINS)
             return _jsonable(evaluation.as_dict()), _jsonable(verdict.as_dict()), scores
@@ -443,10 +445,7 @@ class ErasureJob:
                             "before": verdict_before, "after": verdict_after, "fallback": fallback, "batch": batch}
             details = {**run, "scores": {"before": scores_before, "after": scores_after},
                        "own_forget_samples": len(prep.own_rows[request_id])}
-            outcomes[request_id] = requests.Outcome(metrics_after, verification, details)
-            if request_id != self.request_id:  # the leader's "before" was reported already; the others' are their own
-                with self.ctx.database.transaction() as session:
-                    requests.report(session, request_ids=[request_id], token=self.token, metrics_before=metrics_before)
+            outcomes[request_id] = requests.Outcome(metrics_before, metrics_after, verification, details)
         return outcomes
 
     def publish(self, prep: Prepared, result: Any, before: Measured, after: Measured,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from ltu_core.data.selection import UnlearningSplit
-from ltu_core.mia.svc import svc_mia_efficacy
+from ltu_core.mia.svc import SvcAttacker, fit_svc_attackers
 from ltu_core.models.inference import Posteriors, predict_split
 
 HEADLINE = ("ua", "ra", "ta", "mia")
@@ -52,14 +53,19 @@ def evaluate(
     return evaluate_posteriors(predict_split(model, split, names=("forget", "retain", "test"), device=device), split, seed=seed)
 
 
-def evaluate_posteriors(post: dict[str, Posteriors], split: UnlearningSplit, *, seed: int = 0) -> Evaluation:
-    """The protocol on posteriors already computed (keys forget, retain, test; see predict_split)."""
+def evaluate_posteriors(
+    post: dict[str, Posteriors], split: UnlearningSplit, *, seed: int = 0,
+    attackers: Mapping[str, SvcAttacker] | None = None,
+) -> Evaluation:
+    """The protocol on posteriors already computed (keys forget, retain, test; see predict_split).
+
+    `attackers` (fit_svc_attackers on these retain and test posteriors) lets several forget sets
+    of one model share the SVC fits.
+    """
     seen = torch.from_numpy(np.isin(split.retain, split.retain_subset))
     retain, forget, test = post["retain"], post["forget"], post["test"]
-    mia = {
-        feature: svc_mia_efficacy(retain, test, forget, feature=feature, seed=seed)
-        for feature in ("confidence", "entropy", "modified_entropy", "posterior")
-    }
+    attackers = attackers or fit_svc_attackers(retain, test, seed=seed)
+    mia = {feature: attacker.nonmember_rate(forget) for feature, attacker in attackers.items()}
     return Evaluation(
         ua=unlearning_accuracy(forget),
         ra=retain.accuracy(),

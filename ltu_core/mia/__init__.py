@@ -9,7 +9,7 @@ from ltu_core.mia.attackers import (
     train_attackers,
 )
 from ltu_core.mia.features import FEATURES
-from ltu_core.mia.svc import MIA_DIRECTION, svc_mia_efficacy
+from ltu_core.mia.svc import MIA_DIRECTION, MIA_FEATURES, SvcAttacker, fit_svc_attackers, svc_mia_efficacy
 from ltu_core.mia.verify import (
     Verdict,
     VerificationThresholds,
@@ -27,6 +27,9 @@ __all__ = [
     "attacker_accuracy",
     "attacker_scores",
     "svc_mia_efficacy",
+    "SvcAttacker",
+    "fit_svc_attackers",
+    "MIA_FEATURES",
     "train_attackers",
     "Verdict",
     "score_summary",

@@ -28,21 +28,44 @@ def _balanced(members: Posteriors, nonmembers: Posteriors, seed: int) -> tuple[P
     return members.subset(pick_m), nonmembers.subset(pick_n)
 
 
+MIA_FEATURES = ("confidence", "entropy", "modified_entropy", "posterior")
+"""The features MIA-efficacy is reported for (confidence is the headline)."""
+
+
+class SvcAttacker:
+    """An RBF SVC fit once on balanced members vs non-members by one feature; it then scores any
+    number of target sets (the union's D_f, each request's share of it, the control set)."""
+
+    def __init__(self, members: Posteriors, nonmembers: Posteriors, *, feature: str = "confidence", seed: int = 0) -> None:
+        if min(len(members), len(nonmembers)) < 2:
+            raise ValueError("the SVC needs at least two members and two non-members")
+        self.feature = feature
+        m, nm = _balanced(members, nonmembers, seed)
+        x = np.concatenate([self._features(m), self._features(nm)])
+        y = np.concatenate([np.ones(len(m)), np.zeros(len(nm))])
+        self._clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
+
+    def _features(self, post: Posteriors) -> np.ndarray:
+        # A diverged model yields NaN posteriors; score them as a feature value of 0 rather than crash.
+        values = FEATURES[self.feature](post.probs, post.labels)
+        return torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).double().numpy()
+
+    def nonmember_rate(self, target: Posteriors) -> float:
+        """Share (%) of `target` this SVC calls non-member."""
+        if len(target) == 0:
+            raise ValueError("the target set is empty")
+        return float(np.mean(self._clf.predict(self._features(target)) == 0)) * 100.0
+
+
+def fit_svc_attackers(members: Posteriors, nonmembers: Posteriors, *, seed: int = 0) -> dict[str, SvcAttacker]:
+    """One fitted SvcAttacker per MIA feature."""
+    return {feature: SvcAttacker(members, nonmembers, feature=feature, seed=seed) for feature in MIA_FEATURES}
+
+
 def svc_mia_efficacy(
     members: Posteriors, nonmembers: Posteriors, target: Posteriors, *, feature: str = "confidence", seed: int = 0
 ) -> float:
     """Share (%) of `target` an SVC, fit on balanced members vs non-members, calls non-member."""
     if len(target) == 0:
         raise ValueError("the target set is empty")
-    if min(len(members), len(nonmembers)) < 2:
-        raise ValueError("the SVC needs at least two members and two non-members")
-    # A diverged model yields NaN posteriors; score them as a feature value of 0 rather than crash.
-    def fn(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num(FEATURES[feature](probs, labels), nan=0.0, posinf=0.0, neginf=0.0)
-
-    m, nm = _balanced(members, nonmembers, seed)
-    x = torch.cat([fn(m.probs, m.labels), fn(nm.probs, nm.labels)]).double().numpy()
-    y = np.concatenate([np.ones(len(m)), np.zeros(len(nm))])
-    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
-    pred = clf.predict(fn(target.probs, target.labels).double().numpy())
-    return float(np.mean(pred == 0)) * 100.0
+    return SvcAttacker(members, nonmembers, feature=feature, seed=seed).nonmember_rate(target)

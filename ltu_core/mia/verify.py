@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ltu_core.data.selection import UnlearningSplit
-from ltu_core.mia.svc import svc_mia_efficacy
+from ltu_core.mia.svc import SvcAttacker
 from ltu_core.models.inference import Posteriors, predict_split
 
 
@@ -93,13 +93,18 @@ def verify_forgetting(
     original_test_accuracy: float,
     thresholds: VerificationThresholds = VerificationThresholds(),
     seed: int = 0,
+    attacker: SvcAttacker | None = None,
 ) -> Verdict:
-    """Verdict for one model; all posteriors come from that model."""
+    """Verdict for one model; all posteriors come from that model.
+
+    `attacker`: the confidence SvcAttacker already fit on these retain and test posteriors, if any.
+    """
     n = len(forget)
     if n == 0 or len(control) == 0:
         raise ValueError("verification needs at least one forget and one control sample")
     threshold = 0.5 + thresholds.z / math.sqrt(12.0 * n)
     conclusive = threshold < 1.0  # a mean rank is at most 1: above that, nothing can fail
+    attacker = attacker or SvcAttacker(retain, test, feature="confidence", seed=seed)
     mean_rank = mean_percentile_rank(margin(forget), margin(control))
     forgetting_ok = conclusive and mean_rank <= threshold
     ta = test.accuracy()
@@ -113,8 +118,8 @@ def verify_forgetting(
         rank_threshold=threshold,
         n_forget=n,
         n_control=len(control),
-        forget_nonmember_rate=svc_mia_efficacy(retain, test, forget, seed=seed),
-        control_nonmember_rate=svc_mia_efficacy(retain, test, control, seed=seed),
+        forget_nonmember_rate=attacker.nonmember_rate(forget),
+        control_nonmember_rate=attacker.nonmember_rate(control),
         test_accuracy=ta,
         original_test_accuracy=original_test_accuracy,
         thresholds=thresholds,

@@ -172,6 +172,12 @@ class Stack:
         self.processes.append(process)
         return process
 
+    def start(self) -> None:
+        """Redis, the API and one worker."""
+        self.start_redis()
+        self.start_api()
+        self.start_worker()
+
     def start_redis(self) -> None:
         """A Redis of this test alone, keeping nothing on disk (a restart loses every message)."""
         self.redis = self._spawn("redis", [shutil.which("redis-server"), "--port", str(self.redis_port), "--bind", "127.0.0.1",
@@ -266,9 +272,7 @@ def versions_of(stack: Stack, model_id: str) -> list[int]:
 
 
 def test_a_worker_killed_while_unlearning_is_replaced_and_the_request_completes_once(stack):
-    stack.start_redis()
-    stack.start_api()
-    stack.start_worker()
+    stack.start()
     model = stack.register_model()
     client = stack.client()
     request = client.submit_deletion(model.id, subject_ids=[stack.artifacts.subject_with_train_samples()],
@@ -289,9 +293,7 @@ def test_a_worker_killed_while_unlearning_is_replaced_and_the_request_completes_
 
 
 def test_requests_accepted_while_redis_is_down_run_once_it_is_back(stack):
-    stack.start_redis()
-    stack.start_api()
-    stack.start_worker()
+    stack.start()
     model = stack.register_model()
     client = stack.client()
     stack.redis.kill9()

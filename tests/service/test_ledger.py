@@ -100,7 +100,7 @@ def test_a_request_publishes_at_most_one_version(ledger_with_request):
         with database.transaction() as session:
             model = session.get(Model, model_id)
             base = registry.get_version(session, model_id=model_id, number=base_number)
-            outcome = requests.Outcome(metrics_after={}, verification={"passed": True}, details={})
+            outcome = requests.Outcome(metrics_before={}, metrics_after={}, verification={"passed": True}, details={})
             return requests.complete(session, token=token, model=model, base=base, outcomes={request_id: outcome},
                                      sha256="ab" * 32, size_bytes=1, storage_key="models/x")
 
