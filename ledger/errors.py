@@ -41,3 +41,21 @@ class LeaseLost(LedgerError):
     """Another execution took the request over, or it was finished meanwhile; stop writing."""
 
     code = "lease_lost"
+
+
+class RateLimited(LedgerError):
+    """The API key's submission bucket is empty; a token is available in `retry_after` whole seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the variable to fix (one line).
+
+    Not a LedgerError (no HTTP status): raised at start-up by ltu_settings and by the logging set-up
+    (ledger.observability), so a process's entry point catches one class for both.
+    """

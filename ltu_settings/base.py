@@ -1,0 +1,113 @@
+"""What every settings section shares: the `LTU_` naming, the one reader of an environment mapping, and
+the translation of pydantic's ValidationError into a one-line ConfigError that names the variable.
+
+Sections are pydantic-settings models whose only source is their keyword arguments, so building one
+(tests, `Settings.build`) never reads the environment; `read_environ` is the one function that does,
+and only `Settings.from_env` calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import annotated_types
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ledger.errors import ConfigError
+
+ENV_PREFIX = "LTU_"
+# Values never echoed in an error message: secrets, and URLs that may carry a password.
+UNECHOED = frozenset({"secret_key", "admin_api_key", "database_url", "broker_url"})
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable of a field: `verify_z` → `LTU_VERIFY_Z`."""
+    return ENV_PREFIX + field_name.upper()
+
+
+class Section(BaseSettings):
+    """Base of the settings sections: frozen, unknown names refused, defaults validated too."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments only: a stray LTU_* variable in the shell that runs the tests must not
+        # leak into settings they build; Settings.from_env passes the environment's values explicitly.
+        return (init_settings,)
+
+
+class EnvironSource(PydanticBaseSettingsSource):
+    """The `LTU_<FIELD>` values of one mapping (os.environ or a test's dict); an empty value counts as unset."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.environ.get(env_name(field_name)) or None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+def read_environ(section: type[Section], environ: Mapping[str, str]) -> dict[str, str]:
+    """The section's values set in `environ`, as strings keyed by field name (validated by the caller)."""
+    return EnvironSource(section, environ)()
+
+
+def validated(model: type[BaseModel], values: Mapping[str, Any]) -> Any:
+    """`model(**values)`, with a ValidationError turned into one ConfigError line naming each bad variable."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise config_error(exc, model) from None
+
+
+def config_error(exc: ValidationError, model: type[BaseModel]) -> ConfigError:
+    """One line: `LTU_X must be <requirement> (got 'value')` per bad field, joined by '; '."""
+    messages: dict[str, str] = {}  # field → first message: a union type reports one error per member
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else ""
+        if name in messages:
+            continue
+        field = model.model_fields.get(name)
+        if error["type"] == "value_error":  # our validators' own words, "must ..."
+            text = str(error["ctx"]["error"])
+        elif field is not None:
+            text = "must be " + requirement(field)
+        else:
+            text = error["msg"]
+        got = "" if not name or name in UNECHOED else f" (got {error['input']!r})"
+        messages[name] = f"{env_name(name) + ' ' if name else ''}{text}{got}"
+    return ConfigError("; ".join(messages.values()))
+
+
+def requirement(field: FieldInfo) -> str:
+    """What a field accepts, in words, from its type and bounds: 'a finite number >= 0 and <= 876000'."""
+    kind = {int: "an integer", float: "a finite number", bool: "true or false"}.get(
+        field.annotation, "a valid value")
+    words = {annotated_types.Ge: (">=", "ge"), annotated_types.Gt: (">", "gt"),
+             annotated_types.Le: ("<=", "le"), annotated_types.Lt: ("<", "lt")}
+    bounds = [f"{symbol} {_number(getattr(constraint, attr))}"
+              for constraint in field.metadata for cls, (symbol, attr) in words.items() if isinstance(constraint, cls)]
+    return " ".join([kind, " and ".join(bounds)]).strip()
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
