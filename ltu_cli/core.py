@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ltu_cli.common import CLIError, parse_params
 from ltu_core.errors import DatasetFormatError
 
 
@@ -112,15 +113,14 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     from ltu_core.models import load_model, read_checkpoint, save_model
     from ltu_core.train import TrainRecipe
 
-    from ltu_cli.main import parse_params
-
     method = create_method(args.method, **parse_params(args.param))  # fail fast on a bad method
     _, arch, extra = read_checkpoint(args.checkpoint)
     model, _ = load_model(args.checkpoint)
     recipe = TrainRecipe(**extra["recipe"]) if "recipe" in extra else TrainRecipe()
     with tempfile.TemporaryDirectory() as tmp:
         data = open_dataset(args.dataset, Path(tmp))
-        if (data.image_shape[0], data.image_shape[1], data.num_classes) != (arch.in_chans, arch.img_size, arch.num_classes):
+        if (data.image_shape[0], data.image_shape[1], data.num_classes) \
+                != (arch.in_chans, arch.img_size, arch.num_classes):
             raise DatasetFormatError(
                 f"dataset {data.name!r} ({data.num_classes} classes, images {list(data.image_shape)}) does not fit "
                 f"the checkpoint ({arch.num_classes} classes, {arch.in_chans}x{arch.img_size}px)"
@@ -169,7 +169,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ltu_core.bench import PRESETS, count_units, markdown_table, run_bench
     from ltu_core.methods import list_methods
-    from ltu_cli.main import CLIError
 
     if args.preset not in PRESETS:
         raise CLIError(f"unknown preset {args.preset!r}; available: {', '.join(PRESETS)}")

@@ -1,46 +1,28 @@
-"""Entry point of the `ltu` console script.
+"""Entry point of the `ltu` console script: builds the parser from the command modules and dispatches.
 
 Each command group lives in its own module with a `register(subparsers)` function; handlers
-import heavy packages (torch, the service) only when they run, so `ltu --help` and the HTTP
-client commands start fast.
+import heavy packages (torch, uvicorn, the service) only when they run, so `ltu --help` and the
+HTTP client commands start fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
 
+from ltu_cli import certificates, core, demo, request, serve
+from ltu_cli.common import CLIError
 from ltu_core.errors import LTUError
 
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
-
-
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """`--param KEY=VALUE` pairs; VALUE is read as JSON when it parses, else kept as a string."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--param {pair!r}: expected KEY=VALUE")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
+COMMAND_MODULES = (core, serve, certificates, demo, request)  # the order of `ltu --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `ltu` argument parser."""
-    from ltu_cli import core, service
-
     parser = argparse.ArgumentParser(prog="ltu", description="Erasure service for trained image classifiers (LTU).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    core.register(sub)
-    service.register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

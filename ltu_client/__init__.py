@@ -5,9 +5,13 @@
         request = client.submit_deletion(model_id, subject_ids=["customer-1234"], idempotency_key="ticket-42")
         request = client.wait(request.id)
 
-Depends on httpx only: no torch, no service code.
+    from ltu_client import load_public_key, verify_certificate
+    content = verify_certificate(certificate_bytes, load_public_key(jwk_text))  # offline, CertificateInvalid if not
+
+Depends on httpx and cryptography only: no torch, no service code.
 """
 
+from ltu_client.certificates import CertificateInvalid, load_public_key, verify_certificate
 from ltu_client.client import ApiError, Client
 from ltu_client.models import (
     AuditEvent,
@@ -22,6 +26,7 @@ from ltu_client.models import (
 __all__ = [
     "ApiError",
     "AuditEvent",
+    "CertificateInvalid",
     "Client",
     "Dataset",
     "DeletionRequest",
@@ -29,4 +34,6 @@ __all__ = [
     "ModelVersion",
     "Page",
     "RequestSample",
+    "load_public_key",
+    "verify_certificate",
 ]

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from api.deps import SignerDep
 from api.routes.common import PROBLEM
 from api.schemas import CertificateKeyRead
-from api.signing import public_jwk
+from ltu_client.certificates import public_jwk
 
 router = APIRouter(tags=["certificates"])
 

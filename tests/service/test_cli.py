@@ -3,8 +3,6 @@ serve and the demo."""
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -22,34 +20,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 def ltu(*argv: str) -> int:
     """Run `ltu ARGV` in-process with the console script's error handling (exit 2 on user errors)."""
-    from ltu_cli import main as cli_main
+    from ltu_cli.main import main
 
-    if importlib.util.find_spec("ltu_cli.core") is not None:
-        return cli_main.main(list(argv))
-    # Until the library's command module lands, build the same parser with the service commands only.
-    from ltu_cli import service
-    from ltu_core.errors import LTUError
-
-    parser = argparse.ArgumentParser(prog="ltu")
-    service.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    try:
-        return int(args.handler(args) or 0)
-    except (LTUError, cli_main.CLIError) as exc:
-        print(f"ltu {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return main(list(argv))
 
 
 @pytest.fixture()
 def live(make_service, artifacts, monkeypatch):
     """A real HTTP server (uvicorn in a thread) over an embedded service, with LTU_URL/LTU_API_KEY set."""
-    from ltu_cli import service as cli_service
+    from ltu_cli.demo import start_server
+    from ltu_cli.serve import build_app
 
     svc = make_service()
-    app = cli_service._build_app(svc.settings, embedded_runner=True)
-    server, thread, url = cli_service._start_server(app, 0)
+    app = build_app(svc.settings, embedded_runner=True)
+    server, thread, url = start_server(app, 0)
     monkeypatch.setenv("LTU_URL", url)
-    monkeypatch.setenv("LTU_API_KEY", svc.settings.admin_api_key)
+    monkeypatch.setenv("LTU_API_KEY", svc.settings.api.admin_api_key)
     dataset = svc.client.register_dataset(artifacts.archive)
     model = svc.client.register_model(artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe)
     yield svc, url, model
@@ -102,10 +88,10 @@ def test_keys_and_migrate_commands(tmp_path, monkeypatch, capsys):
 
     from fastapi.testclient import TestClient
 
-    from ltu_cli import service as cli_service
-    from ledger.settings import Settings
+    from ltu_cli.common import load_settings
+    from ltu_cli.serve import build_app
 
-    app = cli_service._build_app(Settings.from_env(), embedded_runner=False)
+    app = build_app(load_settings(), embedded_runner=False)
     with TestClient(app) as http:
         client = Client(http=http, api_key=key)
         assert client.list_models() == []
@@ -123,17 +109,7 @@ def test_serve_starts_the_embedded_service_under_ltu_home(tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LTU_")}
     env.update(LTU_HOME=str(home), PYTHONPATH=str(REPO))
-    driver = (
-        "import argparse, importlib.util, sys\n"
-        "from ltu_cli import main, service\n"
-        "if importlib.util.find_spec('ltu_cli.core'):\n"
-        "    sys.exit(main.main(sys.argv[1:]))\n"
-        "parser = argparse.ArgumentParser(prog='ltu')\n"
-        "service.register(parser.add_subparsers(dest='command', required=True))\n"
-        "args = parser.parse_args(sys.argv[1:])\n"
-        "sys.exit(args.handler(args))\n"
-    )
-    process = subprocess.Popen([sys.executable, "-c", driver, "serve", "--port", str(port)], cwd=REPO, env=env,
+    process = subprocess.Popen([sys.executable, "-m", "ltu_cli.main", "serve", "--port", str(port)], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60

@@ -1,0 +1,203 @@
+"""Operating the service: `ltu serve`, `ltu worker`, `ltu migrate`, `ltu keys`, `ltu purge`.
+
+This module is the service's composition root: it reads the environment once (through
+`common.load_settings`) and wires the API, the ledger and the runner together; `ltu demo` reuses
+that wiring. Handlers import heavy packages (uvicorn, celery, the API app) only when they run.
+
+Environment: LTU_HOME (state directory, default ./.ltu), LTU_DATABASE_URL (Postgres; default the
+SQLite file in LTU_HOME), LTU_BROKER_URL (Redis for Celery workers; default in-process runner),
+LTU_SECRET_KEY (required outside embedded mode), LTU_ADMIN_API_KEY (registered at start-up),
+LTU_CERTIFICATE_KEY_FILE (Ed25519 PEM signing certificates; generated in LTU_HOME when embedded),
+LTU_PURGE_GRACE_HOURS, LTU_DUE_SOON_DAYS, LTU_QUEUE, LTU_DEVICE, LTU_TORCH_THREADS,
+LTU_RATE_LIMIT_PER_MINUTE, LTU_RATE_LIMIT_BURST, LTU_MAX_BODY_BYTES; LTU_LOG_LEVEL and
+LTU_LOG_FORMAT (json | text) for `serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+
+from ltu_cli.common import ADMIN_KEY_FILE, CLIError, configure_logging, load_settings, redact
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add serve, worker, migrate, keys and purge."""
+    p = sub.add_parser("serve", help="run the HTTP API (embedded: SQLite + in-process runner under LTU_HOME)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--migrate", action="store_true",
+                   help="migrate the database first (always done for the embedded SQLite file)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="API processes (default 1); more than one needs LTU_BROKER_URL (jobs run in Celery workers)")
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("worker", help="run a Celery worker for erasure jobs (needs LTU_BROKER_URL)")
+    p.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"),
+                   help="Celery pool (default prefork)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs at a time; one per GPU (default 1)")
+    p.add_argument("--queue", default=None, help="queue to consume (default LTU_QUEUE or gpu)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this worker")
+    p.set_defaults(handler=_worker)
+
+    p = sub.add_parser("migrate", help="migrate the ledger database to the newest schema (Alembic)")
+    p.set_defaults(handler=_migrate)
+
+    p = sub.add_parser("keys", help="manage API keys directly in the ledger (operators)")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys.add_parser("create", help="create an API key (and its tenant if new); prints the secret once")
+    k.add_argument("--tenant", default="default", help="tenant name (default: default)")
+    k.add_argument("--name", default="cli", help="a label for the key")
+    k.add_argument("--scopes", default="submit,read",
+                   help="comma-separated: submit, read, audit, admin (default submit,read)")
+    k.set_defaults(handler=_keys_create)
+
+    p = sub.add_parser("purge",
+                       help="delete superseded model weights past the grace period (LTU_PURGE_GRACE_HOURS), once")
+    p.set_defaults(handler=_purge)
+
+
+# --- composition ------------------------------------------------------------------------------------
+
+
+def local_admin_key(settings) -> str | None:
+    """LTU_ADMIN_API_KEY, else (embedded mode) the key kept in LTU_HOME/admin.key, created on first use."""
+    if settings.api.admin_api_key:
+        return settings.api.admin_api_key
+    if not settings.dev_mode:
+        return None
+    path = settings.ledger.home / ADMIN_KEY_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    key = "ltu_" + secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def migrate_db(settings) -> None:
+    """Bring the ledger database to the newest schema."""
+    from ledger import migrate
+
+    migrate.upgrade(settings.ledger.database_url)
+
+
+def build_app(settings, *, embedded_runner: bool):
+    """The API; embedded: with the in-process runner, reconciler and purge loop beside it (else workers run those)."""
+    from api.app import create_app
+
+    background = []
+    if embedded_runner:
+        from worker.reconciler import ReconcileLoop
+        from worker.retention import PurgeLoop
+        from worker.runner import EmbeddedRunner
+
+        background += [EmbeddedRunner(settings), ReconcileLoop(settings), PurgeLoop(settings)]
+    return create_app(settings, background=background)
+
+
+def app_from_env():
+    """ASGI factory of one API process of `ltu serve --workers N` (broker mode: no runner inside)."""
+    configure_logging()
+    settings = load_settings()
+    return build_app(settings.replace(admin_api_key=local_admin_key(settings)), embedded_runner=False)
+
+
+# --- the commands ------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    configure_logging()
+    settings = load_settings()
+    settings = settings.replace(admin_api_key=local_admin_key(settings))
+    if args.workers < 1:
+        raise CLIError("--workers must be at least 1")
+    if args.workers > 1 and settings.embedded_runner:
+        raise CLIError("--workers above 1 needs LTU_BROKER_URL: "
+                       "the embedded runner executes jobs inside the one API process")
+    if settings.dev_mode or args.migrate:
+        migrate_db(settings)
+    runner = "in-process runner" if settings.embedded_runner else f"Celery queue {settings.worker.queue!r}"
+    print(f"ltu serve: http://{args.host}:{args.port}  (ledger {redact(settings.ledger.database_url)}, {runner}, "
+          f"{args.workers} process{'es' if args.workers > 1 else ''})", file=sys.stderr)
+    if settings.dev_mode and not os.environ.get("LTU_ADMIN_API_KEY"):
+        print(f"ltu serve: admin API key in {settings.ledger.home / ADMIN_KEY_FILE}", file=sys.stderr)
+    # uvicorn's records go to the handler configure_logging installed (log_config=None keeps uvicorn's
+    # own off); its access log is replaced by the API's, which names route templates, not raw URLs.
+    if args.workers > 1:  # each process builds its own app from the same environment
+        uvicorn.run("ltu_cli.serve:app_from_env", factory=True, workers=args.workers, host=args.host,
+                    port=args.port, log_config=None, access_log=False)
+    else:
+        uvicorn.run(build_app(settings, embedded_runner=settings.embedded_runner), host=args.host,
+                    port=args.port, log_config=None, access_log=False)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if not settings.ledger.broker_url:
+        raise CLIError("LTU_BROKER_URL is not set: "
+                       "without a broker `ltu serve` runs jobs in-process and needs no worker")
+    if args.queue:
+        settings = settings.replace(queue=args.queue)
+    from worker.celery_app import create_celery
+
+    app = create_celery(settings, relay=not args.no_relay)
+    app.worker_main(["worker", "-Q", settings.worker.queue, "-P", args.pool, "-c", str(args.concurrency),
+                     "--loglevel", args.loglevel, "-n", f"ltu-{settings.worker.queue}@%h"])
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    migrate_db(settings)
+    print(f"ltu migrate: {redact(settings.ledger.database_url)} is at the newest schema", file=sys.stderr)
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from ledger import tenants
+    from ledger.db import Database
+    from ledger.errors import LedgerError
+
+    settings = load_settings()
+    database = Database(settings.ledger.database_url)
+    try:
+        with database.transaction() as session:
+            tenant = tenants.ensure_tenant(session, name=args.tenant, actor="cli")
+            _, secret = tenants.create_key(session, tenant_id=tenant.id, name=args.name,
+                                           scopes=[s.strip() for s in args.scopes.split(",") if s.strip()], actor="cli")
+    except LedgerError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        database.dispose()
+    print(secret)
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from ledger.artifacts import ArtifactStore
+    from ledger.db import Database
+    from worker.retention import purge_due
+
+    ledger_settings = load_settings().ledger
+    database = Database(ledger_settings.database_url)
+    try:
+        purged = purge_due(database, ArtifactStore(ledger_settings.artifacts_dir),
+                           grace=timedelta(hours=ledger_settings.purge_grace_hours))
+    finally:
+        database.dispose()
+    for p in purged:
+        print(f"purged model {p.model_id} version {p.number} (sha256 {p.sha256})")
+    print(f"ltu purge: {len(purged)} version(s) purged (grace {ledger_settings.purge_grace_hours:g} h)",
+          file=sys.stderr)
+    return 0
