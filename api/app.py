@@ -17,12 +17,11 @@ from api.errors import install_problem_handlers
 from api.limits import body_size_guard
 from api.routes import api_keys, audit, dashboard, datasets, deletion_requests, health, metrics, models, well_known
 from api.signing import Signer
-from api.telemetry import HttpMetrics, request_telemetry
+from api.telemetry import HttpMetrics, LedgerCollector, request_telemetry
 from ledger import tenants
 from ledger.artifacts import ArtifactStore
 from ledger.db import Database
-from ledger.observability import LedgerCollector
-from ledger.settings import Settings
+from ltu_settings import Settings
 
 log = logging.getLogger("ltu.api")
 
@@ -61,12 +60,12 @@ def create_app(
     When settings carry an admin key, start-up registers it for the default tenant. The certificate
     signing key is loaded here (generated in embedded mode); ConfigError if it is unusable.
     """
-    db = database or Database(settings.database_url)
+    db = database or Database(settings.ledger.database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.admin_api_key:
-            await run_in_threadpool(_bootstrap_admin, db, settings.admin_api_key)
+        if settings.api.admin_api_key:
+            await run_in_threadpool(_bootstrap_admin, db, settings.api.admin_api_key)
         for item in background:
             item.start()
         try:
@@ -80,7 +79,7 @@ def create_app(
     app = FastAPI(title="LTU erasure service", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.database = db
-    app.state.store = ArtifactStore(settings.artifacts_dir).ensure()
+    app.state.store = ArtifactStore(settings.ledger.artifacts_dir).ensure()
     app.state.signer = Signer.from_settings(settings)
     app.state.templates = Jinja2Templates(directory=TEMPLATES)
     # One registry per app (nothing global at import time); the ledger figures are read per scrape.
@@ -90,9 +89,9 @@ def create_app(
     app.state.metrics_registry = registry
     install_problem_handlers(app)
     app.add_middleware(body_size_guard({
-        ("POST", "/v1/datasets"): lambda: settings.max_dataset_bytes + MULTIPART_SLACK,
-        ("POST", "/v1/models"): lambda: settings.max_weights_bytes + MULTIPART_SLACK,
-    }, default=lambda: settings.max_body_bytes))
+        ("POST", "/v1/datasets"): lambda: settings.api.max_dataset_bytes + MULTIPART_SLACK,
+        ("POST", "/v1/models"): lambda: settings.api.max_weights_bytes + MULTIPART_SLACK,
+    }, default=lambda: settings.api.max_body_bytes))
     # Added last, so it is the outermost: 413s of the guard get a request id, an access line and a count too.
     app.add_middleware(request_telemetry(HttpMetrics(registry)))
     for module in (health, datasets, models, deletion_requests, audit, api_keys, well_known, dashboard, metrics):

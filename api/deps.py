@@ -15,8 +15,8 @@ from api.signing import Signer
 from ledger import tenants
 from ledger.artifacts import ArtifactStore
 from ledger.db import Database
-from ledger.settings import Settings
 from ledger.tables import ApiKey
+from ltu_settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 

@@ -13,7 +13,16 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.telemetry import REQUEST_ID_HEADER, request_id_of
-from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, LedgerError, NotFound, StaleBase
+from ledger.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InvalidInput,
+    LeaseLost,
+    LedgerError,
+    NotFound,
+    RateLimited,
+    StaleBase,
+)
 
 log = logging.getLogger("ltu.api")
 
@@ -27,6 +36,7 @@ LEDGER_STATUS: dict[type[LedgerError], int] = {
     Conflict: 409,
     StaleBase: 409,
     LeaseLost: 409,
+    RateLimited: 429,
 }
 
 
@@ -89,7 +99,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(LedgerError)
     async def _ledger(request: Request, exc: LedgerError) -> JSONResponse:
         status = next((s for cls, s in LEDGER_STATUS.items() if isinstance(exc, cls)), 400)
-        return problem_response(request, status, str(exc), code=exc.code)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        return problem_response(request, status, str(exc), code=exc.code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

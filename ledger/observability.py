@@ -1,21 +1,17 @@
-"""Logs and metrics shared by every service process (API, Celery worker, embedded runner).
+"""Logging shared by every service process (API, Celery worker, embedded runner).
 
-Logging: `configure_logging(level, json=True)` installs one stderr handler on the root logger that
+`configure_logging(level, json=True)` installs one stderr handler on the root logger that
 writes each record as one JSON object per line. Fields bound with `bind(request_id=...,
 deletion_request_id=...)` live in a contextvar, so every line logged inside that block carries them,
 also from the thread pool Starlette runs sync routes in (it copies the context along). Bearer tokens
 and API-key-shaped strings are masked in every line as a last line of defence; the code never logs a
 secret on purpose.
-
-Metrics: `LedgerCollector` reads the ledger at scrape time (aggregate queries only), so every API
-process reports the same figures whichever of them Prometheus asks.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
 import logging
-import math
 import os
 import re
 import sys
@@ -26,25 +22,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, TextIO
 
-from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-from sqlalchemy import case, func, select
-from sqlalchemy.exc import SQLAlchemyError
-
-from ledger.db import Database
-from ledger.settings import ConfigError
-from ledger.tables import (
-    COMPLETED,
-    FAILED,
-    QUEUED,
-    RECEIVED,
-    REQUEST_STATUSES,
-    DeletionRequest,
-    OutboxMessage,
-)
-
-log = logging.getLogger("ltu.observability")
+from ledger.errors import ConfigError
 
 # --- context fields ------------------------------------------------------------------------------
 
@@ -170,120 +148,3 @@ def configure_logging_from_env(environ: Mapping[str, str] | None = None, *, defa
     if style not in ("json", "text"):
         raise ConfigError(f"LTU_LOG_FORMAT must be json or text, got {style!r}")
     configure_logging(level, json=style == "json")
-
-
-# --- metrics -------------------------------------------------------------------------------------
-
-PHASE_WINDOW = 1000  # phase durations are summarised over this many most recent completed requests
-QUANTILES = (0.5, 0.9, 0.99)
-_PHASE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")  # bounds the label's cardinality whatever a row holds
-
-
-class LedgerCollector(Collector):
-    """Prometheus figures read from the ledger at scrape time, across all tenants.
-
-    ltu_deletion_requests{status}, ltu_queue_depth{queue}, ltu_job_phase_seconds{phase} (a summary
-    over the PHASE_WINDOW most recent completed requests), ltu_verifications{passed,fallback},
-    ltu_failed_requests{error_code} and ltu_ledger_up (0 when the ledger did not answer).
-    """
-
-    def __init__(self, database: Database) -> None:
-        self.database = database
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            with self.database.session() as session:
-                families = self._families(session)
-        except SQLAlchemyError as exc:
-            log.warning("metrics: the ledger did not answer (%s)", exc.__class__.__name__)
-            families = []
-        up = GaugeMetricFamily("ltu_ledger_up", "1 when the ledger answered this scrape's queries, else 0.")
-        up.add_metric([], 1.0 if families else 0.0)
-        yield up
-        yield from families
-
-    def _families(self, session) -> list[Metric]:
-        by_status = dict.fromkeys(REQUEST_STATUSES, 0)
-        by_status.update(session.execute(select(DeletionRequest.status, func.count()).group_by(DeletionRequest.status)).all())
-        requests = GaugeMetricFamily("ltu_deletion_requests", "Deletion requests in the ledger by status.", labels=["status"])
-        for status, count in sorted(by_status.items()):
-            requests.add_metric([status], count)
-
-        outbox = session.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.dispatched_at.is_(None)))
-        depth = GaugeMetricFamily("ltu_queue_depth", "Work waiting: requests received or queued but not started "
-                                  "(queue=requests), dispatch rows not yet handed on (queue=outbox).", labels=["queue"])
-        depth.add_metric(["requests"], by_status.get(RECEIVED, 0) + by_status.get(QUEUED, 0))
-        depth.add_metric(["outbox"], outbox or 0)
-        return [requests, depth, self._phases(session), self._verifications(session), self._failures(session)]
-
-    def _phases(self, session) -> Metric:
-        # Only the phase_seconds member is read (details also holds score lists, far larger).
-        rows = session.scalars(
-            select(DeletionRequest.details["phase_seconds"])
-            .where(DeletionRequest.status == COMPLETED, DeletionRequest.finished_at.is_not(None))
-            .order_by(DeletionRequest.finished_at.desc())
-            .limit(PHASE_WINDOW)
-        )
-        durations: dict[str, list[float]] = {}
-        for phases in rows:
-            if not isinstance(phases, dict):  # older rows, or a worker that did not record them
-                continue
-            for phase, seconds in phases.items():
-                if (isinstance(phase, str) and _PHASE_NAME.match(phase) and isinstance(seconds, int | float)
-                        and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds >= 0):
-                    durations.setdefault(phase, []).append(float(seconds))
-        family = SummaryMetricFamily(
-            "ltu_job_phase_seconds",
-            f"Seconds erasure jobs spent in each phase, over the {PHASE_WINDOW} most recent completed requests "
-            "(a window: _count and _sum may decrease).",
-            labels=["phase"],
-        )
-        for phase, values in sorted(durations.items()):
-            family.add_metric([phase], count_value=len(values), sum_value=sum(values))
-            ordered = sorted(values)
-            for q in QUANTILES:
-                family.samples.append(Sample("ltu_job_phase_seconds", {"phase": phase, "quantile": str(q)},
-                                             _percentile(ordered, q)))
-        return family
-
-    def _verifications(self, session) -> Metric:
-        # JSON null and a missing member both read as SQL NULL through ->> / JSON_EXTRACT.
-        verdicts = (
-            select(
-                DeletionRequest.verification["passed"].as_boolean().label("passed"),
-                case((DeletionRequest.verification["fallback"].as_string().is_not(None), True), else_=False).label("fallback"),
-            )
-            .where(DeletionRequest.status == COMPLETED)
-            .subquery()
-        )
-        family = GaugeMetricFamily("ltu_verifications", "Completed requests by membership-inference verdict and by "
-                                   "whether the Retrain fallback produced the published version.",
-                                   labels=["passed", "fallback"])
-        counts = {(bool(p), bool(f)): n for p, f, n in session.execute(
-            select(verdicts.c.passed, verdicts.c.fallback, func.count()).group_by(verdicts.c.passed, verdicts.c.fallback))
-            if p is not None}  # a verification record without a verdict (JSON null) is no outcome
-        for passed in (True, False):
-            for fallback in (False, True):
-                family.add_metric([str(passed).lower(), str(fallback).lower()], counts.get((passed, fallback), 0))
-        return family
-
-    def _failures(self, session) -> Metric:
-        family = GaugeMetricFamily("ltu_failed_requests", "Failed requests by error code (verification_failed: no "
-                                   "version passed verification and none was published).", labels=["error_code"])
-        failed = session.execute(
-            select(func.coalesce(DeletionRequest.error_code, "unknown"), func.count())
-            .where(DeletionRequest.status == FAILED)
-            .group_by(DeletionRequest.error_code)
-        ).all()
-        counts = {"verification_failed": 0, **{str(code): n for code, n in failed}}
-        for code, count in sorted(counts.items()):
-            family.add_metric([code], count)
-        return family
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    """The q-quantile (0–1) of sorted values, by linear interpolation."""
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)

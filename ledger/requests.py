@@ -11,18 +11,19 @@ older than the lease may be taken over by a redelivery (a worker was killed), at
 from __future__ import annotations
 
 import calendar
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ledger import audit, datasets, outbox, registry
-from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, NotFound
+from ledger import audit, datasets, outbox, ratelimit, registry
+from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, NotFound, RateLimited
 from ledger.pagination import Page, newest_first
+from ledger.records import Metrics, RunDetails, Verification
 from ledger.tables import (
     ACTIVE_STATUSES,
     CANCELLED,
@@ -93,6 +94,16 @@ def _replay(existing: DeletionRequest, body_hash: str) -> DeletionRequest:
     return existing
 
 
+def still_to_forget(samples: Iterable[DatasetSample], *, erased: Collection[int]) -> list[DatasetSample]:
+    """The samples of `samples` a model must still forget: training samples whose key is not in `erased`.
+
+    The one statement of the forget-set rule: submission refuses a target for which this is empty,
+    and the worker unlearns exactly this (`forget_sets`). `erased` comes from
+    `datasets.erased_for_model`; the order of `samples` is kept.
+    """
+    return [s for s in samples if s.split == "train" and s.id not in erased]
+
+
 def resolve_target(session: Session, *, model: Model, target: Target) -> list[DatasetSample]:
     """The samples a request names (all splits), or NotFound / InvalidInput saying which entry is wrong."""
     forgotten = datasets.erased_for_model(session, model_id=model.id)
@@ -103,13 +114,12 @@ def resolve_target(session: Session, *, model: Model, target: Target) -> list[Da
         if unknown:
             raise NotFound(f"subject_ids{_positions(unknown)}: no such data subject in the model's dataset {model.dataset_id}")
         for i, h in enumerate(target.subject_hashes):
-            train = [s for s in groups[h] if s.split == "train"]
-            if not train:
+            if not any(s.split == "train" for s in groups[h]):
                 raise InvalidInput(
                     f"subject_ids[{i}] has no training samples in dataset {model.dataset_id} "
                     "(only test/holdout samples): the model never learned from this subject"
                 )
-            if all(s.id in forgotten for s in train):
+            if not still_to_forget(groups[h], erased=forgotten):
                 raise InvalidInput(f"subject_ids[{i}] has already been erased from model {model.id}")
             chosen.extend(groups[h])
     else:
@@ -121,7 +131,7 @@ def resolve_target(session: Session, *, model: Model, target: Target) -> list[Da
             sample = found[sid]
             if sample.split != "train":
                 raise InvalidInput(f"sample_ids[{i}] is a {sample.split!r} sample; only training samples can be unlearned")
-            if sample.id in forgotten:
+            if not still_to_forget([sample], erased=forgotten):
                 raise InvalidInput(f"sample_ids[{i}] has already been erased from model {model.id}")
             chosen.append(sample)
     return list({s.id: s for s in chosen}.values())
@@ -183,6 +193,43 @@ def create_request(
     return request, True
 
 
+def submit(
+    session: Session,
+    *,
+    tenant_id: str,
+    api_key_id: str,
+    model_id: str,
+    target: Target,
+    method: str,
+    parameters: dict[str, Any],
+    idempotency_key: str | None,
+    body_hash: str,
+    actor: str,
+    per_minute: int,
+    burst: int,
+) -> tuple[DeletionRequest, bool]:
+    """A submission through the API: `create_request` on the tenant's model, paid with one rate-limit token.
+
+    (request, created) as create_request. NotFound for a model the tenant lacks, InvalidInput and
+    IdempotencyConflict as create_request: these and replays take no token. RateLimited when the
+    key's bucket (`per_minute`, `burst`) is empty: the request is already added, so the caller must
+    roll back (the API's session does, on any error), which also gives back the bucket's row.
+    """
+    model = registry.get_model(session, tenant_id=tenant_id, model_id=model_id)
+    request, created = create_request(
+        session, tenant_id=tenant_id, model=model, target=target, method=method, parameters=parameters,
+        idempotency_key=idempotency_key, body_hash=body_hash, actor=actor,
+    )
+    if created:
+        # Last in the transaction: the key's bucket row stays locked only until the commit, not for the
+        # whole submission (taken first, one key's submissions queued on that row).
+        decision = ratelimit.take(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
+        if not decision.allowed:
+            raise RateLimited(f"this API key may submit {per_minute} requests a minute (bursts of {burst}); "
+                              f"retry in {decision.retry_after} s", retry_after=decision.retry_after)
+    return request, created
+
+
 # --- reading ------------------------------------------------------------------------------------
 
 
@@ -236,15 +283,41 @@ def list_requests(
                         cursor=cursor, limit=limit)
 
 
+def result_versions(session: Session, *, requests: Sequence[DeletionRequest]) -> list[ModelVersion | None]:
+    """The version each of `requests` published (None if it has not), in their order; one query for all."""
+    wanted = {(r.model_id, r.result_version) for r in requests if r.result_version is not None}
+    query = select(ModelVersion).where(tuple_(ModelVersion.model_id, ModelVersion.number).in_(wanted))
+    produced = {(v.model_id, v.number): v for v in session.scalars(query)} if wanted else {}
+    return [produced.get((r.model_id, r.result_version)) for r in requests]
+
+
 def request_samples(session: Session, *, request_id: str) -> list[DatasetSample]:
     """The samples a request names, in dataset order."""
-    query = (
-        select(DatasetSample)
+    return _named_samples(session, request_ids=[request_id])[request_id]
+
+
+def forget_sets(session: Session, *, request_ids: list[str], model_id: str) -> dict[str, list[DatasetSample]]:
+    """Each request id → the samples it names that `model_id` must still forget (`still_to_forget`), in dataset order.
+
+    Keys follow `request_ids`; a request whose samples were all erased by earlier completed requests
+    on the model (or an unknown id) maps to an empty list. One query for the samples of all of them.
+    """
+    erased = datasets.erased_for_model(session, model_id=model_id)
+    return {r: still_to_forget(samples, erased=erased)
+            for r, samples in _named_samples(session, request_ids=request_ids).items()}
+
+
+def _named_samples(session: Session, *, request_ids: Sequence[str]) -> dict[str, list[DatasetSample]]:
+    named: dict[str, list[DatasetSample]] = {r: [] for r in request_ids}
+    rows = session.execute(
+        select(RequestSample.request_id, DatasetSample)
         .join(RequestSample, RequestSample.sample_pk == DatasetSample.id)
-        .where(RequestSample.request_id == request_id)
+        .where(RequestSample.request_id.in_(tuple(named)))
         .order_by(DatasetSample.row)
     )
-    return list(session.scalars(query))
+    for request_id, sample in rows:
+        named[request_id].append(sample)
+    return named
 
 
 # --- transitions --------------------------------------------------------------------------------
@@ -514,10 +587,10 @@ def finish(
 class Outcome:
     """What one request of a run records on completion: its own metrics, verdict and run details."""
 
-    metrics_before: dict[str, Any]
-    metrics_after: dict[str, Any]
-    verification: dict[str, Any]
-    details: dict[str, Any]
+    metrics_before: Metrics
+    metrics_after: Metrics
+    verification: Verification
+    details: RunDetails
 
 
 def complete(
@@ -565,7 +638,7 @@ def complete(
                     "verification": outcome.verification, "details": outcome.details, "base_version": base.number,
                     "result_version": version.number},
             data={"version": version.number, "sha256": sha256,
-                  "verification_passed": outcome.verification.get("passed"), **batch},
+                  "verification_passed": outcome.verification.passed, **batch},
         ):
             raise LeaseLost(f"deletion request {request_id} is no longer held by this execution")
     return version

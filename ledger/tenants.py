@@ -122,6 +122,12 @@ def authenticate(session: Session, *, secret: str) -> ApiKey | None:
     return key
 
 
+def get_live_key(session: Session, *, key_id: str) -> ApiKey | None:
+    """The key with this id unless it is revoked; None then, or when there is none."""
+    key = session.get(ApiKey, key_id)
+    return key if key is not None and key.revoked_at is None else None
+
+
 def list_keys(session: Session, *, tenant_id: str) -> list[ApiKey]:
     """A tenant's keys, oldest first."""
     return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)))

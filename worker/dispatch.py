@@ -11,11 +11,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from sqlalchemy.orm import Session
+
 from ledger import outbox, requests
 from ledger.db import Database
 from worker.periodic import PeriodicLoop
 
 log = logging.getLogger("ltu.dispatch")
+
+
+def mark_handed_over(session: Session, *, task_name: str, payload: dict) -> bool:
+    """received → queued for the erasure request a dispatch row carries, once its executor has it.
+
+    False for other tasks, or when the request has moved on (a worker already runs it, or it was
+    cancelled): marking is a compare-and-set, so a late or repeated call changes nothing.
+    """
+    return task_name == outbox.ERASURE_TASK and requests.mark_queued(session, request_id=payload["request_id"])
 
 
 class OutboxDispatcher:
@@ -56,8 +67,8 @@ class OutboxDispatcher:
             return False
         with self.database.transaction() as session:
             # Queued only once it really is (a worker may already run it: then this is a no-op).
-            if outbox.mark_dispatched(session, message_id=message_id, token=token) and task_name == outbox.ERASURE_TASK:
-                requests.mark_queued(session, request_id=payload["request_id"])
+            if outbox.mark_dispatched(session, message_id=message_id, token=token):
+                mark_handed_over(session, task_name=task_name, payload=payload)
         return True
 
     def drain(self) -> int:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from ledger import outbox, requests
+from ledger import outbox
 from ledger.db import Database
-from ledger.settings import Settings
+from ltu_settings import Settings
 from worker.context import JobContext
-from worker.dispatch import OutboxDispatcher
+from worker.dispatch import OutboxDispatcher, mark_handed_over
 
 log = logging.getLogger("ltu.runner")
 
@@ -23,8 +23,9 @@ class EmbeddedRunner:
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.context = JobContext.from_settings(settings, database=database)
         # The claim lease outlives any job: this runner executes while it holds the claim.
-        self.dispatcher = OutboxDispatcher(self.context.database, self._execute, poll_interval=settings.poll_interval,
-                                           claim_seconds=settings.lease_seconds, name="ltu-embedded-runner")
+        self.dispatcher = OutboxDispatcher(self.context.database, self._execute,
+                                           poll_interval=settings.worker.poll_interval,
+                                           claim_seconds=settings.worker.lease_seconds, name="ltu-embedded-runner")
 
     def _execute(self, task_name: str, payload: dict) -> None:
         if task_name != outbox.ERASURE_TASK:
@@ -33,7 +34,7 @@ class EmbeddedRunner:
         from worker.job import run_erasure
 
         with self.context.database.transaction() as session:  # handed over: this runner is its queue
-            requests.mark_queued(session, request_id=payload["request_id"])
+            mark_handed_over(session, task_name=task_name, payload=payload)
         run_erasure(self.context, payload["request_id"])
 
     def run_pending(self) -> int:

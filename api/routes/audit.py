@@ -146,9 +146,9 @@ def audit_summary(
     tenant = audited_tenant(session, key, tenant_id)
     now = utcnow()
     overall, per_model = reports.summarize(session, tenant_id=tenant, model_id=model_id, now=now,
-                                           due_soon=timedelta(days=settings.due_soon_days))
+                                           due_soon=timedelta(days=settings.api.due_soon_days))
     return AuditSummary(
-        tenant_id=tenant, generated_at=now, due_soon_days=settings.due_soon_days, overall=figures(overall),
+        tenant_id=tenant, generated_at=now, due_soon_days=settings.api.due_soon_days, overall=figures(overall),
         models=[ModelFigures(model_id=m, **figures(f).model_dump()) for m, f in per_model.items()],
     )
 

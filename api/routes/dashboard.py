@@ -17,14 +17,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import select
 
 from api import plots
 from api.deps import SessionDep, SettingsDep, SignerDep, bearer
 from api.errors import ProblemError
 from api.schemas import Deadline
-from ledger import audit, certificates, reports, requests, tenants
-from ledger.tables import ACTIVE_STATUSES, ApiKey, Model, Tenant, utcnow
+from ledger import certificates, reports, tenants
+from ledger.tables import ACTIVE_STATUSES, ApiKey, utcnow
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -56,7 +55,7 @@ def dashboard_key(
             raise ProblemError(401, "invalid or revoked API key", code="invalid_api_key",
                                headers={"WWW-Authenticate": 'Bearer realm="ltu"'})
     else:
-        key = _cookie_key(session, settings.secret_key, request.cookies.get(COOKIE, ""))
+        key = _cookie_key(session, settings.ledger.secret_key, request.cookies.get(COOKIE, ""))
     if key is not None and not {"audit", "admin"} & set(key.scopes):
         raise ProblemError(403, "the dashboard needs an API key with the audit scope", code="insufficient_scope")
     return key
@@ -69,8 +68,7 @@ def _cookie_key(session, secret: str, token: str) -> ApiKey | None:
         return None
     if not hmac.compare_digest(token, session_token(secret, key_id, int(expires))):
         return None
-    key = session.get(ApiKey, key_id)
-    return key if key is not None and key.revoked_at is None else None
+    return tenants.get_live_key(session, key_id=key_id)
 
 
 DashboardKey = Annotated[ApiKey | None, Depends(dashboard_key)]
@@ -96,7 +94,7 @@ def login(request: Request, session: SessionDep, settings: SettingsDep,
         return request.app.state.templates.TemplateResponse(request, "login.html", {"error": error}, status_code=status)
     response = RedirectResponse("/dashboard", status_code=303)
     expires = int(time.time()) + SESSION_SECONDS
-    response.set_cookie(COOKIE, session_token(settings.secret_key, key.id, expires), max_age=SESSION_SECONDS,
+    response.set_cookie(COOKIE, session_token(settings.ledger.secret_key, key.id, expires), max_age=SESSION_SECONDS,
                         path="/dashboard", httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
 
@@ -115,16 +113,14 @@ def overview(request: Request, session: SessionDep, settings: SettingsDep, key: 
     """Figures, the overdue list, and the requests with status, progress and deadline."""
     if key is None:
         return RedirectResponse(LOGIN, status_code=303)
-    now, due_soon = utcnow(), timedelta(days=settings.due_soon_days)
-    overall, per_model = reports.summarize(session, tenant_id=key.tenant_id, now=now, due_soon=due_soon)
-    page = requests.list_requests(session, tenant_id=key.tenant_id, deadline=deadline, due_soon=due_soon,
-                                  cursor=cursor, limit=50)
-    overdue = requests.list_requests(session, tenant_id=key.tenant_id, deadline=requests.OVERDUE, limit=50).items
-    names = dict(session.execute(select(Model.id, Model.name).where(Model.tenant_id == key.tenant_id)).all())
+    now = utcnow()
+    due_soon = timedelta(days=settings.api.due_soon_days)
+    view = reports.overview(session, tenant_id=key.tenant_id, now=now, due_soon=due_soon,
+                            deadline=deadline, cursor=cursor)
     return request.app.state.templates.TemplateResponse(request, "overview.html", {
-        "tenant": session.get(Tenant, key.tenant_id), "overall": overall, "per_model": per_model, "names": names,
-        "page": page, "overdue": overdue, "shown": deadline, "now": now, "active": ACTIVE_STATUSES,
-        "due_soon_days": settings.due_soon_days,
+        "tenant": view.tenant, "overall": view.overall, "per_model": view.per_model, "names": view.model_names,
+        "page": view.page, "overdue": view.overdue, "shown": deadline, "now": now, "active": ACTIVE_STATUSES,
+        "due_soon_days": settings.api.due_soon_days,
     })
 
 
@@ -133,23 +129,21 @@ def request_page(request_id: str, request: Request, session: SessionDep, setting
     """One request: lifecycle, deadline, member-score plots before and after, accuracy, audit trail."""
     if key is None:
         return RedirectResponse(LOGIN, status_code=303)
-    erasure = requests.get_request(session, tenant_id=key.tenant_id, request_id=request_id)
-    events = audit.list_events(session, where=audit.EventFilter(tenant_id=key.tenant_id, request_id=erasure.id),
-                               limit=200).items
-    scores = (erasure.details or {}).get("scores")
+    report = reports.request_report(session, tenant_id=key.tenant_id, request_id=request_id)
+    erasure = report.request
     figures = {}
-    if scores:
-        x_range = plots.score_range(scores["before"], scores["after"])
-        threshold = ((erasure.verification or {}).get("after") or {}).get("rank_threshold")
-        figures = {"before": plots.score_plot(scores["before"], phase="before", x_range=x_range),
-                   "after": plots.score_plot(scores["after"], phase="after", x_range=x_range),
-                   "ranks": plots.rank_plot(scores["before"], scores["after"], threshold=threshold)}
+    if erasure.details is not None:
+        before, after = erasure.details.scores.before, erasure.details.scores.after
+        verdict = erasure.verification.after if erasure.verification else None
+        x_range = plots.score_range(before, after)
+        figures = {"before": plots.score_plot(before, phase="before", x_range=x_range),
+                   "after": plots.score_plot(after, phase="after", x_range=x_range),
+                   "ranks": plots.rank_plot(before, after, threshold=verdict.rank_threshold if verdict else None)}
     if erasure.metrics_before and erasure.metrics_after:
         figures["metrics"] = plots.metrics_plot(erasure.metrics_before, erasure.metrics_after)
-    model = session.get(Model, erasure.model_id)
     return request.app.state.templates.TemplateResponse(request, "request.html", {
-        "r": erasure, "model": model, "events": events, "figures": figures, "now": utcnow(),
-        "active": ACTIVE_STATUSES, "due_soon_days": settings.due_soon_days,
+        "r": erasure, "model": report.model, "events": report.events, "figures": figures, "now": utcnow(),
+        "active": ACTIVE_STATUSES, "due_soon_days": settings.api.due_soon_days,
     })
 
 

@@ -40,8 +40,8 @@ def register_dataset(
     """Register a dataset; subject ids are stored only as keyed hashes."""
     staged, folder = store.staging_file(".tar"), store.staging_dir()
     try:
-        save_stream(archive.file, staged, limit=settings.max_dataset_bytes)
-        upload = unpack_dataset_archive(staged, folder, hash_subject=partial(subject_hash, settings.secret_key))
+        save_stream(archive.file, staged, limit=settings.api.max_dataset_bytes)
+        upload = unpack_dataset_archive(staged, folder, hash_subject=partial(subject_hash, settings.ledger.secret_key))
         dataset_id = new_id()
         archive_sha = sha256_file(staged)
         storage_key = store.put_dataset(folder, dataset_id)

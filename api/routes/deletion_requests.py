@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
-from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from api.deps import CertificateKey, PollKey, SessionDep, SettingsDep, SignerDep, SubmitKey, actor
@@ -26,7 +25,7 @@ from api.schemas import (
     RequestSampleRead,
     RequestStatus,
 )
-from ledger import certificates, ratelimit, registry, requests
+from ledger import certificates, requests
 from ledger.hashing import body_hash, subject_hash
 from ledger.tables import ACTIVE_STATUSES, DeletionRequest, ModelVersion, utcnow
 
@@ -34,13 +33,8 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
 
 
 def request_reads(session: Session, rows: list[DeletionRequest]) -> list[DeletionRequestRead]:
-    """Response bodies for requests, with the versions they produced (one query for all)."""
-    wanted = {(r.model_id, r.result_version) for r in rows if r.result_version is not None}
-    produced = {
-        (v.model_id, v.number): v
-        for v in session.scalars(select(ModelVersion).where(tuple_(ModelVersion.model_id, ModelVersion.number).in_(wanted)))
-    } if wanted else {}
-    return [_read(r, produced.get((r.model_id, r.result_version))) for r in rows]
+    """Response bodies for requests, with the versions they produced."""
+    return [_read(r, v) for r, v in zip(rows, requests.result_versions(session, requests=rows), strict=True)]
 
 
 def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRead:
@@ -56,6 +50,14 @@ def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRe
         metrics_before=r.metrics_before, metrics_after=r.metrics_after, verification=r.verification, details=r.details,
         error=RequestError(code=r.error_code, message=r.error_message) if r.error_code else None,
     )
+
+
+def _target(body: DeletionRequestCreate, secret_key: str) -> requests.Target:
+    # Subject ids enter the ledger only as keyed hashes.
+    if body.subject_ids is not None:
+        hashes = tuple(subject_hash(secret_key, s) for s in body.subject_ids)
+        return requests.Target(kind="subjects", subject_hashes=hashes)
+    return requests.Target(kind="samples", sample_ids=tuple(body.sample_ids or ()))
 
 
 @router.post("", status_code=202, response_model=DeletionRequestRead, responses=problems(400, 404, 413, 429))
@@ -76,28 +78,20 @@ def create_deletion_request(
     Each key may submit `LTU_RATE_LIMIT_PER_MINUTE` requests a minute after a burst of
     `LTU_RATE_LIMIT_BURST`; beyond that the answer is 429 with Retry-After. Replays are free.
     """
-    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=body.model_id)
-    if body.subject_ids is not None:
-        target = requests.Target(kind="subjects", subject_hashes=tuple(subject_hash(settings.secret_key, s) for s in body.subject_ids))
-    else:
-        target = requests.Target(kind="samples", sample_ids=tuple(body.sample_ids or ()))
-    request, created = requests.create_request(
-        session, tenant_id=key.tenant_id, model=model, target=target, method=body.method or settings.default_method,
+    # The schema's MAX_TARGETS is the ceiling every deployment accepts; an operator may set a lower one.
+    limit = settings.api.max_subjects_per_request
+    if len(body.subject_ids or body.sample_ids or ()) > limit:
+        raise ProblemError(422, f"at most {limit} subject or sample ids per request (LTU_MAX_SUBJECTS_PER_REQUEST)",
+                           code="validation_error")
+    request, created = requests.submit(
+        session, tenant_id=key.tenant_id, api_key_id=key.id, model_id=body.model_id,
+        target=_target(body, settings.ledger.secret_key), method=body.method or settings.api.default_method,
         parameters=body.parameters, idempotency_key=idempotency_key,
-        body_hash=body_hash(settings.secret_key, body.model_dump(mode="json")), actor=actor(key),
+        body_hash=body_hash(settings.ledger.secret_key, body.model_dump(mode="json")), actor=actor(key),
+        per_minute=settings.api.rate_limit_per_minute, burst=settings.api.rate_limit_burst,
     )
-    if created:
-        # Last, in the transaction that stores the request: a refusal (404, 422) or a replay costs no
-        # token, a 429 rolls the request back, and the key's bucket row stays locked only until the
-        # commit instead of for the whole submission (one key's submissions would queue on it).
-        decision = ratelimit.take(session, api_key_id=key.id, per_minute=settings.rate_limit_per_minute,
-                                  burst=settings.rate_limit_burst)
-        if not decision.allowed:
-            raise ProblemError(429, f"this API key may submit {settings.rate_limit_per_minute} requests a minute "
-                                    f"(bursts of {settings.rate_limit_burst}); retry in {decision.retry_after} s",
-                               code="rate_limited", headers={"Retry-After": str(decision.retry_after)})
     response.headers["Location"] = f"/v1/deletion-requests/{request.id}"
-    response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    response.headers["Retry-After"] = str(settings.api.retry_after_seconds)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return request_reads(session, [request])[0]
@@ -120,7 +114,7 @@ def list_deletion_requests(
     """The tenant's requests, newest first."""
     page = requests.list_requests(
         session, tenant_id=key.tenant_id, status=status, model_id=model_id, received_after=aware(received_after),
-        received_before=aware(received_before), deadline=deadline, due_soon=timedelta(days=settings.due_soon_days),
+        received_before=aware(received_before), deadline=deadline, due_soon=timedelta(days=settings.api.due_soon_days),
         cursor=cursor, limit=limit,
     )
     return DeletionRequestPage(items=request_reads(session, page.items), next_cursor=page.next_cursor)
@@ -131,7 +125,7 @@ def get_deletion_request(request_id: str, session: SessionDep, key: PollKey, set
     """One request; while it is active, Retry-After says when to poll again."""
     request = requests.get_request(session, tenant_id=key.tenant_id, request_id=request_id)
     if request.status in ACTIVE_STATUSES:
-        response.headers["Retry-After"] = str(settings.retry_after_seconds)
+        response.headers["Retry-After"] = str(settings.api.retry_after_seconds)
     return request_reads(session, [request])[0]
 
 
@@ -157,7 +151,7 @@ def extend_deadline(
     """Extend an open request's deadline once by one or two months (GDPR Art. 12(3)), within a month of receipt."""
     request = requests.extend_deadline(
         session, tenant_id=key.tenant_id, request_id=request_id, months=body.months, reason=body.reason,
-        reason_hash=body_hash(settings.secret_key, {"deadline_extension_reason": body.reason}), actor=actor(key),
+        reason_hash=body_hash(settings.ledger.secret_key, {"deadline_extension_reason": body.reason}), actor=actor(key),
     )
     return request_reads(session, [request])[0]
 

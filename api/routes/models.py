@@ -70,7 +70,7 @@ def register_model(
             raise ProblemError(422, f"recipe: {exc.errors()[0]['msg']}", code="validation_error") from None
     staged = store.staging_file(".safetensors")
     try:
-        save_stream(weights.file, staged, limit=settings.max_weights_bytes)
+        save_stream(weights.file, staged, limit=settings.api.max_weights_bytes)
         header = read_safetensors_header(staged)
         _check_fits(header.architecture, dataset)
         blob = store.put_model(staged)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
-from ltu_core.methods.ft import check_sgd_fields, sgd_train
+from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
 
 
@@ -38,18 +38,15 @@ def neighbour_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon
 
 
 @dataclass(frozen=True)
-class BSConfig:
+class BSConfig(SGDConfig):
     """FGSM bound `epsilon` (pixels in [-1, 1]) and SGD with momentum on relabelled D_f."""
 
-    epsilon: float = 0.2  # the paper's 0.1 on [0, 1] pixels
     epochs: float = 3.0
     lr: float = 1e-4
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    epsilon: float = 0.2  # the paper's 0.1 on [0, 1] pixels
 
     def __post_init__(self) -> None:
-        check_sgd_fields(self)
+        super().__post_init__()
         if self.epsilon <= 0:
             raise ValueError("epsilon must be positive")
 

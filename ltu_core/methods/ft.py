@@ -5,7 +5,9 @@ ICLR 2024).
 Fine-tunes θ_o with cross-entropy on the retained subset D̂_r only, relying on catastrophic
 forgetting to wash out what the model knew of D_f. It never looks at D_f. This file also holds
 `sgd_train`, the SGD loop FT runs, which the other fine-tuning baselines (GA, RL, l1-sparse,
-SalUn, BS) reuse with their own data and objective so that all of them train the same way.
+SalUn, BS) reuse with their own data and objective so that all of them train the same way, and
+`SGDConfig`, the fields that loop reads, which their configs (and SCRUB's) extend with their own
+defaults.
 """
 
 from __future__ import annotations
@@ -30,19 +32,32 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: float) 
     return F.cross_entropy(model(x), y)
 
 
-def check_sgd_fields(cfg: Any) -> None:
-    """Range checks shared by every config that `sgd_train` reads."""
-    if cfg.epochs <= 0 or cfg.lr <= 0 or cfg.batch_size < 1:
-        raise ValueError("epochs, lr and batch_size must be positive")
-    if not 0 <= cfg.momentum < 1 or cfg.weight_decay < 0:
-        raise ValueError("momentum must lie in [0, 1) and weight_decay must be >= 0")
+@dataclass(frozen=True)
+class SGDConfig:
+    """SGD with momentum for `epochs` passes, with the range checks; the defaults are FT's.
+
+    Each method's config extends it and overrides the defaults its method was tuned with; a
+    subclass with checks of its own calls `super().__post_init__()`.
+    """
+
+    epochs: float = 10.0
+    lr: float = 0.02
+    batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("epochs, lr and batch_size must be positive")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError("momentum must lie in [0, 1) and weight_decay must be >= 0")
 
 
 def sgd_train(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    cfg: Any,
+    cfg: SGDConfig,
     hooks: RunHooks,
     *,
     generator: torch.Generator,
@@ -51,7 +66,6 @@ def sgd_train(
 ) -> int:
     """Minimise `objective` over `cfg.epochs` shuffled passes of (x, y) with SGD; returns steps.
 
-    `cfg` is any config with `epochs`, `lr`, `batch_size`, `momentum` and `weight_decay`;
     `after_step` runs after every optimizer step (SalUn uses it to re-freeze weights).
     x and y must already be on the model's device.
     """
@@ -73,17 +87,8 @@ def sgd_train(
 
 
 @dataclass(frozen=True)
-class FTConfig:
-    """SGD with momentum on D̂_r for `epochs` passes."""
-
-    epochs: float = 10.0
-    lr: float = 0.02
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def __post_init__(self) -> None:
-        check_sgd_fields(self)
+class FTConfig(SGDConfig):
+    """SGD with momentum on D̂_r for `epochs` passes (SGDConfig's defaults)."""
 
 
 @register_method("ft", test_params=dict(epochs=1.0, batch_size=8))

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
-from ltu_core.methods.ft import check_sgd_fields, sgd_train
+from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
 
 
@@ -28,17 +28,12 @@ def negative_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t
 
 
 @dataclass(frozen=True)
-class GAConfig:
+class GAConfig(SGDConfig):
     """SGD with momentum on −CE(D_f) for `epochs` passes over D_f."""
 
     epochs: float = 2.0
     lr: float = 0.15
-    batch_size: int = 32
-    momentum: float = 0.9
     weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        check_sgd_fields(self)
 
 
 @register_method("ga", test_params=dict(epochs=1.0, batch_size=4))

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
-from ltu_core.methods.ft import check_sgd_fields, sgd_train
+from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
 
 
@@ -28,18 +28,13 @@ def l1_norm(model: nn.Module) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class L1SparseConfig:
-    """FT's fields plus `alpha`, the initial L1 weight (decays linearly to 0)."""
+class L1SparseConfig(SGDConfig):
+    """FT's fields (SGDConfig's defaults) plus `alpha`, the initial L1 weight (decays linearly to 0)."""
 
-    epochs: float = 10.0
-    lr: float = 0.02
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     alpha: float = 0.01
 
     def __post_init__(self) -> None:
-        check_sgd_fields(self)
+        super().__post_init__()
         if self.alpha < 0:
             raise ValueError("alpha must be >= 0")
 

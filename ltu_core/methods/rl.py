@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
-from ltu_core.methods.ft import check_sgd_fields, sgd_train
+from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
 
 
@@ -36,17 +36,11 @@ def relabelled_data(task: UnlearningTask, generator: torch.Generator) -> tuple[t
 
 
 @dataclass(frozen=True)
-class RLConfig:
+class RLConfig(SGDConfig):
     """SGD with momentum on D_f (random wrong labels) ∪ D̂_r for `epochs` passes."""
 
     epochs: float = 2.0
     lr: float = 2e-4
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def __post_init__(self) -> None:
-        check_sgd_fields(self)
 
 
 @register_method("rl", test_params=dict(epochs=1.0, batch_size=8))

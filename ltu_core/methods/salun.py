@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
-from ltu_core.methods.ft import check_sgd_fields, sgd_train
+from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
 from ltu_core.methods.rl import relabelled_data
 
@@ -43,18 +43,15 @@ def saliency_mask(
 
 
 @dataclass(frozen=True)
-class SalUnConfig:
+class SalUnConfig(SGDConfig):
     """RL's fields plus `mask_ratio`, the share of weights (most salient first) that may change."""
 
     epochs: float = 2.0
     lr: float = 2e-4
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     mask_ratio: float = 0.5
 
     def __post_init__(self) -> None:
-        check_sgd_fields(self)
+        super().__post_init__()
         if not 0 < self.mask_ratio <= 1:
             raise ValueError("mask_ratio must lie in (0, 1]")
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, cycle, steps_for, working_copy
-from ltu_core.methods.ft import check_sgd_fields
+from ltu_core.methods.ft import SGDConfig
 from ltu_core.methods.registry import register_method
 
 
@@ -35,24 +35,21 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 
 @dataclass(frozen=True)
-class SCRUBConfig:
+class SCRUBConfig(SGDConfig):
     """`epochs` min passes over D̂_r, the first `max_epochs` each preceded by a max pass over D_f.
 
     The min-step loss is `kl_weight`·KL + `ce_weight`·CE (the paper's α and γ).
     """
 
-    epochs: int = 5
-    max_epochs: int = 1
+    epochs: int = 5  # an int, unlike SGDConfig's: whole min passes, the first `max_epochs` each after a max pass
     lr: float = 0.01
-    batch_size: int = 32
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    max_epochs: int = 1
     temperature: float = 4.0
     kl_weight: float = 1.0
     ce_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        check_sgd_fields(self)
+        super().__post_init__()
         if not 0 <= self.max_epochs <= self.epochs:
             raise ValueError("max_epochs must lie in [0, epochs]")
         if self.temperature <= 0 or self.kl_weight < 0 or self.ce_weight < 0:
