@@ -15,6 +15,8 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from ledger.records import Metrics, ScoreSummary
+
 WIDTH, HEIGHT = 560, 220
 LEFT, RIGHT, TOP, BOTTOM = 48, 16, 28, 40
 METRICS = (("ua", "UA"), ("ra", "RA"), ("ta", "TA"), ("mia", "MIA"))
@@ -63,35 +65,35 @@ def _legend(items: Sequence[tuple[str, str]]) -> list[str]:
     return parts
 
 
-def score_range(*distributions: dict[str, Any]) -> tuple[float, float]:
+def score_range(*distributions: ScoreSummary) -> tuple[float, float]:
     """The margin range covering every given distribution (a shared x axis for before and after)."""
-    values = [v for d in distributions for v in (*d["control_histogram"]["edges"], *d["forget"])]
+    values = [v for d in distributions for v in (*d.control_histogram.edges, *d.forget)]
     return min(values), max(values)
 
 
-def score_plot(distribution: dict[str, Any], *, phase: str, x_range: tuple[float, float]) -> Markup:
+def score_plot(distribution: ScoreSummary, *, phase: str, x_range: tuple[float, float]) -> Markup:
     """Control histogram and forget-sample marks of one measurement (`phase`: before | after)."""
     x = Axis(*x_range, LEFT, WIDTH - RIGHT)
-    edges, counts = distribution["control_histogram"]["edges"], distribution["control_histogram"]["counts"]
+    edges, counts = distribution.control_histogram.edges, distribution.control_histogram.counts
     baseline = HEIGHT - BOTTOM
     y = Axis(0, max(counts) or 1, baseline, TOP + 40)  # the legend sits above the tallest bar
     body = []
     for left, right, count in zip(edges, edges[1:], counts):
         body.append(f'<rect class="bar control" x="{x(left):.1f}" y="{y(count):.1f}" '
                     f'width="{max(x(right) - x(left) - 1, 0.5):.1f}" height="{baseline - y(count):.1f}"/>')
-    for value, rank in zip(distribution["forget"], distribution["forget_ranks"]):
+    for value, rank in zip(distribution.forget, distribution.forget_ranks):
         body.append(f'<circle class="forget-point" cx="{x(value):.1f}" cy="{baseline - 8}" r="4">'
                     f'<title>margin {value:.2f}, rank {rank:.2f} among unseen data</title></circle>')
     body += _x_axis(x)
     body.append(f'<text class="axis-label" x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle">'
                 'member score: margin log p(y) − log max p(other)</text>')
-    body += _legend([("control", f"unseen data (n={distribution['n_control']})"),
-                     ("forget", f"forget set (n={distribution['n_forget']})")])
+    body += _legend([("control", f"unseen data (n={distribution.n_control})"),
+                     ("forget", f"forget set (n={distribution.n_forget})")])
     title = f"Member scores {phase} unlearning: forget set against unseen data"
-    return _svg("plot-scores", title, body, phase=phase, mean_rank=distribution["mean_rank"])
+    return _svg("plot-scores", title, body, phase=phase, mean_rank=distribution.mean_rank)
 
 
-def rank_plot(before: dict[str, Any], after: dict[str, Any], *, threshold: float | None) -> Markup:
+def rank_plot(before: ScoreSummary, after: ScoreSummary, *, threshold: float | None) -> Markup:
     """Percentile ranks of the forget samples among unseen data, before and after, with mean and threshold."""
     x = Axis(0.0, 1.0, LEFT + 40, WIDTH - RIGHT)
     body = [f'<line class="reference" x1="{x(0.5):.1f}" y1="{TOP + 10}" x2="{x(0.5):.1f}" y2="{HEIGHT - BOTTOM}"/>'
@@ -104,9 +106,9 @@ def rank_plot(before: dict[str, Any], after: dict[str, Any], *, threshold: float
     for row, (phase, distribution) in enumerate((("before", before), ("after", after))):
         y = TOP + 60 + 60 * row
         body.append(f'<text class="row-label" x="{LEFT - 8}" y="{y + 4}">{phase}</text>')
-        for rank in distribution["forget_ranks"]:
+        for rank in distribution.forget_ranks:
             body.append(f'<circle class="rank-point {phase}" cx="{x(rank):.1f}" cy="{y}" r="4"/>')
-        mean = distribution["mean_rank"]
+        mean = distribution.mean_rank
         body.append(f'<path class="mean-mark" d="M{x(mean):.1f},{y - 11} l6,6 l-6,6 l-6,-6 z">'
                     f'<title>mean rank {mean:.3f}</title></path>')
     body += _x_axis(x, "{:.2f}")
@@ -115,7 +117,7 @@ def rank_plot(before: dict[str, Any], after: dict[str, Any], *, threshold: float
     return _svg("plot-ranks", "Forget-set ranks among unseen data, before and after", body)
 
 
-def metrics_plot(before: dict[str, Any], after: dict[str, Any]) -> Markup:
+def metrics_plot(before: Metrics, after: Metrics) -> Markup:
     """Grouped bars of UA, RA, TA and MIA-efficacy (percent) before and after."""
     y = Axis(0.0, 100.0, HEIGHT - BOTTOM, TOP + 24)
     group = (WIDTH - LEFT - RIGHT) / len(METRICS)
@@ -127,7 +129,7 @@ def metrics_plot(before: dict[str, Any], after: dict[str, Any]) -> Markup:
         start = LEFT + group * i + group * 0.15
         width = group * 0.35
         for j, (phase, values) in enumerate((("before", before), ("after", after))):
-            value = float(values.get(key) or 0.0)
+            value = float(getattr(values, key) or 0.0)
             left = start + width * j
             body.append(f'<rect class="bar metric {phase}" x="{left:.1f}" y="{y(value):.1f}" width="{width - 2:.1f}" '
                         f'height="{y(0) - y(value):.1f}"><title>{label} {phase}: {value:.1f} %</title></rect>'

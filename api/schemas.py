@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ledger.records import Metrics, RunDetails, Verification
 from ledger.tables import REQUEST_STATUSES, SCOPES
 
 RequestStatus = Literal["received", "queued", "running", "completed", "failed", "cancelled"]
@@ -157,7 +158,7 @@ class ModelVersionRead(BaseModel):
     size_bytes: int
     state: Literal["ready", "superseded", "purged"]
     current: bool
-    metrics: dict[str, Any] | None
+    metrics: Metrics | None = Field(description="Metrics after the erasure that produced this version (none for v1).")
     created_at: datetime
     weights_url: str
 
@@ -286,10 +287,10 @@ class DeletionRequestRead(BaseModel):
     base_version: int | None = Field(description="The version the unlearning started from.")
     result_version: int | None = Field(description="The version this request published (completed requests only).")
     result_sha256: str | None
-    metrics_before: dict[str, Any] | None
-    metrics_after: dict[str, Any] | None
-    verification: dict[str, Any] | None
-    details: dict[str, Any] | None
+    metrics_before: Metrics | None = Field(description="The model before unlearning, on this request's samples.")
+    metrics_after: Metrics | None = Field(description="The published model, on this request's samples.")
+    verification: Verification | None = Field(description="Membership-inference verdicts and how the version was made.")
+    details: RunDetails | None = Field(description="The run: split, method record, timings, member scores.")
     error: RequestError | None
 
 

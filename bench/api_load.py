@@ -67,7 +67,7 @@ DEFAULT_JSON = REPO / "bench" / "results" / "api_load.json"
 DEFAULT_POSTGRES = os.environ.get("LTU_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEFAULT_BROKER = os.environ.get("LTU_BENCH_BROKER_URL", "redis://127.0.0.1:6379/14")
 # Far above anything this load sends: the benchmark measures capacity, not the admission policy.
-UNLIMITED_RATE = 10**9
+UNLIMITED_RATE = 10**6  # per minute: the settings ceiling, far above what 2 cores can submit
 # The synthetic dataset: 8x8 grey images, subjects of 3 samples → 667 subjects, 660 with training samples.
 DATASET_SAMPLES = 2000
 QUICK = {"submissions": 200, "reads": 400, "warmup": 20}

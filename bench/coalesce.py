@@ -66,17 +66,16 @@ def run_mode(name: str, root: Path, artifacts, subjects: list[str], *, max_batch
 
     from api.app import create_app
     from ledger import migrate
-    from ledger.settings import Settings
     from ltu_client import Client
+    from ltu_settings import Settings
     from worker.runner import EmbeddedRunner
 
     archive, weights, recipe, _ = artifacts
     root.mkdir(parents=True)
-    settings = Settings(home=root, database_url=f"sqlite:///{root / 'ledger.db'}", artifacts_dir=root / "artifacts",
-                        secret_key="bench-" + "x" * 40, admin_api_key=ADMIN_KEY, torch_threads=1,
-                        coalesce_window_seconds=0.0, coalesce_max_batch=max_batch,
-                        rate_limit_burst=10_000, rate_limit_per_minute=10_000)
-    migrate.upgrade(settings.database_url)
+    settings = Settings.build(home=root, secret_key="bench-" + "x" * 40, admin_api_key=ADMIN_KEY, torch_threads=1,
+                              coalesce_window_seconds=0.0, coalesce_max_batch=max_batch,
+                              rate_limit_burst=10_000, rate_limit_per_minute=10_000)
+    migrate.upgrade(settings.ledger.database_url)
     with TestClient(create_app(settings)) as http:
         client = Client(http=http, api_key=ADMIN_KEY)
         model = client.register_model(weights, dataset_id=client.register_dataset(archive).id, recipe=recipe)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from ledger import registry, requests
 from ledger.canonical import canonical_json
 from ledger.errors import Conflict
+from ledger.records import to_json
 from ledger.tables import COMPLETED, AuditEvent, DeletionRequest
 
 FORMAT = "ltu-erasure-certificate/1"
@@ -37,10 +38,9 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
     produced = registry.get_version(session, model_id=request.model_id, number=request.result_version)
     base = registry.get_version(session, model_id=request.model_id, number=request.base_version)
     samples = requests.request_samples(session, request_id=request.id)
-    verification = request.verification or {}
-    run = (request.details or {}).get("run", {})
-    fallback = verification.get("fallback")
-    batch = verification.get("batch")
+    verification, details = request.verification, request.details
+    assert verification is not None and details is not None  # completion records both
+    after, fallback, batch = verification.after, verification.fallback, verification.batch
     return {
         "format": FORMAT,
         "request": {
@@ -62,17 +62,17 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
             "new_version": {"number": produced.number, "sha256": produced.sha256},
         },
         "method": {"requested": request.method, "parameters": request.parameters,
-                   "executed": run.get("method"), "config": run.get("config")},
-        "metrics": {"before": request.metrics_before, "after": request.metrics_after},
+                   "executed": details.run.method, "config": details.run.config},
+        "metrics": {"before": to_json(request.metrics_before), "after": to_json(request.metrics_after)},
         "verification": {
-            "passed": verification.get("passed"), "exact": verification.get("exact"),
-            "thresholds": (verification.get("after") or {}).get("thresholds"),
-            "before": verification.get("before"), "after": verification.get("after"),
-            "fallback": {"method": fallback["method"], "reason": fallback["reason"]} if fallback else None,
+            "passed": verification.passed, "exact": verification.exact,
+            "thresholds": to_json(after.thresholds) if after else None,
+            "before": to_json(verification.before), "after": to_json(after),
+            "fallback": {"method": fallback.method, "reason": fallback.reason} if fallback else None,
             # Coalesced: one unlearning run forgot several requests' samples together; `before`/`after`
             # are this request's own verdicts, `run_after` the verdict over the run's whole forget set.
-            "coalesced": {"requests": batch["size"], "forget_samples": batch["forget_samples"],
-                          "run_after": batch["verdict_after"]} if batch else None,
+            "coalesced": {"requests": batch.size, "forget_samples": batch.forget_samples,
+                          "run_after": to_json(batch.verdict_after)} if batch else None,
         },
         "audit": _covered_events(session, request),
     }

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from ledger import audit
 from ledger.errors import Conflict, NotFound, StaleBase
 from ledger.pagination import Page, newest_first
+from ledger.records import Metrics
 from ledger.tables import Model, ModelVersion, utcnow
 
 
@@ -101,7 +102,7 @@ def publish_version(
     sha256: str,
     size_bytes: int,
     storage_key: str,
-    metrics: dict[str, Any] | None,
+    metrics: Metrics | None,
     actor: str,
 ) -> ModelVersion:
     """Add version base+1 produced by `request_id` and move `current` to it (compare-and-set).

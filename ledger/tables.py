@@ -32,6 +32,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from ledger.records import Metrics, RecordJSON, RunDetails, Verification
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -185,7 +187,7 @@ class ModelVersion(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(500))
     state: Mapped[str] = mapped_column(String(16), default="ready")
-    metrics: Mapped[dict[str, Any] | None]
+    metrics: Mapped[Metrics | None] = mapped_column(RecordJSON(Metrics))  # the request's metrics after, if it made it
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -227,10 +229,11 @@ class DeletionRequest(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     base_version: Mapped[int | None]  # the version number the unlearning started from
     result_version: Mapped[int | None]  # the version it published (shared by a coalesced batch)
-    metrics_before: Mapped[dict[str, Any] | None]
-    metrics_after: Mapped[dict[str, Any] | None]
-    verification: Mapped[dict[str, Any] | None]  # verdicts before/after with the numbers behind them
-    details: Mapped[dict[str, Any] | None]  # run record: split sizes, method record, fallback
+    # The run's typed records (ledger.records), stored as JSON.
+    metrics_before: Mapped[Metrics | None] = mapped_column(RecordJSON(Metrics))
+    metrics_after: Mapped[Metrics | None] = mapped_column(RecordJSON(Metrics))
+    verification: Mapped[Verification | None] = mapped_column(RecordJSON(Verification))
+    details: Mapped[RunDetails | None] = mapped_column(RecordJSON(RunDetails))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     # Coalescing: the requests executed by one unlearning run share the id of the one that led it.

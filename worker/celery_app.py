@@ -22,7 +22,7 @@ from celery.signals import setup_logging, worker_process_init
 from ledger import outbox
 from ledger.db import Database
 from ledger.observability import bind, configure_logging_from_env
-from ledger.settings import Settings
+from ltu_settings import Settings
 from worker.context import LazyContext
 from worker.dispatch import OutboxDispatcher
 from worker.reconciler import ReconcileLoop
@@ -34,21 +34,21 @@ BUSY_RETRY_SECONDS = 2
 
 def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
     """A Celery app whose task `ltu.erasure.run` executes the erasure job."""
-    if not settings.broker_url:
-        raise ValueError("create_celery needs settings.broker_url (LTU_BROKER_URL)")
-    app = Celery("ltu", broker=settings.broker_url, set_as_current=False)
+    if not settings.ledger.broker_url:
+        raise ValueError("create_celery needs settings.ledger.broker_url (LTU_BROKER_URL)")
+    app = Celery("ltu", broker=settings.ledger.broker_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=1,  # one job per GPU
-        task_default_queue=settings.queue,
-        task_routes={outbox.ERASURE_TASK: {"queue": settings.queue}},
+        task_default_queue=settings.worker.queue,
+        task_routes={outbox.ERASURE_TASK: {"queue": settings.worker.queue}},
         task_ignore_result=True,
         result_backend=None,
         task_serializer="json",
         accept_content=["json"],
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={"visibility_timeout": settings.worker.visibility_timeout},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
@@ -80,9 +80,10 @@ def celery_relay(settings: Settings, app: Celery, *, database: Database | None =
     """An outbox dispatcher that enqueues each row on the broker by task name."""
 
     def send(task_name: str, payload: dict[str, Any]) -> None:
-        app.send_task(task_name, kwargs=payload, queue=settings.queue)
+        app.send_task(task_name, kwargs=payload, queue=settings.worker.queue)
 
-    return OutboxDispatcher(database or Database(settings.database_url), send, poll_interval=settings.poll_interval,
+    return OutboxDispatcher(database or Database(settings.ledger.database_url), send,
+                            poll_interval=settings.worker.poll_interval,
                             name="ltu-outbox-relay")
 
 
@@ -102,8 +103,8 @@ def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.Start
             for loop in self.loops:
                 loop.start()
             log.info("outbox relay %s; reconciler every %.0f s; purge pass every %.0f s (queue %s)",
-                     "started" if relay else "disabled", settings.reconcile_interval, settings.purge_interval,
-                     settings.queue)
+                     "started" if relay else "disabled", settings.worker.reconcile_interval,
+                     settings.ledger.purge_interval, settings.worker.queue)
 
         def stop(self, worker) -> None:
             for loop in reversed(self.loops):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ledger.artifacts import ArtifactStore
 from ledger.db import Database
-from ledger.settings import Settings
+from ltu_settings import Settings
 
 
 @dataclass
@@ -21,19 +21,20 @@ class JobContext:
     @classmethod
     def from_settings(cls, settings: Settings, *, database: Database | None = None) -> JobContext:
         """Resources for `settings` (reusing `database` when given)."""
-        return cls(settings, database or Database(settings.database_url), ArtifactStore(settings.artifacts_dir).ensure())
+        store = ArtifactStore(settings.ledger.artifacts_dir).ensure()
+        return cls(settings, database or Database(settings.ledger.database_url), store)
 
     def configure_torch(self) -> None:
         """Apply process-wide torch settings (CPU threads) before the first job."""
-        if self.settings.torch_threads:
+        if self.settings.worker.torch_threads:
             import torch
 
-            torch.set_num_threads(self.settings.torch_threads)
+            torch.set_num_threads(self.settings.worker.torch_threads)
 
     def device(self) -> str:
-        """The torch device jobs run on: `settings.device`, with auto = CUDA when available."""
-        if self.settings.device != "auto":
-            return self.settings.device
+        """The torch device jobs run on: `settings.worker.device`, with auto = CUDA when available."""
+        if self.settings.worker.device != "auto":
+            return self.settings.worker.device
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -15,7 +15,7 @@ import logging
 
 from ledger import requests
 from ledger.db import Database
-from ledger.settings import Settings
+from ltu_settings import Settings
 from worker.periodic import PeriodicLoop
 
 log = logging.getLogger("ltu.reconciler")
@@ -24,19 +24,20 @@ log = logging.getLogger("ltu.reconciler")
 def reconcile_once(database: Database, settings: Settings) -> requests.Reconciled:
     """One pass: requeue interrupted requests, fail those out of attempts."""
     with database.transaction() as session:
-        outcome = requests.reconcile(session, lease_seconds=settings.lease_seconds,
-                                     queued_after=settings.requeue_queued_after, max_attempts=settings.max_attempts)
+        outcome = requests.reconcile(session, lease_seconds=settings.worker.lease_seconds,
+                                     queued_after=settings.worker.requeue_queued_after,
+                                     max_attempts=settings.worker.max_attempts)
     for request_id in outcome.requeued:
         log.warning("request %s: its work was interrupted; dispatched again", request_id)
     for request_id in outcome.failed:
-        log.error("request %s: interrupted %d times; failed", request_id, settings.max_attempts)
+        log.error("request %s: interrupted %d times; failed", request_id, settings.worker.max_attempts)
     return outcome
 
 
 class ReconcileLoop(PeriodicLoop):
-    """`reconcile_once` every `settings.reconcile_interval` seconds in a daemon thread."""
+    """`reconcile_once` every `settings.worker.reconcile_interval` seconds in a daemon thread."""
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
-        self.database = database or Database(settings.database_url)
-        super().__init__("ltu-reconciler", settings.reconcile_interval,
+        self.database = database or Database(settings.ledger.database_url)
+        super().__init__("ltu-reconciler", settings.worker.reconcile_interval,
                          lambda: reconcile_once(self.database, settings))

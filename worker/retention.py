@@ -18,8 +18,8 @@ from datetime import timedelta
 from ledger import retention
 from ledger.artifacts import ArtifactStore
 from ledger.db import Database
-from ledger.settings import Settings
 from ledger.tables import utcnow
+from ltu_settings import Settings
 from worker.periodic import PeriodicLoop
 
 log = logging.getLogger("ltu.retention")
@@ -43,11 +43,11 @@ def purge_due(database: Database, store: ArtifactStore, *, grace: timedelta) -> 
 
 
 class PurgeLoop(PeriodicLoop):
-    """`purge_due` every `settings.purge_interval` seconds in a daemon thread (start/stop object)."""
+    """`purge_due` every `settings.ledger.purge_interval` seconds in a daemon thread (start/stop object)."""
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
-        self.database = database or Database(settings.database_url)
-        self.store = ArtifactStore(settings.artifacts_dir)
-        self.grace = timedelta(hours=settings.purge_grace_hours)
-        super().__init__("ltu-purge", settings.purge_interval,
+        self.database = database or Database(settings.ledger.database_url)
+        self.store = ArtifactStore(settings.ledger.artifacts_dir)
+        self.grace = timedelta(hours=settings.ledger.purge_grace_hours)
+        super().__init__("ltu-purge", settings.ledger.purge_interval,
                          lambda: purge_due(self.database, self.store, grace=self.grace))

@@ -97,15 +97,16 @@ def artifacts(_one_torch_thread, tmp_path_factory, synthetic, trained, tiny_arch
 def embedded_settings(root: Path, **overrides):
     """Settings of an embedded service under `root`, migrated."""
     from ledger import migrate
-    from ledger.settings import Settings
+    from ltu_settings import Settings
 
     root.mkdir(parents=True, exist_ok=True)
-    settings = Settings(
-        home=root, database_url=f"sqlite:///{root / 'ledger.db'}", artifacts_dir=root / "artifacts",
-        secret_key="test-secret-" + "x" * 32, admin_api_key=ADMIN_KEY, torch_threads=1, poll_interval=0.1,
-        retry_after_seconds=1, coalesce_window_seconds=0.0,  # waiting requests still coalesce; nobody waits for more
-    ).with_(**overrides)
-    migrate.upgrade(settings.database_url)
+    settings = Settings.build(**{
+        "home": root, "secret_key": "test-secret-" + "x" * 32, "admin_api_key": ADMIN_KEY, "torch_threads": 1,
+        "poll_interval": 0.1, "retry_after_seconds": 1,
+        "coalesce_window_seconds": 0.0,  # waiting requests still coalesce; nobody waits for more
+        **overrides,
+    })
+    migrate.upgrade(settings.ledger.database_url)
     return settings
 
 
@@ -202,11 +203,11 @@ def submit_backdated():
     from ledger.tables import Model, utcnow
 
     def submit(service: Service, model_id: str, subject: str, days_ago: float) -> str:
-        database = Database(service.settings.database_url)
+        database = Database(service.settings.ledger.database_url)
         try:
             with database.transaction() as session:
                 model = session.get(Model, model_id)
-                target = requests.Target("subjects", (subject_hash(service.settings.secret_key, subject),))
+                target = requests.Target("subjects", (subject_hash(service.settings.ledger.secret_key, subject),))
                 request, _ = requests.create_request(
                     session, tenant_id=model.tenant_id, model=model, target=target, method="ltu", parameters={},
                     idempotency_key=None, body_hash=secrets.token_hex(32), actor="test",
@@ -304,7 +305,7 @@ def redis_url():
 @pytest.fixture(scope="session")
 def celery_stack(tmp_path_factory, postgres_url, redis_url):
     """Settings shared by the API and a real `celery worker` subprocess on a queue of its own."""
-    from ledger.settings import Settings
+    from ltu_settings import Settings
 
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -314,15 +315,15 @@ def celery_stack(tmp_path_factory, postgres_url, redis_url):
     signing_key = root / "certificate-key.pem"  # deployed: a configured key, never a generated one
     signing_key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    settings = Settings(
-        home=root, database_url=postgres_url, artifacts_dir=root / "artifacts", secret_key=secrets.token_urlsafe(48),
-        broker_url=redis_url, admin_api_key=ADMIN_KEY, queue=queue, device="cpu", torch_threads=1,
-        poll_interval=0.2, retry_after_seconds=1, certificate_key_file=signing_key,
+    settings = Settings.build(
+        home=root, database_url=postgres_url, secret_key=secrets.token_urlsafe(48), broker_url=redis_url,
+        admin_api_key=ADMIN_KEY, queue=queue, device="cpu", torch_threads=1, poll_interval=0.2, retry_after_seconds=1,
+        certificate_key_file=signing_key,
     )
     env = {
         **os.environ,
         "LTU_HOME": str(root), "LTU_DATABASE_URL": postgres_url, "LTU_BROKER_URL": redis_url,
-        "LTU_ARTIFACTS_DIR": str(settings.artifacts_dir), "LTU_SECRET_KEY": settings.secret_key,
+        "LTU_ARTIFACTS_DIR": str(settings.ledger.artifacts_dir), "LTU_SECRET_KEY": settings.ledger.secret_key,
         "LTU_QUEUE": queue, "LTU_DEVICE": "cpu", "LTU_TORCH_THREADS": "1", "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }

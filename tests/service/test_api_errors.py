@@ -29,7 +29,7 @@ def new_key(service, *, scopes, tenant="default") -> str:
     from ledger import tenants
     from ledger.db import Database
 
-    database = Database(service.settings.database_url)
+    database = Database(service.settings.ledger.database_url)
     try:
         with database.transaction() as session:
             owner = tenants.ensure_tenant(session, name=tenant)
@@ -269,7 +269,7 @@ def test_bad_dataset_archives(api, artifacts, tmp_path):
         info.size = 4
         tar.addfile(info, io.BytesIO(b"boom"))
     assert "unexpected entries" in problem(upload(extra.getvalue()), 422)["detail"]
-    assert not (api.settings.artifacts_dir.parent / "evil.sh").exists()
+    assert not (api.settings.ledger.artifacts_dir.parent / "evil.sh").exists()
     truncated = io.BytesIO()
     with tarfile.open(fileobj=truncated, mode="w") as tar, tarfile.open(artifacts.archive) as src:
         for member in src.getmembers():

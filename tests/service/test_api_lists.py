@@ -62,7 +62,7 @@ def test_the_start_up_admin_key_is_registered_once(make_service):
 
     with TestClient(create_app(first.settings)) as http:
         assert http.get("/v1/api-keys", headers=first.client.headers).status_code == 200
-    database = Database(first.settings.database_url)
+    database = Database(first.settings.ledger.database_url)
     with database.session() as session:
         keys = session.query(ApiKey).all()
     database.dispose()
@@ -74,10 +74,10 @@ def test_readiness_reports_an_unmigrated_or_missing_database(tmp_path):
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from ledger.settings import Settings
+    from ltu_settings import Settings
 
     def settings(url: str) -> Settings:
-        return Settings(home=tmp_path, database_url=url, artifacts_dir=tmp_path / "a", secret_key="s" * 40)
+        return Settings.build(home=tmp_path, database_url=url, artifacts_dir=tmp_path / "a", secret_key="s" * 40)
 
     with TestClient(create_app(settings(f"sqlite:///{tmp_path / 'empty.db'}"))) as http:
         assert http.get("/healthz").json() == {"status": "ok"}

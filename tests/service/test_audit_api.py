@@ -65,7 +65,7 @@ def test_exports_stream_every_matching_event_and_verify_offline(completed):
         digest = line.pop("hash")
         assert hashlib.sha256(canonical_json(line).encode()).hexdigest() == digest
 
-    path = client.export_audit(service.settings.home / "request.csv", request_id=completed.request.id)
+    path = client.export_audit(service.settings.ledger.home / "request.csv", request_id=completed.request.id)
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
     assert [int(r["seq"]) for r in rows] == [e.seq for e in client.audit_events(request_id=completed.request.id)]
     assert rows[-1]["action"] == "deletion_request.completed" and json.loads(rows[-1]["data"])["version"] == 2
@@ -159,7 +159,7 @@ def test_a_100000_event_csv_export_streams_in_memory_independent_of_its_size(api
     from ledger.db import Database
 
     tenant_id = api.client.audit_events()[0].tenant_id
-    database = Database(api.settings.database_url)
+    database = Database(api.settings.ledger.database_url)
     _bulk_events(database, tenant_id, 10_000)
     rows_small, peak_small = _streamed_peak(api, api.client.headers)
     _bulk_events(database, tenant_id, 90_000)

@@ -173,12 +173,12 @@ def postgres_service(fresh_postgres_url, tmp_path):
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from ledger.settings import Settings
     from ltu_client import Client
+    from ltu_settings import Settings
 
     admin_key = "ltu_" + secrets.token_urlsafe(32)
-    settings = Settings(home=tmp_path, database_url=fresh_postgres_url, artifacts_dir=tmp_path / "artifacts",
-                        secret_key=secrets.token_urlsafe(48), admin_api_key=admin_key)
+    settings = Settings.build(home=tmp_path, database_url=fresh_postgres_url,
+                              secret_key=secrets.token_urlsafe(48), admin_api_key=admin_key)
     with TestClient(create_app(settings)) as http:
         client = Client(http=http, api_key=admin_key)
         for i in range(8):
@@ -283,7 +283,7 @@ def test_the_application_role_can_neither_update_nor_delete_nor_switch_the_trigg
 
 def test_sqlite_rejects_updates_and_verify_finds_edits_made_around_it(completed):
     service = completed.service
-    db_file = str(service.settings.home / "ledger.db")
+    db_file = str(service.settings.ledger.home / "ledger.db")
     with sqlite3.connect(db_file) as conn:
         for statement in ("UPDATE audit_events SET actor = 'x' WHERE seq = 3", "DELETE FROM audit_events WHERE seq = 3"):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):

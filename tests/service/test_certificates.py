@@ -19,8 +19,8 @@ def certificate(completed):
 
 
 def test_a_certificate_states_what_was_erased_and_verifies(certificate):
-    from api.signing import load_public_key, verify_certificate
     from ledger.certificates import sample_set_hash
+    from ltu_client import load_public_key, verify_certificate
 
     completed, document, jwk = certificate
     client, request = completed.client, completed.request
@@ -52,7 +52,7 @@ def test_a_certificate_states_what_was_erased_and_verifies(certificate):
 
 
 def test_changing_any_byte_fails_verification(certificate):
-    from api.signing import CertificateInvalid, load_public_key, verify_certificate
+    from ltu_client import CertificateInvalid, load_public_key, verify_certificate
 
     _, document, jwk = certificate
     key = load_public_key(json.dumps(jwk))
@@ -74,8 +74,8 @@ def test_changing_any_byte_fails_verification(certificate):
 def test_ltu_certificate_verify_offline_and_from_the_service(certificate, tmp_path, capsys, monkeypatch):
     from cryptography.hazmat.primitives import serialization
 
-    from api.signing import load_public_key
-    from ltu_cli import service as cli_service
+    from ltu_cli.demo import start_server
+    from ltu_client import load_public_key
 
     completed, document, jwk = certificate
     (tmp_path / "cert.json").write_bytes(document)
@@ -97,7 +97,7 @@ def test_ltu_certificate_verify_offline_and_from_the_service(certificate, tmp_pa
     capsys.readouterr()
 
     # --url: the key comes from the service's well-known path.
-    server, thread, url = cli_service._start_server(completed.service.app, 0)
+    server, thread, url = start_server(completed.service.app, 0)
     try:
         assert ltu("certificate", "verify", str(tmp_path / "cert.json"), "--url", url) == 0
         monkeypatch.setenv("LTU_URL", url)
@@ -130,7 +130,7 @@ def test_the_signing_key_is_generated_once_in_embedded_mode_and_never_elsewhere(
 
     from api.app import create_app
     from api.signing import Signer
-    from ledger.settings import ConfigError, Settings
+    from ltu_settings import ConfigError, Settings
 
     postgres_url = "postgresql+psycopg://ltu@127.0.0.1:9/never-connected"  # the key route needs no database
     embedded = Settings.from_env({"LTU_HOME": str(tmp_path / "home")})
@@ -138,19 +138,18 @@ def test_the_signing_key_is_generated_once_in_embedded_mode_and_never_elsewhere(
     assert first.key_id == second.key_id
     assert (tmp_path / "home" / "certificate-key.pem").stat().st_mode & 0o077 == 0
 
-    deployed = Settings(home=tmp_path, database_url=postgres_url, artifacts_dir=tmp_path / "artifacts",
-                        secret_key=secrets.token_urlsafe(48))
+    deployed = Settings.build(home=tmp_path, database_url=postgres_url, secret_key=secrets.token_urlsafe(48))
     assert deployed.signing_key_path is None and Signer.from_settings(deployed) is None
     with TestClient(create_app(deployed)) as http:
         body = problem(http.get("/.well-known/ltu-certificate-key"), 503)
         assert body["code"] == "certificate_key_missing" and "LTU_CERTIFICATE_KEY_FILE" in body["detail"]
     with pytest.raises(ConfigError, match="not a readable"):
-        Signer.from_settings(deployed.with_(certificate_key_file=tmp_path / "absent.pem"))
+        Signer.from_settings(deployed.replace(certificate_key_file=tmp_path / "absent.pem"))
     ec_key = tmp_path / "ec.pem"
     ec_key.write_bytes(generate_private_key(SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with pytest.raises(ConfigError, match="not an Ed25519 key"):
-        Signer.from_settings(deployed.with_(certificate_key_file=ec_key))
+        Signer.from_settings(deployed.replace(certificate_key_file=ec_key))
     configured = Settings.from_env({"LTU_HOME": str(tmp_path / "h2"), "LTU_DATABASE_URL": postgres_url,
                                     "LTU_SECRET_KEY": "k" * 40,
                                     "LTU_CERTIFICATE_KEY_FILE": str(tmp_path / "home" / "certificate-key.pem")})
@@ -166,3 +165,23 @@ def test_the_public_key_is_a_jwk_with_its_thumbprint(api):
     assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"]) == ("OKP", "Ed25519", "EdDSA", "sig")
     members = json.dumps({"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"]}, separators=(",", ":"), sort_keys=True)
     assert jwk["kid"] == base64.urlsafe_b64encode(hashlib.sha256(members.encode()).digest()).decode().rstrip("=")
+
+
+def test_the_service_signs_what_an_integrator_verifies(tmp_path):
+    # No erasure needed: the server's Signer and ltu_client's verification agree on the envelope,
+    # for content with every kind of value canonical JSON renders (non-ASCII, floats, nesting).
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from api.signing import Signer
+    from ltu_client import CertificateInvalid, load_public_key, verify_certificate
+    from ltu_client.certificates import public_jwk
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    content = {"format": "ltu-erasure-certificate/1", "subject": "Zoë €", "metrics": {"ta": 97.25, "mia": 1e-7},
+               "audit": {"sequence_numbers": [1, 2, 3]}, "passed": True, "note": None}
+    document = signer.sign(content).encode()
+    key = load_public_key(json.dumps(public_jwk(signer.public_key)))
+    assert verify_certificate(document, key) == content
+    assert json.loads(document)["signature"]["key_id"] == signer.key_id
+    with pytest.raises(CertificateInvalid, match="not in canonical form"):
+        verify_certificate(json.dumps(json.loads(document)).encode(), key)  # the same JSON, re-spaced

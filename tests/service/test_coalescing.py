@@ -13,7 +13,7 @@ def setup_model(service, artifacts):
 
 
 def test_waiting_requests_on_one_model_run_once_and_complete_together(api, artifacts):
-    from api.signing import load_public_key, verify_certificate
+    from ltu_client import load_public_key, verify_certificate
     from worker.runner import EmbeddedRunner
 
     model = setup_model(api, artifacts)
@@ -71,8 +71,9 @@ def test_the_batch_is_capped(make_service, artifacts, max_batch):
 def test_a_member_cancelled_mid_run_leaves_the_batch(api, artifacts):
     """Cancelling one coalesced request ends it as cancelled; the others complete without marking its samples."""
     from ledger import requests
+    from worker.attempt import Attempt
     from worker.context import JobContext
-    from worker.job import ErasureJob
+    from worker.job import execute
 
     model = setup_model(api, artifacts)
     first, second = (api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(i)],
@@ -83,9 +84,9 @@ def test_a_member_cancelled_mid_run_leaves_the_batch(api, artifacts):
         siblings = requests.claim_siblings(session, leader=leader, lease_seconds=60, max_attempts=3, limit=5)
     assert [s.id for s in siblings] == [second.id]
     assert api.client.cancel_request(second.id).cancel_requested
-    job = ErasureJob(ctx, [first.id, second.id], "t")
-    assert job.execute() == "completed"
-    assert job.request_ids == [first.id]
+    attempt = Attempt(ctx, [first.id, second.id], "t")
+    assert execute(attempt) == "completed"
+    assert attempt.request_ids == [first.id]
     assert api.client.get_request(first.id).status == "completed"
     cancelled = api.client.get_request(second.id)
     assert cancelled.status == "cancelled" and cancelled.result_version is None

@@ -41,7 +41,7 @@ def test_sign_in_sets_an_httponly_session_cookie_and_guards_every_page(completed
     http.cookies.clear()
     key_id, expires, _ = token.split(".")
     for forged in (token[:-1] + ("0" if token[-1] != "0" else "1"), session_token("another-secret", key_id, int(expires)),
-                   session_token(service.settings.secret_key, key_id, int(time.time()) - 1), "garbage", token):
+                   session_token(service.settings.ledger.secret_key, key_id, int(time.time()) - 1), "garbage", token):
         answer = http.get("/dashboard", headers={"Cookie": f"{COOKIE}={forged}"}, follow_redirects=False)
         assert answer.status_code == (200 if forged == token else 303)
     http.delete(f"/v1/api-keys/{auditor['id']}", headers=service.client.headers).raise_for_status()
@@ -59,15 +59,15 @@ def test_sign_in_sets_an_httponly_session_cookie_and_guards_every_page(completed
 
 
 def test_the_dashboard_in_headless_chromium(chromium, completed, artifacts, submit_backdated, tmp_path):
-    from api.signing import load_public_key, verify_certificate
-    from ltu_cli import service as cli_service
+    from ltu_client import load_public_key, verify_certificate
+    from ltu_cli.demo import start_server
 
     service, request = completed.service, completed.request
     overdue = submit_backdated(service, completed.model.id, artifacts.subject_with_train_samples(1), days_ago=40)
     auditor = service.client.create_api_key("compliance", ["audit"])["key"]
     scores = request.details["scores"]
     assert scores["after"]["mean_rank"] == pytest.approx(request.verification["after"]["forget_mean_rank"], abs=1e-3)
-    server, thread, url = cli_service._start_server(service.app, 0)
+    server, thread, url = start_server(service.app, 0)
     shots = []
     try:
         page = chromium.new_page(viewport={"width": 1280, "height": 900})

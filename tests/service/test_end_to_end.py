@@ -15,7 +15,7 @@ def erasure_scenario(service, artifacts, tmp_path) -> None:
     """register dataset and model → submit → completed → new version downloads with its sha256 →
     the subject's samples are erased → an audit event for every transition → the chain and the
     certificate verify."""
-    from api.signing import load_public_key, verify_certificate
+    from ltu_client import load_public_key, verify_certificate
     client = service.client
     tiny = service.tiny_ltu
     dataset = client.register_dataset(artifacts.archive)

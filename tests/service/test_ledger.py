@@ -1,5 +1,5 @@
 """The ledger: migrations on SQLite and Postgres, compare-and-set transitions, exactly-once
-publication, deadlines, settings."""
+publication, deadlines (settings: tests/ltu_settings)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def ledger_with_request(api, artifacts):
     dataset = api.client.register_dataset(artifacts.archive)
     model = api.client.register_model(artifacts.weights, dataset_id=dataset.id)
     request = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()])
-    database = Database(api.settings.database_url)
+    database = Database(api.settings.ledger.database_url)
     yield database, request.id, model.id
     database.dispose()
 
@@ -92,15 +92,26 @@ def test_a_request_publishes_at_most_one_version(ledger_with_request):
 
     from ledger import registry, requests
     from ledger.errors import LeaseLost, StaleBase
+    from ledger.records import Metrics, RunDetails, Verification, from_json
     from ledger.tables import Model
 
     database, request_id, model_id = ledger_with_request
+    scores = {"n_forget": 1, "n_control": 1, "forget": [0.0], "forget_ranks": [0.5], "mean_rank": 0.5,
+              "control_histogram": {"edges": [0.0, 1.0], "counts": [1]}}
+    details = from_json(RunDetails, {
+        "split": {"forget_spec": {"kind": "samples"}, "retain_fraction": 0.1, "seed": 0,
+                  "sizes": {"forget": 1, "retain": 1, "retain_subset": 1, "reference": 1, "test": 1}},
+        "forget_samples": 1, "excluded_erased_samples": 0, "base_version": 1, "base_sha256": "00" * 32,
+        "run": {"method": "ft"}, "device": "cpu", "phase_seconds": {}, "scores": {"before": scores, "after": scores},
+        "own_forget_samples": 1,
+    })
 
     def publish(token: str, base_number: int):
         with database.transaction() as session:
             model = session.get(Model, model_id)
             base = registry.get_version(session, model_id=model_id, number=base_number)
-            outcome = requests.Outcome(metrics_before={}, metrics_after={}, verification={"passed": True}, details={})
+            outcome = requests.Outcome(metrics_before=Metrics(), metrics_after=Metrics(),
+                                       verification=Verification(passed=True), details=details)
             return requests.complete(session, token=token, model=model, base=base, outcomes={request_id: outcome},
                                      sha256="ab" * 32, size_bytes=1, storage_key="models/x")
 
@@ -116,28 +127,6 @@ def test_a_request_publishes_at_most_one_version(ledger_with_request):
         assert session.get(Model, model_id).current_version == 2
 
 
-def test_settings_refuse_weak_secrets_outside_embedded_mode(tmp_path):
-    from ledger.settings import ConfigError, Settings
-
-    postgres = {"LTU_HOME": str(tmp_path), "LTU_DATABASE_URL": "postgresql+psycopg://u@db/ltu"}
-    with pytest.raises(ConfigError, match="LTU_SECRET_KEY"):
-        Settings.from_env(postgres)
-    with pytest.raises(ConfigError, match="LTU_SECRET_KEY"):
-        Settings.from_env({**postgres, "LTU_SECRET_KEY": "changeme"})
-    strong = Settings.from_env({**postgres, "LTU_SECRET_KEY": "k" * 40, "LTU_BROKER_URL": "redis://r:6379/0"})
-    assert not strong.dev_mode and not strong.embedded_runner and "k" * 40 not in repr(strong)
-    with pytest.raises(ConfigError, match="LTU_TORCH_THREADS"):
-        Settings.from_env({"LTU_HOME": str(tmp_path), "LTU_TORCH_THREADS": "many"})
-
-    # Embedded: a random secret is generated once and kept in LTU_HOME.
-    first = Settings.from_env({"LTU_HOME": str(tmp_path / "home")})
-    second = Settings.from_env({"LTU_HOME": str(tmp_path / "home")})
-    assert first.dev_mode and first.embedded_runner
-    assert first.secret_key == second.secret_key and len(first.secret_key) >= 32
-    assert first.database_url == f"sqlite:///{tmp_path / 'home' / 'ledger.db'}"
-    assert (tmp_path / "home" / "secret.key").stat().st_mode & 0o077 == 0
-
-
 def test_subject_hashes_are_keyed(api, artifacts):
     from sqlalchemy import select
 
@@ -147,15 +136,15 @@ def test_subject_hashes_are_keyed(api, artifacts):
 
     api.client.register_dataset(artifacts.archive)
     subject = artifacts.subject_with_train_samples()
-    database = Database(api.settings.database_url)
+    database = Database(api.settings.ledger.database_url)
     with database.session() as session:
         stored = set(session.scalars(select(DatasetSample.subject_hash)))
     database.dispose()
-    assert subject_hash(api.settings.secret_key, subject) in stored
+    assert subject_hash(api.settings.ledger.secret_key, subject) in stored
     assert subject_hash("another-secret", subject) not in stored
     # Neither the ledger file nor the stored dataset keeps the raw subject id.
-    assert all(subject.encode() not in f.read_bytes() for f in api.settings.home.glob("ledger.db*"))
-    stored_csv = next(api.settings.artifacts_dir.glob("datasets/*/samples.csv")).read_text()
+    assert all(subject.encode() not in f.read_bytes() for f in api.settings.ledger.home.glob("ledger.db*"))
+    stored_csv = next(api.settings.ledger.artifacts_dir.glob("datasets/*/samples.csv")).read_text()
     assert subject not in stored_csv
 
 
@@ -170,10 +159,10 @@ def test_a_claim_that_races_the_relay_marking_it_queued_still_starts_it(celery_s
     client = celery_service.client
     dataset = client.register_dataset(artifacts.archive)
     model = client.register_model(artifacts.weights, dataset_id=dataset.id)
-    database = Database(celery_service.settings.database_url)
+    database = Database(celery_service.settings.ledger.database_url)
     try:
         with database.transaction() as setup:  # a request the relay never sees (its outbox row is removed)
-            target = requests.Target("subjects", (subject_hash(celery_service.settings.secret_key,
+            target = requests.Target("subjects", (subject_hash(celery_service.settings.ledger.secret_key,
                                                                artifacts.subject_with_train_samples(5)),))
             request, _ = requests.create_request(
                 setup, tenant_id=setup.get(Model, model.id).tenant_id, model=setup.get(Model, model.id), target=target,

@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_api_errors import new_key, problem
 
+from api.telemetry import LedgerCollector
 from ledger import observability
-from ledger.settings import ConfigError
+from ledger.errors import ConfigError
 from ledger.tables import utcnow
 
 FAMILIES = {"ltu_http_requests", "ltu_http_request_duration_seconds", "ltu_deletion_requests", "ltu_queue_depth",
@@ -99,8 +100,13 @@ def ledger_url(request, tmp_path):
 
 
 def add_requests(database, rows: list[dict]) -> None:
-    """A tenant, a dataset, a model, and one deletion request per row (its columns overridden by the row)."""
-    from ledger.tables import Dataset, DeletionRequest, Model, OutboxMessage, Tenant
+    """A tenant, a dataset, a model, and one deletion request per row (its columns overridden by the row).
+
+    Record columns are written as raw JSON, as an older (or broken) worker might have left them.
+    """
+    from sqlalchemy import type_coerce
+
+    from ledger.tables import JSONType, Dataset, DeletionRequest, Model, OutboxMessage, Tenant
 
     now = utcnow()
     with database.transaction() as session:
@@ -118,7 +124,8 @@ def add_requests(database, rows: list[dict]) -> None:
             session.add(DeletionRequest(**{
                 "tenant_id": tenant.id, "model_id": model.id, "body_hash": f"{i:064x}", "target_kind": "subjects",
                 "subject_hashes": [], "num_targets": 1, "method": "ltu", "parameters": {}, "received_at": now,
-                "due_at": now + timedelta(days=30), "updated_at": now, **row}))
+                "due_at": now + timedelta(days=30), "updated_at": now,
+                **{k: type_coerce(v, JSONType) if isinstance(v, dict) else v for k, v in row.items()}}))
         session.add_all([OutboxMessage(task_name="ltu.erasure.run", payload={}, dispatched_at=None),
                          OutboxMessage(task_name="ltu.erasure.run", payload={}, dispatched_at=now)])
 
@@ -127,7 +134,7 @@ def collect(database) -> dict[str, dict]:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry()
-    registry.register(observability.LedgerCollector(database))
+    registry.register(LedgerCollector(database))
     text = generate_latest(registry).decode()
     return {family.name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
             for family in text_string_to_metric_families(text)}

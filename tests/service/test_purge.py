@@ -16,9 +16,10 @@ def purge(service, *, grace_hours: float = 0.0):
     from ledger.db import Database
     from worker.retention import purge_due
 
-    database = Database(service.settings.database_url)
+    database = Database(service.settings.ledger.database_url)
     try:
-        return purge_due(database, ArtifactStore(service.settings.artifacts_dir), grace=timedelta(hours=grace_hours))
+        store = ArtifactStore(service.settings.ledger.artifacts_dir)
+        return purge_due(database, store, grace=timedelta(hours=grace_hours))
     finally:
         database.dispose()
 
@@ -26,7 +27,7 @@ def purge(service, *, grace_hours: float = 0.0):
 def test_superseded_weights_are_purged_after_the_grace_period(completed):
     service, client, model = completed.service, completed.client, completed.model
     v1 = client.get_version(model.id, 1)
-    path = service.settings.artifacts_dir / f"models/{v1.sha256[:2]}/{v1.sha256}.safetensors"
+    path = service.settings.ledger.artifacts_dir / f"models/{v1.sha256[:2]}/{v1.sha256}.safetensors"
     assert path.is_file() and v1.state == "superseded"
     assert purge(service, grace_hours=1) == []  # still within its grace period
     purged = purge(service)
@@ -52,7 +53,7 @@ def test_weights_shared_with_a_live_version_stay_until_that_one_goes(completed, 
     assert [p.model_id for p in purge(service)] == [completed.model.id]
     event = client.audit_events(action="model_version.purged")[-1]
     assert event.data["gone"] is False and event.data["kept_for_other_versions"] == 1
-    assert client.download_weights(twin.id, 1, service.settings.home / "twin.safetensors").is_file()
+    assert client.download_weights(twin.id, 1, service.settings.ledger.home / "twin.safetensors").is_file()
 
 
 def test_a_purge_interrupted_after_deleting_the_file_is_completed_next_time(completed):
@@ -60,7 +61,7 @@ def test_a_purge_interrupted_after_deleting_the_file_is_completed_next_time(comp
 
     service, client = completed.service, completed.client
     v1 = client.get_version(completed.model.id, 1)
-    store = ArtifactStore(service.settings.artifacts_dir)
+    store = ArtifactStore(service.settings.ledger.artifacts_dir)
     assert store.delete(f"models/{v1.sha256[:2]}/{v1.sha256}.safetensors")  # the crash came right after this
     assert [p.number for p in purge(service)] == [1]
     assert client.audit_events(action="model_version.purged")[-1].data["gone"] is True
@@ -71,7 +72,7 @@ def test_the_current_version_only_moves_forward(completed):
     from ledger.db import Database
     from ledger.errors import Conflict, StaleBase
 
-    database = Database(completed.service.settings.database_url)
+    database = Database(completed.service.settings.ledger.database_url)
     model_id = completed.model.id
     with database.session() as session, pytest.raises(Conflict, match="only moves forward"):
         registry.move_current(session, model_id=model_id, expect=2, to=1)  # a rollback to pre-erasure weights
@@ -86,8 +87,8 @@ def test_the_purge_command_and_the_purge_loop(completed, artifacts, monkeypatch,
     from worker.runner import EmbeddedRunner
 
     service, client, model = completed.service, completed.client, completed.model
-    monkeypatch.setenv("LTU_HOME", str(service.settings.home))
-    monkeypatch.setenv("LTU_SECRET_KEY", service.settings.secret_key)
+    monkeypatch.setenv("LTU_HOME", str(service.settings.ledger.home))
+    monkeypatch.setenv("LTU_SECRET_KEY", service.settings.ledger.secret_key)
     for name in ("LTU_DATABASE_URL", "LTU_BROKER_URL", "LTU_ARTIFACTS_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LTU_PURGE_GRACE_HOURS", "soon")
@@ -101,7 +102,7 @@ def test_the_purge_command_and_the_purge_loop(completed, artifacts, monkeypatch,
                                     parameters=service.tiny_ltu)
     EmbeddedRunner(service.settings).run_pending()
     assert client.get_request(second.id).status == "completed"
-    loop = PurgeLoop(service.settings.with_(purge_grace_hours=0.0, purge_interval=0.1))
+    loop = PurgeLoop(service.settings.replace(purge_grace_hours=0.0, purge_interval=0.1))
     loop.start()
     try:
         deadline = time.monotonic() + 30

@@ -433,7 +433,7 @@ def test_no_secret_key_or_subject_id_reaches_any_log_record(make_service, artifa
     assert http.post("/dashboard/login", data={"api_key": created["key"]}, follow_redirects=False).status_code == 303
 
     secrets = {"admin key": client.headers["Authorization"].split()[1], "created key": created["key"],
-               "server secret": service.settings.secret_key, "subject id": subject}
+               "server secret": service.settings.ledger.secret_key, "subject id": subject}
     # The capture saw the flow: the API's access lines, the job's lines naming the request, the SQL.
     assert {"ltu.access", "sqlalchemy.engine.Engine"} <= {r.name for r in every_log_record}
     assert any(request.id in r.getMessage() for r in every_log_record if r.name.startswith("ltu.worker"))

@@ -54,7 +54,7 @@ def test_stored_datasets_open_with_ltu_core_and_keep_no_subject_ids(api, artifac
 
     registered = api.client.register_dataset(artifacts.archive, name="tiny")
     assert (registered.name, registered.num_classes, registered.image_shape) == ("tiny", 4, [1, 8, 8])
-    stored = read_dataset(api.settings.artifacts_dir / "datasets" / registered.id)
+    stored = read_dataset(api.settings.ledger.artifacts_dir / "datasets" / registered.id)
     assert (stored.sample_ids == artifacts.dataset.sample_ids).all()
     assert (stored.images == artifacts.dataset.images).all()
     assert not set(stored.subject_ids.tolist()) & set(artifacts.dataset.subject_ids.tolist())

@@ -19,7 +19,7 @@ def setup_model(service, artifacts, *, recipe=True):
 def job_context(service, **overrides):
     from worker.context import JobContext
 
-    return JobContext.from_settings(service.settings.with_(**overrides))
+    return JobContext.from_settings(service.settings.replace(**overrides))
 
 
 def test_redelivery_is_a_no_op_and_publishes_once(api, artifacts):
@@ -55,8 +55,8 @@ def test_a_crashed_execution_is_taken_over_then_capped(api, artifacts):
             requests.claim(session, request_id=request_id, token="dead-worker", lease_seconds=0, max_attempts=99)
             row = session.get(DeletionRequest, request_id)
             assert row.status == "running"
-            row.heartbeat_at = utcnow() - timedelta(seconds=api.settings.lease_seconds + 1)
-            row.attempts = api.settings.max_attempts - attempts_left
+            row.heartbeat_at = utcnow() - timedelta(seconds=api.settings.worker.lease_seconds + 1)
+            row.attempts = api.settings.worker.max_attempts - attempts_left
 
     # While the other execution's lease is live, a delivery leaves it alone (the reconciler watches the lease).
     with ctx.database.transaction() as session:
@@ -66,7 +66,7 @@ def test_a_crashed_execution_is_taken_over_then_capped(api, artifacts):
     crash(first.id, attempts_left=1)
     assert run_erasure(ctx, first.id) == "completed"
     done = api.client.get_request(first.id)
-    assert done.status == "completed" and done.attempts == api.settings.max_attempts
+    assert done.status == "completed" and done.attempts == api.settings.worker.max_attempts
     resumed = [e.data for e in api.client.audit_events(request_id=first.id) if e.action == "deletion_request.running"]
     assert resumed[-1]["resumed"] is True
 
@@ -120,7 +120,7 @@ def test_failed_verification_falls_back_to_retrain_and_says_so(make_service, art
     from worker.runner import EmbeddedRunner
 
     # A test-accuracy threshold no model can meet: verification always fails.
-    strict = make_service(verify_max_test_drop=-1000.0)
+    strict = make_service(verify_max_test_drop=-100.0)
     model = setup_model(strict, artifacts)
     request = strict.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=strict.tiny_ltu)
     EmbeddedRunner(strict.settings).run_pending()
@@ -133,7 +133,7 @@ def test_failed_verification_falls_back_to_retrain_and_says_so(make_service, art
     assert done.details["run"]["method"] == "retrain"
 
     # Without the fallback, nothing is published and the record says why.
-    no_fallback = make_service(verify_max_test_drop=-1000.0, fallback_to_retrain=False)
+    no_fallback = make_service(verify_max_test_drop=-100.0, fallback_to_retrain=False)
     model = setup_model(no_fallback, artifacts)
     request = no_fallback.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=no_fallback.tiny_ltu)
     EmbeddedRunner(no_fallback.settings).run_pending()
@@ -191,7 +191,7 @@ def test_the_reconciler_requeues_interrupted_work_then_gives_up(api, artifacts):
     killed, lost, live = (api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(i)],
                                                      parameters=api.tiny_ltu) for i in range(3))
     ctx = job_context(api, coalesce_max_batch=1)
-    lease = api.settings.lease_seconds
+    lease = api.settings.worker.lease_seconds
     old = utcnow() - timedelta(seconds=lease + 1)
     with ctx.database.transaction() as session:
         for request_id, token in ((killed.id, "killed-worker"), (live.id, "live-worker")):
@@ -201,7 +201,7 @@ def test_the_reconciler_requeues_interrupted_work_then_gives_up(api, artifacts):
         requests.mark_queued(session, request_id=lost.id)
         session.flush()
         session.get(DeletionRequest, lost.id).updated_at = old  # the broker lost its message
-    outcome = reconcile_once(ctx.database, api.settings.with_(requeue_queued_after=lease))
+    outcome = reconcile_once(ctx.database, api.settings.replace(requeue_queued_after=lease))
     assert set(outcome.requeued) == {killed.id, lost.id} and outcome.failed == ()
     assert reconcile_once(ctx.database, api.settings).requeued == ()  # not twice within one lease
     reasons = {e.request_id: e.data["reason"] for e in api.client.audit_events(action="deletion_request.requeued")}
@@ -215,7 +215,7 @@ def test_the_reconciler_requeues_interrupted_work_then_gives_up(api, artifacts):
     with ctx.database.transaction() as session:
         row = session.get(DeletionRequest, live.id)
         row.heartbeat_at = row.updated_at = old
-        row.attempts = api.settings.max_attempts
+        row.attempts = api.settings.worker.max_attempts
     assert reconcile_once(ctx.database, api.settings).failed == (live.id,)
     failed = api.client.get_request(live.id)
     assert failed.status == "failed" and failed.error["code"] == "attempts_exhausted"
