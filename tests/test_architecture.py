@@ -15,7 +15,20 @@ REPO = Path(__file__).resolve().parents[1]
 # package → top-level modules it must never import (anywhere in its files, lazily or not)
 FORBIDDEN = {
     "api": {"torch", "timm", "numpy", "celery", "kombu", "worker", "ltu_core", "ltu_cli"},
-    "ledger": {"torch", "timm", "numpy", "celery", "fastapi", "pydantic", "starlette", "api", "worker", "ltu_core", "ltu_cli", "httpx"},
+    "ledger": {
+        "torch",
+        "timm",
+        "numpy",
+        "celery",
+        "fastapi",
+        "pydantic",
+        "starlette",
+        "api",
+        "worker",
+        "ltu_core",
+        "ltu_cli",
+        "httpx",
+    },
     "worker": {"api", "fastapi", "ltu_cli", "ltu_client"},
     "ltu_client": {"torch", "timm", "api", "worker", "ledger", "ltu_core", "ltu_settings", "sqlalchemy", "fastapi"},
     "ltu_core": {"api", "worker", "ledger", "ltu_cli", "ltu_client", "ltu_settings", "fastapi", "celery", "sqlalchemy"},
@@ -53,8 +66,10 @@ LEDGER_THIRD_PARTY = {"sqlalchemy", "alembic"}
 
 def test_the_ledger_imports_only_the_standard_library_and_sqlalchemy():
     allowed = set(sys.stdlib_module_names) | LEDGER_THIRD_PARTY | {"ledger"}
-    offenders = {str(path.relative_to(REPO)): sorted(imported_modules(path) - allowed)
-                 for path in (REPO / "ledger").rglob("*.py")}
+    offenders = {
+        str(path.relative_to(REPO)): sorted(imported_modules(path) - allowed)
+        for path in (REPO / "ledger").rglob("*.py")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
@@ -79,8 +94,13 @@ def test_nothing_is_built_at_import_time():
         "assert worker.celery_app._app is None\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )
     assert out.stdout.strip() == "ok", out.stderr
 
 
@@ -160,6 +180,9 @@ CLI_API_DOORS = {"api.app"}
 
 
 def test_the_cli_reaches_the_api_only_through_its_app_factory():
-    offenders = {module: sorted(t for t in targets if t.split(".")[0] == "api" and t not in CLI_API_DOORS)
-                 for module, targets in our_import_graph().items() if module.split(".")[0] == "ltu_cli"}
+    offenders = {
+        module: sorted(t for t in targets if t.split(".")[0] == "api" and t not in CLI_API_DOORS)
+        for module, targets in our_import_graph().items()
+        if module.split(".")[0] == "ltu_cli"
+    }
     assert {k: v for k, v in offenders.items() if v} == {}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import unavailable
+from tests.support import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "api_load.py"
@@ -53,8 +53,12 @@ def test_percentiles_are_nearest_rank_and_the_table_counts_errors():
     assert api_load.percentile([], 50) is None
 
     Record = api_load.Record
-    records = [Record("submit", 202, 0.010), Record("submit", 500, 0.002, "500 internal"),
-               Record("read", 200, 0.004), Record("read", 0, 30.0, "ReadTimeout")]
+    records = [
+        Record("submit", 202, 0.010),
+        Record("submit", 500, 0.002, "500 internal"),
+        Record("read", 200, 0.004),
+        Record("read", 0, 30.0, "ReadTimeout"),
+    ]
     rows = api_load.summarize(records, wall_seconds=2.0)
     assert (rows["submit"]["count"], rows["submit"]["errors"], rows["submit"]["ops_per_s"]) == (2, 1, 1.0)
     assert rows["read"]["p99_ms"] == 4.0  # a request with no answer has no latency to rank
@@ -75,10 +79,33 @@ def test_a_tiny_run_loses_nothing_and_cleans_up(postgres_admin_url, tmp_path):
     import psycopg
 
     out = tmp_path / "api_load.json"
-    command = [sys.executable, str(SCRIPT), "--workers", "2", "--concurrency", "4", "--submissions", "24",
-               "--reads", "48", "--warmup", "0", "--json", str(out), "--postgres", postgres_admin_url]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--workers",
+        "2",
+        "--concurrency",
+        "4",
+        "--submissions",
+        "24",
+        "--reads",
+        "48",
+        "--warmup",
+        "0",
+        "--json",
+        str(out),
+        "--postgres",
+        postgres_admin_url,
+    ]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "lost: 0" in done.stdout
     record = json.loads(out.read_text())

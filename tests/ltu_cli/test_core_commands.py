@@ -22,10 +22,25 @@ def checkpoint(tmp_path_factory):
 
 def test_unlearn_writes_a_checkpoint_and_a_record(checkpoint, tmp_path, capsys):
     out = tmp_path / "unlearned.safetensors"
-    code = main([
-        "unlearn", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--forget", "random:8",
-        "--method", "ltu", "--param", "max_passes=1", "--param", "attacker_steps=10", "--out", str(out),
-    ])
+    code = main(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "synthetic",
+            "--forget",
+            "random:8",
+            "--method",
+            "ltu",
+            "--param",
+            "max_passes=1",
+            "--param",
+            "attacker_steps=10",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0 and out.exists()
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["split"]["sizes"]["forget"] == 8
@@ -42,42 +57,137 @@ def _fails_cleanly(argv, capsys, message):
 
 
 def test_unknown_method(checkpoint, tmp_path, capsys):
-    _fails_cleanly(["unlearn", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--forget", "random:4",
-                    "--method", "magic", "--out", str(tmp_path / "x.safetensors")], capsys, "unknown unlearning method 'magic'")
+    _fails_cleanly(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "synthetic",
+            "--forget",
+            "random:4",
+            "--method",
+            "magic",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capsys,
+        "unknown unlearning method 'magic'",
+    )
 
 
 def test_empty_forget_set(checkpoint, tmp_path, capsys):
-    _fails_cleanly(["unlearn", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--forget", "samples:",
-                    "--out", str(tmp_path / "x.safetensors")], capsys, "cannot read forget spec")
-    _fails_cleanly(["unlearn", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--forget", "subjects:nobody",
-                    "--out", str(tmp_path / "x.safetensors")], capsys, "has a training sample")
+    _fails_cleanly(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "synthetic",
+            "--forget",
+            "samples:",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capsys,
+        "cannot read forget spec",
+    )
+    _fails_cleanly(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "synthetic",
+            "--forget",
+            "subjects:nobody",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capsys,
+        "has a training sample",
+    )
 
 
 def test_forget_set_equal_to_the_training_set(checkpoint, tmp_path, capsys):
-    _fails_cleanly(["unlearn", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--forget", "random:1.0",
-                    "--out", str(tmp_path / "x.safetensors")], capsys, "whole training set")
+    _fails_cleanly(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "synthetic",
+            "--forget",
+            "random:1.0",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capsys,
+        "whole training set",
+    )
 
 
 def test_dataset_that_does_not_match_the_format(checkpoint, tmp_path, capsys):
     bogus = tmp_path / "data.tar"
     bogus.write_bytes(b"not a tar" * 100)
-    _fails_cleanly(["unlearn", "--checkpoint", str(checkpoint), "--dataset", str(bogus), "--forget", "random:4",
-                    "--out", str(tmp_path / "x.safetensors")], capsys, "not an uncompressed tar")
+    _fails_cleanly(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            str(bogus),
+            "--forget",
+            "random:4",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capsys,
+        "not an uncompressed tar",
+    )
     folder = tmp_path / "folder"
     folder.mkdir()
-    _fails_cleanly(["train", "--dataset", str(folder), "--out", str(tmp_path / "m.safetensors")], capsys, "missing manifest.json")
+    _fails_cleanly(
+        ["train", "--dataset", str(folder), "--out", str(tmp_path / "m.safetensors")], capsys, "missing manifest.json"
+    )
 
 
 def test_checkpoint_that_is_not_safetensors(tmp_path, capsys):
     pickle = tmp_path / "model.pt"
     pickle.write_bytes(b"\x80\x04\x95" + b"\0" * 64)
-    _fails_cleanly(["unlearn", "--checkpoint", str(pickle), "--dataset", "synthetic", "--forget", "random:4",
-                    "--out", str(tmp_path / "x.safetensors")], capsys, "not a safetensors checkpoint")
+    _fails_cleanly(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(pickle),
+            "--dataset",
+            "synthetic",
+            "--forget",
+            "random:4",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capsys,
+        "not a safetensors checkpoint",
+    )
 
 
 def test_dataset_that_does_not_fit_the_checkpoint(checkpoint, tmp_path, capsys):
-    _fails_cleanly(["unlearn", "--checkpoint", str(checkpoint), "--dataset", "digits", "--forget", "random:4",
-                    "--out", str(tmp_path / "x.safetensors")], capsys, "does not fit the checkpoint")
+    _fails_cleanly(
+        [
+            "unlearn",
+            "--checkpoint",
+            str(checkpoint),
+            "--dataset",
+            "digits",
+            "--forget",
+            "random:4",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capsys,
+        "does not fit the checkpoint",
+    )
 
 
 def test_bench_rejects_unknown_preset_and_labels(capsys):
@@ -88,8 +198,21 @@ def test_bench_rejects_unknown_preset_and_labels(capsys):
 def test_the_console_script_prints_no_traceback(tmp_path):
     # The real entry point, in a fresh process.
     done = subprocess.run(
-        [sys.executable, "-m", "ltu_cli.main", "unlearn", "--checkpoint", str(tmp_path / "none.safetensors"),
-         "--dataset", "synthetic", "--forget", "random:4", "--out", str(tmp_path / "x.safetensors")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ltu_cli.main",
+            "unlearn",
+            "--checkpoint",
+            str(tmp_path / "none.safetensors"),
+            "--dataset",
+            "synthetic",
+            "--forget",
+            "random:4",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2 and "no such checkpoint" in done.stderr and "Traceback" not in done.stderr

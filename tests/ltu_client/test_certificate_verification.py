@@ -12,8 +12,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ltu_client import CertificateInvalid, load_public_key, verify_certificate
 from ltu_client.certificates import key_id, public_jwk, signed_document
 
-CONTENT = {"format": "ltu-erasure-certificate/1", "model": {"id": "m-1", "new_version": {"number": 2}},
-           "request": {"id": "r-1"}, "verification": {"passed": True}}
+CONTENT = {
+    "format": "ltu-erasure-certificate/1",
+    "model": {"id": "m-1", "new_version": {"number": 2}},
+    "request": {"id": "r-1"},
+    "verification": {"passed": True},
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def test_any_flipped_byte_fails(signed):
     document, public = signed
     for i in range(len(document)):
         for flip in (0x01, 0x20):  # a bit and a case flip at every position
-            tampered = document[:i] + bytes([document[i] ^ flip]) + document[i + 1:]
+            tampered = document[:i] + bytes([document[i] ^ flip]) + document[i + 1 :]
             with pytest.raises(CertificateInvalid):
                 verify_certificate(tampered, public)
 

@@ -13,10 +13,10 @@ from ltu_core.methods import RunHooks, create_method, create_test_method
 from ltu_core.methods.base import working_copy
 from ltu_core.methods.bs import neighbour_labels
 from ltu_core.methods.l1_sparse import l1_norm
-from ltu_core.models import build_model
 from ltu_core.methods.rl import random_wrong_labels
 from ltu_core.methods.salun import saliency_mask
 from ltu_core.methods.scrub import distill_kl
+from ltu_core.models import build_model
 
 BASELINES = ("ft", "ga", "rl", "l1_sparse", "salun", "scrub", "bs")
 
@@ -169,7 +169,7 @@ def test_bs_neighbour_labels_are_the_nearest_wrong_class(tiny_task, trained):
     labels, _ = neighbour_labels(model, x_f, y_f, epsilon=0.5)
     assert (labels != y_f).all()
     # A vanishing step leaves the input where it was: the neighbour is θ_o's runner-up class.
-    labels, flipped = neighbour_labels(model, x_f, y_f, epsilon=1e-6)
+    labels, _flipped = neighbour_labels(model, x_f, y_f, epsilon=1e-6)
     with torch.no_grad():
         runner_up = trained(x_f).topk(2).indices  # [n, 2]
     expected = torch.where(runner_up[:, 0] == y_f, runner_up[:, 1], runner_up[:, 0])

@@ -16,7 +16,10 @@ def test_tiny_benchmark_rows_and_table():
         seeds=(1,),
         scenarios=("random", "class"),
         forget_count=8,
-        methods=(MethodRun("ltu", "ltu", {"max_passes": 1.0, "attacker_steps": 10}), MethodRun("ft", "ft", {"epochs": 1.0})),
+        methods=(
+            MethodRun("ltu", "ltu", {"max_passes": 1.0, "attacker_steps": 10}),
+            MethodRun("ft", "ft", {"epochs": 1.0}),
+        ),
         ablations=(MethodRun("ltu -meta", "ltu", {"meta": False, "max_passes": 1.0, "attacker_steps": 10}),),
         scenario_params={"class": {"ft": {"lr": 0.001}}},
     )

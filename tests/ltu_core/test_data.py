@@ -216,7 +216,9 @@ def test_excluded_rows_belong_to_no_set(synthetic):
     train = synthetic.split_indices("train")
     test = synthetic.split_indices("test")
     erased = np.concatenate([train[:30], test[:5]])
-    split = make_split(synthetic, ForgetSpec(kind="random", count=10, seed=0), retain_fraction=1.0, seed=0, exclude=erased)
+    split = make_split(
+        synthetic, ForgetSpec(kind="random", count=10, seed=0), retain_fraction=1.0, seed=0, exclude=erased
+    )
     used = np.concatenate([split.forget, split.retain, split.reference, split.test])
     assert not set(erased.tolist()) & set(used.tolist())
     assert len(split.forget) + len(split.retain) == len(train) - 30

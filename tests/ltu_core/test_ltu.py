@@ -24,8 +24,14 @@ def _gradients(task, **cfg):
     x_r, y_r = task.retain_subset.tensors()
     method = LTU(LTUConfig(**cfg))
     g_r, g_f = method._task_gradients(
-        model, params, critic, critic,
-        (x_r[:4], y_r[:4]), (x_r[4:8], y_r[4:8]), (x_f[:4], y_f[:4]), (x_f[4:8], y_f[4:8]),
+        model,
+        params,
+        critic,
+        critic,
+        (x_r[:4], y_r[:4]),
+        (x_r[4:8], y_r[4:8]),
+        (x_f[:4], y_f[:4]),
+        (x_f[4:8], y_f[4:8]),
     )
     return g_r, g_f
 

@@ -51,6 +51,7 @@ def test_a_single_sample_cannot_be_verified(trained, synthetic, tiny_split):
 
 
 def test_utility_check(trained, tiny_split):
-    verdict = verify_model(trained, tiny_split, original_test_accuracy=100.0,
-                           thresholds=VerificationThresholds(max_test_drop=1.0))
+    verdict = verify_model(
+        trained, tiny_split, original_test_accuracy=100.0, thresholds=VerificationThresholds(max_test_drop=1.0)
+    )
     assert not verdict.utility_passed and not verdict.passed

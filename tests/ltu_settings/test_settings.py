@@ -63,8 +63,12 @@ def fields() -> list[tuple[str, str]]:
 
 
 def numeric_fields() -> list[tuple[str, str, type]]:
-    return [(name, field, info.annotation) for name, section in SECTIONS.items()
-            for field, info in section.model_fields.items() if info.annotation in (int, float)]
+    return [
+        (name, field, info.annotation)
+        for name, section in SECTIONS.items()
+        for field, info in section.model_fields.items()
+        if info.annotation in (int, float)
+    ]
 
 
 def test_the_samples_cover_every_field_and_the_sections_share_no_name():
@@ -116,15 +120,18 @@ def test_the_purge_grace_example_of_the_brief(tmp_path):
         Settings.from_env({"LTU_HOME": str(tmp_path), "LTU_PURGE_GRACE_HOURS": "inf"})
 
 
-@pytest.mark.parametrize("var, value, words", [
-    ("LTU_DEVICE", "gpu", "must be auto, cpu"),
-    ("LTU_QUEUE", "two words", "must be a queue name"),
-    ("LTU_DEFAULT_METHOD", "Not-A-Method", "must be a method name"),
-    ("LTU_FALLBACK_TO_RETRAIN", "maybe", "must be true or false"),
-    ("LTU_RETAIN_FRACTION", "0", "must be a finite number > 0 and <= 1"),
-    ("LTU_MAX_SUBJECTS_PER_REQUEST", "1001", "must be an integer >= 1 and <= 1000"),
-    ("LTU_BROKER_URL", "localhost", "must be a URL"),
-])
+@pytest.mark.parametrize(
+    "var, value, words",
+    [
+        ("LTU_DEVICE", "gpu", "must be auto, cpu"),
+        ("LTU_QUEUE", "two words", "must be a queue name"),
+        ("LTU_DEFAULT_METHOD", "Not-A-Method", "must be a method name"),
+        ("LTU_FALLBACK_TO_RETRAIN", "maybe", "must be true or false"),
+        ("LTU_RETAIN_FRACTION", "0", "must be a finite number > 0 and <= 1"),
+        ("LTU_MAX_SUBJECTS_PER_REQUEST", "1001", "must be an integer >= 1 and <= 1000"),
+        ("LTU_BROKER_URL", "localhost", "must be a URL"),
+    ],
+)
 def test_other_bad_values_name_their_variable(tmp_path, var, value, words):
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"LTU_HOME": str(tmp_path), var: value})
@@ -179,7 +186,7 @@ def test_build_and_replace_take_flat_names_validate_and_read_no_environment(tmp_
         settings.replace(lease_seconds=math.inf)
     with pytest.raises(TypeError, match="unknown setting 'verify'"):
         settings.replace(verify=1)
-    with pytest.raises(ConfigError, match="^LTU_SECRET_KEY must not be empty"):
+    with pytest.raises(ConfigError, match=r"^LTU_SECRET_KEY must not be empty"):
         Settings.build(home=tmp_path)
     with pytest.raises(ValueError, match="frozen"):
         settings.worker.queue = "x"  # type: ignore[misc]
@@ -194,8 +201,13 @@ def test_nothing_is_read_at_import_time():
         "assert 'sqlalchemy' not in sys.modules and 'fastapi' not in sys.modules\n"
         "print('ok')\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "LTU_PURGE_GRACE_HOURS": "inf", "LTU_DEVICE": "gpu",
-           "LTU_HOME": "/nonexistent/never-created"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "LTU_PURGE_GRACE_HOURS": "inf",
+        "LTU_DEVICE": "gpu",
+        "LTU_HOME": "/nonexistent/never-created",
+    }
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "ok", out.stderr
 

@@ -9,7 +9,8 @@ import json
 import tracemalloc
 
 import pytest
-from test_api_errors import new_key, problem
+
+from tests.support import new_key, problem
 
 
 def test_filters_time_range_and_cursor(completed):
@@ -69,31 +70,68 @@ def test_exports_stream_every_matching_event_and_verify_offline(completed):
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
     assert [int(r["seq"]) for r in rows] == [e.seq for e in client.audit_events(request_id=completed.request.id)]
     assert rows[-1]["action"] == "deletion_request.completed" and json.loads(rows[-1]["data"])["version"] == 2
-    assert set(rows[0]) == {"seq", "occurred_at", "tenant_id", "actor", "action", "resource_type", "resource_id",
-                            "model_id", "request_id", "data", "prev_hash", "hash"}
+    assert set(rows[0]) == {
+        "seq",
+        "occurred_at",
+        "tenant_id",
+        "actor",
+        "action",
+        "resource_type",
+        "resource_id",
+        "model_id",
+        "request_id",
+        "data",
+        "prev_hash",
+        "hash",
+    }
     # The cursor of a page continues an export after it.
     page = service.http.get("/v1/audit/events", params={"limit": 3}, headers=client.headers).json()
-    rest = service.http.get("/v1/audit/events", params={"format": "ndjson", "cursor": page["next_cursor"]},
-                            headers=client.headers).text.splitlines()
+    rest = service.http.get(
+        "/v1/audit/events", params={"format": "ndjson", "cursor": page["next_cursor"]}, headers=client.headers
+    ).text.splitlines()
     assert [json.loads(line)["seq"] for line in rest] == [e.seq for e in events[3:]]
 
 
-@pytest.mark.parametrize("params", [
-    {"format": "xml"}, {"format": "csv", "cursor": "nonsense!"}, {"since": "yesterday"}, {"limit": 201},
-    {"format": "csv", "cursor": "WzEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwXQ"},  # [10^22]: a cursor we never made
-    {"format": "csv", "action": "a\x00b"}, {"format": "ndjson", "model_id": "line\nbreak"}, {"request_id": ""},
-    {"format": "csv", "since": "0001-01-01T00:00:00+01:00"}, {"until": "9999-12-31T23:59:59-01:00"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"format": "xml"},
+        {"format": "csv", "cursor": "nonsense!"},
+        {"since": "yesterday"},
+        {"limit": 201},
+        {"format": "csv", "cursor": "WzEwMDAwMDAwMDAwMDAwMDAwMDAwMDAwXQ"},  # [10^22]: a cursor we never made
+        {"format": "csv", "action": "a\x00b"},
+        {"format": "ndjson", "model_id": "line\nbreak"},
+        {"request_id": ""},
+        {"format": "csv", "since": "0001-01-01T00:00:00+01:00"},
+        {"until": "9999-12-31T23:59:59-01:00"},
+    ],
+)
 def test_bad_filters_are_422_before_anything_streams(api, params):
     problem(api.http.get("/v1/audit/events", params=params, headers=api.client.headers), 422)
 
 
 def test_openapi_documents_the_compliance_routes(api):
     paths = api.http.get("/openapi.json").json()["paths"]
-    assert {"/v1/audit/events", "/v1/audit/verify", "/v1/audit/summary", "/v1/deletion-requests/{request_id}/certificate",
-            "/v1/deletion-requests/{request_id}/deadline-extension", "/.well-known/ltu-certificate-key"} <= set(paths)
+    assert {
+        "/v1/audit/events",
+        "/v1/audit/verify",
+        "/v1/audit/summary",
+        "/v1/deletion-requests/{request_id}/certificate",
+        "/v1/deletion-requests/{request_id}/deadline-extension",
+        "/.well-known/ltu-certificate-key",
+    } <= set(paths)
     assert {p["name"] for p in paths["/v1/audit/events"]["get"]["parameters"]} >= {
-        "tenant_id", "model_id", "request_id", "action", "since", "until", "cursor", "limit", "format"}
+        "tenant_id",
+        "model_id",
+        "request_id",
+        "action",
+        "since",
+        "until",
+        "cursor",
+        "limit",
+        "format",
+    }
     assert not any(path.startswith("/dashboard") for path in paths)  # pages, not API
 
 
@@ -106,7 +144,13 @@ def test_summary_counts_statuses_deadlines_durations_and_verdicts(completed, sub
     summary = client.audit_summary()
     overall = summary["overall"]
     assert overall["total"] == 4 and overall["by_status"] == {
-        "received": 2, "queued": 0, "running": 0, "completed": 1, "failed": 0, "cancelled": 1}
+        "received": 2,
+        "queued": 0,
+        "running": 0,
+        "completed": 1,
+        "failed": 0,
+        "cancelled": 1,
+    }
     assert (overall["overdue"], overall["due_soon"], overall["completed_late"]) == (1, 1, 0)
     done = completed.request
     took = (done.finished_at - done.received_at).total_seconds()
@@ -135,8 +179,15 @@ def _bulk_events(database, tenant_id: str, count: int) -> None:
     for start in range(0, count, 10_000):
         with database.transaction() as session:
             for i in range(start, min(start + 10_000, count)):
-                audit.record(session, tenant_id=tenant_id, actor="bulk", action="bulk.event", resource_type="test",
-                             resource_id=str(i), data={"i": i, "note": "an event of the 100,000-event export test"})
+                audit.record(
+                    session,
+                    tenant_id=tenant_id,
+                    actor="bulk",
+                    action="bulk.event",
+                    resource_type="test",
+                    resource_id=str(i),
+                    data={"i": i, "note": "an event of the 100,000-event export test"},
+                )
 
 
 def _streamed_peak(service, auth) -> tuple[int, int]:
@@ -145,8 +196,9 @@ def _streamed_peak(service, auth) -> tuple[int, int]:
     try:
         tracemalloc.reset_peak()
         rows = 0
-        with service.http.stream("GET", "/v1/audit/events", params={"format": "csv", "action": "bulk.event"},
-                                 headers=auth) as response:
+        with service.http.stream(
+            "GET", "/v1/audit/events", params={"format": "csv", "action": "bulk.event"}, headers=auth
+        ) as response:
             assert response.status_code == 200
             for chunk in response.iter_bytes():
                 rows += chunk.count(b"\n")
@@ -166,6 +218,8 @@ def test_a_100000_event_csv_export_streams_in_memory_independent_of_its_size(api
     rows_large, peak_large = _streamed_peak(api, api.client.headers)
     database.dispose()
     assert (rows_small, rows_large) == (10_000, 100_000)
-    print(f"CSV export peak Python memory: {peak_small / 1e6:.2f} MB for 10k events, {peak_large / 1e6:.2f} MB for 100k")
+    print(
+        f"CSV export peak Python memory: {peak_small / 1e6:.2f} MB for 10k events, {peak_large / 1e6:.2f} MB for 100k"
+    )
     # Ten times the events, not ten times the memory: one chunk of rows at a time.
     assert peak_large < 1.5 * peak_small + 1_000_000

@@ -12,8 +12,7 @@ import uuid
 import pytest
 
 from ltu_client import ApiError
-
-PROBLEM = "application/problem+json"
+from tests.support import new_key, problem
 
 
 @pytest.fixture()
@@ -22,30 +21,6 @@ def registered(api, artifacts):
     dataset = api.client.register_dataset(artifacts.archive)
     model = api.client.register_model(artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe)
     return dataset, model
-
-
-def new_key(service, *, scopes, tenant="default") -> str:
-    """A key straight from the ledger (another tenant's, or with narrow scopes)."""
-    from ledger import tenants
-    from ledger.db import Database
-
-    database = Database(service.settings.ledger.database_url)
-    try:
-        with database.transaction() as session:
-            owner = tenants.ensure_tenant(session, name=tenant)
-            _, secret = tenants.create_key(session, tenant_id=owner.id, name="test", scopes=scopes, actor="test")
-    finally:
-        database.dispose()
-    return secret
-
-
-def problem(response, status: int) -> dict:
-    """Check a problem+json answer and return its body."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status and body["title"] and body["code"]
-    return body
 
 
 def post_request(api, body, key=None, **headers):
@@ -76,28 +51,36 @@ def test_empty_subject_list_is_422(api, registered):
 
 def test_subject_without_training_samples_is_a_clear_422(api, registered, artifacts):
     _, model = registered
-    body = problem(post_request(api, {"model_id": model.id, "subject_ids": [artifacts.subject_without_train_samples()]}), 422)
+    body = problem(
+        post_request(api, {"model_id": model.id, "subject_ids": [artifacts.subject_without_train_samples()]}), 422
+    )
     assert "no training samples" in body["detail"]
 
 
 def test_malformed_json_is_422(api, registered):
     auth = api.client.headers
-    response = api.http.post("/v1/deletion-requests", content=b'{"model_id": "x", "subject_ids": [',
-                             headers={**auth, "Content-Type": "application/json"})
+    response = api.http.post(
+        "/v1/deletion-requests",
+        content=b'{"model_id": "x", "subject_ids": [',
+        headers={**auth, "Content-Type": "application/json"},
+    )
     assert "not valid JSON" in problem(response, 422)["detail"]
 
 
-@pytest.mark.parametrize("body", [
-    {"subject_ids": ["a"]},  # no model
-    {"model_id": "m", "subject_ids": ["a"], "sample_ids": ["b"]},  # both targets
-    {"model_id": "m"},  # no target
-    {"model_id": "m", "subject_ids": ["a", "a"]},  # duplicates
-    {"model_id": "m", "subject_ids": [""]},  # empty id
-    {"model_id": "m", "subject_ids": ["a"], "colour": "red"},  # unknown field
-    {"model_id": "m", "subject_ids": ["a"], "method": "Not A Name"},
-    {"model_id": "m", "subject_ids": "a"},  # not a list
-    [1, 2, 3],  # not an object
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"subject_ids": ["a"]},  # no model
+        {"model_id": "m", "subject_ids": ["a"], "sample_ids": ["b"]},  # both targets
+        {"model_id": "m"},  # no target
+        {"model_id": "m", "subject_ids": ["a", "a"]},  # duplicates
+        {"model_id": "m", "subject_ids": [""]},  # empty id
+        {"model_id": "m", "subject_ids": ["a"], "colour": "red"},  # unknown field
+        {"model_id": "m", "subject_ids": ["a"], "method": "Not A Name"},
+        {"model_id": "m", "subject_ids": "a"},  # not a list
+        [1, 2, 3],  # not an object
+    ],
+)
 def test_invalid_bodies_are_422(api, body):
     problem(post_request(api, body), 422)
 
@@ -107,7 +90,10 @@ def test_sample_targets_unknown_404_and_non_train_422(api, registered, artifacts
     ds = artifacts.dataset
     problem(post_request(api, {"model_id": model.id, "sample_ids": ["nope"]}), 404)
     test_sample = str(ds.sample_ids[ds.split_indices("test")[0]])
-    assert "training samples" in problem(post_request(api, {"model_id": model.id, "sample_ids": [test_sample]}), 422)["detail"]
+    assert (
+        "training samples"
+        in problem(post_request(api, {"model_id": model.id, "sample_ids": [test_sample]}), 422)["detail"]
+    )
     train_sample = str(ds.sample_ids[ds.split_indices("train")[0]])
     assert post_request(api, {"model_id": model.id, "sample_ids": [train_sample]}).status_code == 202
 
@@ -161,8 +147,12 @@ def test_wrong_scope_is_403(api, registered, artifacts):
     with pytest.raises(ApiError) as err:
         reader.submit_deletion(model.id, subject_ids=[subject])
     assert err.value.status == 403 and err.value.code == "insufficient_scope"
-    for call in (lambda: submitter.audit_events(), lambda: submitter.list_models(),
-                 lambda: reader.create_api_key("x", ["admin"]), lambda: reader.register_dataset(artifacts.archive)):
+    for call in (
+        lambda: submitter.audit_events(),
+        lambda: submitter.list_models(),
+        lambda: reader.create_api_key("x", ["admin"]),
+        lambda: reader.register_dataset(artifacts.archive),
+    ):
         with pytest.raises(ApiError) as err:
             call()
         assert err.value.status == 403
@@ -201,13 +191,20 @@ def test_other_tenants_resources_are_404(api, registered, artifacts):
 
 def upload_model(api, dataset_id: str, payload: bytes, key=None):
     headers = {"Authorization": f"Bearer {key}"} if key else api.client.headers
-    return api.http.post("/v1/models", data={"dataset_id": dataset_id}, headers=headers,
-                         files={"weights": ("w.safetensors", payload, "application/octet-stream")})
+    return api.http.post(
+        "/v1/models",
+        data={"dataset_id": dataset_id},
+        headers=headers,
+        files={"weights": ("w.safetensors", payload, "application/octet-stream")},
+    )
 
 
 def test_pickled_or_random_weights_are_415(api, registered):
     dataset, _ = registered
-    assert problem(upload_model(api, dataset.id, pickle.dumps({"weight": [1.0, 2.0]})), 415)["code"] == "unsupported_media_type"
+    assert (
+        problem(upload_model(api, dataset.id, pickle.dumps({"weight": [1.0, 2.0]})), 415)["code"]
+        == "unsupported_media_type"
+    )
     problem(upload_model(api, dataset.id, b"\x00" * 64), 415)
     problem(upload_model(api, dataset.id, struct.pack("<Q", 10) + b'{"a":1}   '), 415)
 
@@ -232,8 +229,11 @@ def test_uploads_over_the_limit_are_413(make_service, artifacts):
     small = make_service(max_weights_bytes=4096, max_dataset_bytes=4096)
     dataset = small.client.register_dataset(artifacts.archive) if artifacts.archive.stat().st_size <= 4096 else None
     assert dataset is None  # the archive itself is over the limit
-    response = small.http.post("/v1/datasets", headers=small.client.headers,
-                               files={"archive": ("d.tar", artifacts.archive.read_bytes(), "application/x-tar")})
+    response = small.http.post(
+        "/v1/datasets",
+        headers=small.client.headers,
+        files={"archive": ("d.tar", artifacts.archive.read_bytes(), "application/x-tar")},
+    )
     assert problem(response, 413)["code"] == "payload_too_large"
 
     # Bodies within the declared slack but over the file limit are measured while saved.
@@ -246,8 +246,11 @@ def test_uploads_over_the_limit_are_413(make_service, artifacts):
         for _ in range(4096):
             yield b"x" * 1024
 
-    response = small.http.post("/v1/datasets", content=chunks(),
-                               headers={**small.client.headers, "Content-Type": "multipart/form-data; boundary=zz"})
+    response = small.http.post(
+        "/v1/datasets",
+        content=chunks(),
+        headers={**small.client.headers, "Content-Type": "multipart/form-data; boundary=zz"},
+    )
     problem(response, 413)
 
 
@@ -257,8 +260,9 @@ def test_unknown_dataset_for_model_is_404(api):
 
 def test_bad_dataset_archives(api, artifacts, tmp_path):
     def upload(payload: bytes):
-        return api.http.post("/v1/datasets", headers=api.client.headers,
-                             files={"archive": ("d.tar", payload, "application/x-tar")})
+        return api.http.post(
+            "/v1/datasets", headers=api.client.headers, files={"archive": ("d.tar", payload, "application/x-tar")}
+        )
 
     problem(upload(b"this is not a tar archive" * 40), 415)
     extra = io.BytesIO()

@@ -7,8 +7,8 @@ import time
 from datetime import timedelta
 
 import pytest
-from test_api_errors import problem
-from test_cli import ltu
+
+from tests.support import ltu, problem
 
 
 def purge(service, *, grace_hours: float = 0.0):
@@ -98,8 +98,9 @@ def test_the_purge_command_and_the_purge_loop(completed, artifacts, monkeypatch,
     assert f"purged model {model.id} version 1" in capsys.readouterr().out
 
     # A second erasure supersedes version 2; the loop `ltu serve` and the workers run purges it.
-    second = client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(1)],
-                                    parameters=service.tiny_ltu)
+    second = client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples(1)], parameters=service.tiny_ltu
+    )
     EmbeddedRunner(service.settings).run_pending()
     assert client.get_request(second.id).status == "completed"
     loop = PurgeLoop(service.settings.replace(purge_grace_hours=0.0, purge_interval=0.1))

@@ -15,22 +15,29 @@ import pytest
 # --- canonical JSON -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, text", [
-    ({"b": 1, "a": [True, None, "x"]}, '{"a":[true,null,"x"],"b":1}'),
-    ({"\U0001f600": 1, "\uffff": 2, "é": 3}, '{"é":3,"😀":1,"\uffff":2}'),  # UTF-16 code-unit order
-    ("line\nbreak \"quoted\" \u2028", '"line\\nbreak \\"quoted\\" \u2028"'),
-    ([1.0, 0.1, -2.5, 1e21, 1e20, 1e-7, 0.000001, 123456789.125, -0.0], '[1,0.1,-2.5,1e+21,100000000000000000000,1e-7,0.000001,123456789.125,0]'),
-    (datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))), '"2026-01-02T01:04:05.000000Z"'),
-    ((1, 2), "[1,2]"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        ({"b": 1, "a": [True, None, "x"]}, '{"a":[true,null,"x"],"b":1}'),
+        ({"\U0001f600": 1, "\uffff": 2, "é": 3}, '{"é":3,"😀":1,"\uffff":2}'),  # UTF-16 code-unit order
+        ('line\nbreak "quoted" \u2028', '"line\\nbreak \\"quoted\\" \u2028"'),
+        (
+            [1.0, 0.1, -2.5, 1e21, 1e20, 1e-7, 0.000001, 123456789.125, -0.0],
+            "[1,0.1,-2.5,1e+21,100000000000000000000,1e-7,0.000001,123456789.125,0]",
+        ),
+        (datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))), '"2026-01-02T01:04:05.000000Z"'),
+        ((1, 2), "[1,2]"),
+    ],
+)
 def test_canonical_json_follows_rfc8785(value, text):
     from ledger.canonical import canonical_json
 
     assert canonical_json(value) == text
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), 2**53 + 1, {1: "int key"}, {"s": {1, 2}},
-                                   datetime(2026, 1, 1), b"bytes"])
+@pytest.mark.parametrize(
+    "value", [float("nan"), float("inf"), 2**53 + 1, {1: "int key"}, {"s": {1, 2}}, datetime(2026, 1, 1), b"bytes"]
+)
 def test_values_without_a_canonical_form_are_refused(value):
     from ledger.canonical import canonical_json
 
@@ -53,7 +60,9 @@ def _chain(database) -> list[tuple[int, str]]:
     from ledger.tables import AuditEvent
 
     with database.session() as session:
-        return [tuple(row) for row in session.execute(select(AuditEvent.seq, AuditEvent.action).order_by(AuditEvent.seq))]
+        return [
+            tuple(row) for row in session.execute(select(AuditEvent.seq, AuditEvent.action).order_by(AuditEvent.seq))
+        ]
 
 
 def test_events_are_sealed_at_commit_and_rolled_back_savepoints_leave_no_trace(tmp_path):
@@ -86,7 +95,7 @@ def test_events_are_sealed_at_commit_and_rolled_back_savepoints_leave_no_trace(t
         assert audit.verify_chain(session).valid
     with Session(database.engine) as plain, pytest.raises(RuntimeError, match="does not seal"):
         _record(plain, "nowhere")
-    with database.session() as session, pytest.raises(ValueError, match="'bad.data' has data without a canonical"):
+    with database.session() as session, pytest.raises(ValueError, match=r"'bad\.data' has data without a canonical"):
         _record(session, "bad.data", rate=float("nan"))
         session.commit()
     assert len(_chain(database)) == 4
@@ -101,10 +110,19 @@ def test_every_event_hashes_its_canonical_body_and_links_to_its_predecessor(comp
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     previous = GENESIS
     for event in events:
-        body = {"seq": event.seq, "prev_hash": event.prev_hash, "occurred_at": event.occurred_at.astimezone(UTC),
-                "tenant_id": event.tenant_id, "actor": event.actor, "action": event.action,
-                "resource_type": event.resource_type, "resource_id": event.resource_id, "model_id": event.model_id,
-                "request_id": event.request_id, "data": event.data}
+        body = {
+            "seq": event.seq,
+            "prev_hash": event.prev_hash,
+            "occurred_at": event.occurred_at.astimezone(UTC),
+            "tenant_id": event.tenant_id,
+            "actor": event.actor,
+            "action": event.action,
+            "resource_type": event.resource_type,
+            "resource_id": event.resource_id,
+            "model_id": event.model_id,
+            "request_id": event.request_id,
+            "data": event.data,
+        }
         assert event.prev_hash == previous
         assert hashlib.sha256(canonical_json(body).encode()).hexdigest() == event.hash
         previous = event.hash
@@ -112,8 +130,14 @@ def test_every_event_hashes_its_canonical_body_and_links_to_its_predecessor(comp
     received = next(e for e in events if e.action == "deletion_request.received")
     assert received.data["subject_hashes"] == completed.request.subject_hashes
     report = completed.client.verify_audit()
-    assert report == {"valid": True, "checked": len(events), "first_seq": 1, "last_seq": len(events),
-                      "last_hash": events[-1].hash, "broken": None}
+    assert report == {
+        "valid": True,
+        "checked": len(events),
+        "first_seq": 1,
+        "last_seq": len(events),
+        "last_hash": events[-1].hash,
+        "broken": None,
+    }
 
 
 def test_concurrent_writers_never_fork_the_chain_or_deadlock(fresh_postgres_url):
@@ -143,7 +167,7 @@ def test_concurrent_writers_never_fork_the_chain_or_deadlock(fresh_postgres_url)
                         _record(session, f"w{index}.{i}.a")
                         session.execute(lock, {"id": shared})
                     _record(session, f"w{index}.{i}.b")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
@@ -177,8 +201,9 @@ def postgres_service(fresh_postgres_url, tmp_path):
     from ltu_settings import Settings
 
     admin_key = "ltu_" + secrets.token_urlsafe(32)
-    settings = Settings.build(home=tmp_path, database_url=fresh_postgres_url,
-                              secret_key=secrets.token_urlsafe(48), admin_api_key=admin_key)
+    settings = Settings.build(
+        home=tmp_path, database_url=fresh_postgres_url, secret_key=secrets.token_urlsafe(48), admin_api_key=admin_key
+    )
     with TestClient(create_app(settings)) as http:
         client = Client(http=http, api_key=admin_key)
         for i in range(8):
@@ -205,21 +230,28 @@ def test_editing_any_row_behind_the_trigger_is_reported_at_its_sequence_number(p
     assert head >= 10 and client.verify_audit()["valid"]
     with psycopg.connect(_psycopg_url(url), autocommit=True) as conn:
         conn.execute("SET session_replication_role = replica")  # superuser: triggers off
-        original = {seq: row for seq, *row in conn.execute(
-            "SELECT seq, tenant_id, occurred_at, actor, action, resource_type, resource_id, model_id, request_id, "
-            "body, prev_hash, hash FROM audit_events ORDER BY seq")}
+        original = {
+            seq: row
+            for seq, *row in conn.execute(
+                "SELECT seq, tenant_id, occurred_at, actor, action, resource_type, resource_id, model_id, request_id, "
+                "body, prev_hash, hash FROM audit_events ORDER BY seq"
+            )
+        }
 
         def restore(seq: int) -> None:
             conn.execute("DELETE FROM audit_events WHERE seq = %s", (seq,))
-            conn.execute("INSERT INTO audit_events (seq, tenant_id, occurred_at, actor, action, resource_type, "
-                          "resource_id, model_id, request_id, body, prev_hash, hash) "
-                          "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", (seq, *original[seq]))
+            conn.execute(
+                "INSERT INTO audit_events (seq, tenant_id, occurred_at, actor, action, resource_type, "
+                "resource_id, model_id, request_id, body, prev_hash, hash) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (seq, *original[seq]),
+            )
 
         cases = [
             (seq, sql, params)
             for seq in (1, 5, head)
             for sql, params in [
-                ("UPDATE audit_events SET body = replace(body, '\"actor\":\"', '\"actor\":\"x') WHERE seq = %s", (seq,)),
+                ('UPDATE audit_events SET body = replace(body, \'"actor":"\', \'"actor":"x\') WHERE seq = %s', (seq,)),
                 ("UPDATE audit_events SET action = 'api_key.forged' WHERE seq = %s", (seq,)),
                 ("UPDATE audit_events SET occurred_at = occurred_at - interval '1 day' WHERE seq = %s", (seq,)),
                 ("UPDATE audit_events SET hash = md5(hash) || md5(body) WHERE seq = %s", (seq,)),
@@ -262,12 +294,17 @@ def test_the_application_role_can_neither_update_nor_delete_nor_switch_the_trigg
         conn.execute(f'GRANT ALL ON audit_events TO "{role}"')
     try:
         as_app = admin.replace("postgres@", f"{role}@")
-        for statement in ("UPDATE audit_events SET actor = 'x' WHERE seq = 1", "DELETE FROM audit_events WHERE seq = 1",
-                          "TRUNCATE audit_events"):
+        for statement in (
+            "UPDATE audit_events SET actor = 'x' WHERE seq = 1",
+            "DELETE FROM audit_events WHERE seq = 1",
+            "TRUNCATE audit_events",
+        ):
             with psycopg.connect(as_app) as conn, pytest.raises(psycopg.Error, match="append-only"):
                 conn.execute(statement)
-        for statement, message in (("SET session_replication_role = replica", "permission denied"),
-                                   ("ALTER TABLE audit_events DISABLE TRIGGER ALL", "must be owner")):
+        for statement, message in (
+            ("SET session_replication_role = replica", "permission denied"),
+            ("ALTER TABLE audit_events DISABLE TRIGGER ALL", "must be owner"),
+        ):
             with psycopg.connect(as_app) as conn, pytest.raises(psycopg.Error, match=message):
                 conn.execute(statement)
         with psycopg.connect(as_app) as conn:
@@ -285,12 +322,15 @@ def test_sqlite_rejects_updates_and_verify_finds_edits_made_around_it(completed)
     service = completed.service
     db_file = str(service.settings.ledger.home / "ledger.db")
     with sqlite3.connect(db_file) as conn:
-        for statement in ("UPDATE audit_events SET actor = 'x' WHERE seq = 3", "DELETE FROM audit_events WHERE seq = 3"):
+        for statement in (
+            "UPDATE audit_events SET actor = 'x' WHERE seq = 3",
+            "DELETE FROM audit_events WHERE seq = 3",
+        ):
             with pytest.raises(sqlite3.IntegrityError, match="append-only"):
                 conn.execute(statement)
     conn = sqlite3.connect(db_file)
     conn.execute("DROP TRIGGER audit_events_no_update")  # whoever can write the file can do this
-    conn.execute("UPDATE audit_events SET body = replace(body, '\"actor\":\"', '\"actor\":\"x') WHERE seq = 4")
+    conn.execute('UPDATE audit_events SET body = replace(body, \'"actor":"\', \'"actor":"x\') WHERE seq = 4')
     conn.commit()
     conn.close()
     report = completed.client.verify_audit()
@@ -301,7 +341,7 @@ def test_sqlite_rejects_updates_and_verify_finds_edits_made_around_it(completed)
 
 
 def test_verify_ranges_and_bad_input(completed):
-    from test_api_errors import new_key, problem
+    from tests.support import new_key, problem
 
     service = completed.service
     head = len(completed.client.audit_events())
@@ -327,7 +367,9 @@ def test_the_migration_chains_existing_events_and_downgrades(backend, tmp_path, 
     from ledger import audit, migrate
     from ledger.db import Database, make_engine
 
-    url = f"sqlite:///{tmp_path / 'ledger.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'ledger.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+    )
     config = migrate.alembic_config(url)
     if backend == "postgres":
         command.downgrade(config, "base")
@@ -335,9 +377,13 @@ def test_the_migration_chains_existing_events_and_downgrades(backend, tmp_path, 
     engine = make_engine(url)
     with engine.begin() as conn:
         for i in range(3):
-            conn.execute(sa.text("INSERT INTO audit_events (occurred_at, actor, action, resource_type, resource_id, data) "
-                                 "VALUES (:at, 'system', 'old.event', 'test', 'r', :data)"),
-                         {"at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i), "data": json.dumps({"i": i, "x": 0.5})})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO audit_events (occurred_at, actor, action, resource_type, resource_id, data) "
+                    "VALUES (:at, 'system', 'old.event', 'test', 'r', :data)"
+                ),
+                {"at": datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i), "data": json.dumps({"i": i, "x": 0.5})},
+            )
     engine.dispose()
     command.upgrade(config, "head")
     database = Database(url)

@@ -43,12 +43,15 @@ def test_migrations_build_exactly_the_declared_schema_on_postgres(postgres_url):
     assert _schema_diff(postgres_url) == []
 
 
-@pytest.mark.parametrize("received, due", [
-    (datetime(2025, 1, 31, 9, 0, tzinfo=UTC), datetime(2025, 2, 28, 9, 0, tzinfo=UTC)),
-    (datetime(2024, 1, 31, 9, 0, tzinfo=UTC), datetime(2024, 2, 29, 9, 0, tzinfo=UTC)),
-    (datetime(2025, 12, 15, 23, 59, tzinfo=UTC), datetime(2026, 1, 15, 23, 59, tzinfo=UTC)),
-    (datetime(2025, 3, 31, 0, 0, tzinfo=UTC), datetime(2025, 4, 30, 0, 0, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    "received, due",
+    [
+        (datetime(2025, 1, 31, 9, 0, tzinfo=UTC), datetime(2025, 2, 28, 9, 0, tzinfo=UTC)),
+        (datetime(2024, 1, 31, 9, 0, tzinfo=UTC), datetime(2024, 2, 29, 9, 0, tzinfo=UTC)),
+        (datetime(2025, 12, 15, 23, 59, tzinfo=UTC), datetime(2026, 1, 15, 23, 59, tzinfo=UTC)),
+        (datetime(2025, 3, 31, 0, 0, tzinfo=UTC), datetime(2025, 4, 30, 0, 0, tzinfo=UTC)),
+    ],
+)
 def test_due_at_is_one_calendar_month_later(received, due):
     from ledger.requests import gdpr_due_at
 
@@ -84,7 +87,9 @@ def test_transitions_are_compare_and_set(ledger_with_request):
         assert requests.finish(session, request_id=request_id, token="a", to="failed", error_code="x") is True
         assert requests.finish(session, request_id=request_id, token="a", to="cancelled") is False
     with database.transaction() as session, pytest.raises(Conflict):
-        requests.cancel(session, tenant_id=requests.load(session, request_id=request_id).tenant_id, request_id=request_id, actor="t")
+        requests.cancel(
+            session, tenant_id=requests.load(session, request_id=request_id).tenant_id, request_id=request_id, actor="t"
+        )
 
 
 def test_a_request_publishes_at_most_one_version(ledger_with_request):
@@ -96,24 +101,55 @@ def test_a_request_publishes_at_most_one_version(ledger_with_request):
     from ledger.tables import Model
 
     database, request_id, model_id = ledger_with_request
-    scores = {"n_forget": 1, "n_control": 1, "forget": [0.0], "forget_ranks": [0.5], "mean_rank": 0.5,
-              "control_histogram": {"edges": [0.0, 1.0], "counts": [1]}}
-    details = from_json(RunDetails, {
-        "split": {"forget_spec": {"kind": "samples"}, "retain_fraction": 0.1, "seed": 0,
-                  "sizes": {"forget": 1, "retain": 1, "retain_subset": 1, "reference": 1, "test": 1}},
-        "forget_samples": 1, "excluded_erased_samples": 0, "base_version": 1, "base_sha256": "00" * 32,
-        "run": {"method": "ft"}, "device": "cpu", "phase_seconds": {}, "scores": {"before": scores, "after": scores},
-        "own_forget_samples": 1,
-    })
+    scores = {
+        "n_forget": 1,
+        "n_control": 1,
+        "forget": [0.0],
+        "forget_ranks": [0.5],
+        "mean_rank": 0.5,
+        "control_histogram": {"edges": [0.0, 1.0], "counts": [1]},
+    }
+    details = from_json(
+        RunDetails,
+        {
+            "split": {
+                "forget_spec": {"kind": "samples"},
+                "retain_fraction": 0.1,
+                "seed": 0,
+                "sizes": {"forget": 1, "retain": 1, "retain_subset": 1, "reference": 1, "test": 1},
+            },
+            "forget_samples": 1,
+            "excluded_erased_samples": 0,
+            "base_version": 1,
+            "base_sha256": "00" * 32,
+            "run": {"method": "ft"},
+            "device": "cpu",
+            "phase_seconds": {},
+            "scores": {"before": scores, "after": scores},
+            "own_forget_samples": 1,
+        },
+    )
 
     def publish(token: str, base_number: int):
         with database.transaction() as session:
             model = session.get(Model, model_id)
             base = registry.get_version(session, model_id=model_id, number=base_number)
-            outcome = requests.Outcome(metrics_before=Metrics(), metrics_after=Metrics(),
-                                       verification=Verification(passed=True), details=details)
-            return requests.complete(session, token=token, model=model, base=base, outcomes={request_id: outcome},
-                                     sha256="ab" * 32, size_bytes=1, storage_key="models/x")
+            outcome = requests.Outcome(
+                metrics_before=Metrics(),
+                metrics_after=Metrics(),
+                verification=Verification(passed=True),
+                details=details,
+            )
+            return requests.complete(
+                session,
+                token=token,
+                model=model,
+                base=base,
+                outcomes={request_id: outcome},
+                sha256="ab" * 32,
+                size_bytes=1,
+                storage_key="models/x",
+            )
 
     with database.transaction() as session:
         requests.claim(session, request_id=request_id, token="t", lease_seconds=60, max_attempts=3)
@@ -162,11 +198,21 @@ def test_a_claim_that_races_the_relay_marking_it_queued_still_starts_it(celery_s
     database = Database(celery_service.settings.ledger.database_url)
     try:
         with database.transaction() as setup:  # a request the relay never sees (its outbox row is removed)
-            target = requests.Target("subjects", (subject_hash(celery_service.settings.ledger.secret_key,
-                                                               artifacts.subject_with_train_samples(5)),))
+            target = requests.Target(
+                "subjects",
+                (subject_hash(celery_service.settings.ledger.secret_key, artifacts.subject_with_train_samples(5)),),
+            )
             request, _ = requests.create_request(
-                setup, tenant_id=setup.get(Model, model.id).tenant_id, model=setup.get(Model, model.id), target=target,
-                method="ltu", parameters={}, idempotency_key=None, body_hash="0" * 64, actor="test")
+                setup,
+                tenant_id=setup.get(Model, model.id).tenant_id,
+                model=setup.get(Model, model.id),
+                target=target,
+                method="ltu",
+                parameters={},
+                idempotency_key=None,
+                body_hash="0" * 64,
+                actor="test",
+            )
             request_id = request.id
             setup.query(OutboxMessage).filter(OutboxMessage.payload["request_id"].as_string() == request_id).delete()
         original_load, raced = requests.load, []

@@ -38,8 +38,10 @@ def counts(session) -> dict[str, int]:
 
     from ledger.tables import DeletionRequest, OutboxMessage, RequestSample
 
-    return {table.__name__: session.scalar(select(func.count()).select_from(table))
-            for table in (DeletionRequest, RequestSample, OutboxMessage)}
+    return {
+        table.__name__: session.scalar(select(func.count()).select_from(table))
+        for table in (DeletionRequest, RequestSample, OutboxMessage)
+    }
 
 
 def test_a_submission_takes_its_token_last_and_a_rate_limited_one_writes_nothing(ledger, artifacts, monkeypatch):
@@ -55,9 +57,18 @@ def test_a_submission_takes_its_token_last_and_a_rate_limited_one_writes_nothing
 
     def submit(session, sample_ids, *, idempotency_key=None):
         return requests.submit(
-            session, tenant_id=tenant_id, api_key_id=key_id, model_id=model_id,
-            target=requests.Target("samples", sample_ids=sample_ids), method="ltu", parameters={},
-            idempotency_key=idempotency_key, body_hash=str(sample_ids), actor="test", per_minute=1, burst=2,
+            session,
+            tenant_id=tenant_id,
+            api_key_id=key_id,
+            model_id=model_id,
+            target=requests.Target("samples", sample_ids=sample_ids),
+            method="ltu",
+            parameters={},
+            idempotency_key=idempotency_key,
+            body_hash=str(sample_ids),
+            actor="test",
+            per_minute=1,
+            burst=2,
         )
 
     def tokens() -> float | None:
@@ -100,8 +111,14 @@ def test_a_submission_takes_its_token_last_and_a_rate_limited_one_writes_nothing
     with database.session() as session:
         assert counts(session) == before  # no request, no samples, no dispatch row
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == events
-        assert session.scalar(select(func.count()).select_from(DeletionRequest)
-                              .where(DeletionRequest.body_hash == str(train_samples(artifacts, 2)[:1]))) == 0
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(DeletionRequest)
+                .where(DeletionRequest.body_hash == str(train_samples(artifacts, 2)[:1]))
+            )
+            == 0
+        )
     assert tokens() == left  # the refusal's refill bookkeeping rolled back with it
 
 
@@ -116,25 +133,41 @@ def test_forget_sets_are_the_named_training_samples_not_yet_erased(ledger, artif
     database, model_id, tenant_id, secret_key = ledger
     train = set(artifacts.dataset.sample_ids[artifacts.dataset.split_indices("train")].tolist())
     first_subject = artifacts.subject_with_train_samples(0)
-    mixed = next(s for s in sorted(set(artifacts.dataset.subject_ids.tolist()))  # training and test samples
-                 if s != first_subject and artifacts.samples_of(s) & train and artifacts.samples_of(s) - train)
+    mixed = next(
+        s
+        for s in sorted(set(artifacts.dataset.subject_ids.tolist()))  # training and test samples
+        if s != first_subject and artifacts.samples_of(s) & train and artifacts.samples_of(s) - train
+    )
     with database.transaction() as session:
         model = session.get(Model, model_id)
         dataset_id = model.dataset_id
 
         def create(target):
             return requests.create_request(
-                session, tenant_id=tenant_id, model=model, target=target, method="ltu", parameters={},
-                idempotency_key=None, body_hash=str(target), actor="test")[0].id
+                session,
+                tenant_id=tenant_id,
+                model=model,
+                target=target,
+                method="ltu",
+                parameters={},
+                idempotency_key=None,
+                body_hash=str(target),
+                actor="test",
+            )[0].id
 
         first = create(requests.Target("samples", sample_ids=train_samples(artifacts, 0)))
-        both = create(requests.Target("subjects", subject_hashes=tuple(
-            subject_hash(secret_key, s) for s in (first_subject, mixed))))  # names every split's samples
+        both = create(
+            requests.Target(
+                "subjects", subject_hashes=tuple(subject_hash(secret_key, s) for s in (first_subject, mixed))
+            )
+        )  # names every split's samples
 
     def forget_sets(request_ids):
         with database.session() as session:
-            return {r: [s.sample_id for s in chosen]
-                    for r, chosen in requests.forget_sets(session, request_ids=request_ids, model_id=model_id).items()}
+            return {
+                r: [s.sample_id for s in chosen]
+                for r, chosen in requests.forget_sets(session, request_ids=request_ids, model_id=model_id).items()
+            }
 
     def train_in_dataset_order(ids):
         with database.session() as session:
@@ -155,6 +188,13 @@ def test_forget_sets_are_the_named_training_samples_not_yet_erased(ledger, artif
     # The same rule refuses a submission with nothing left to forget.
     with database.transaction() as session, pytest.raises(InvalidInput, match="already been erased"):
         requests.create_request(
-            session, tenant_id=tenant_id, model=session.get(Model, model_id),
+            session,
+            tenant_id=tenant_id,
+            model=session.get(Model, model_id),
             target=requests.Target("subjects", subject_hashes=(subject_hash(secret_key, first_subject),)),
-            method="ltu", parameters={}, idempotency_key=None, body_hash="x", actor="test")
+            method="ltu",
+            parameters={},
+            idempotency_key=None,
+            body_hash="x",
+            actor="test",
+        )

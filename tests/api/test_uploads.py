@@ -8,26 +8,24 @@ import pytest
 
 
 def test_format_constants_match_ltu_core():
+    from api import schemas, uploads
     from ltu_core.data import SPLITS, format
     from ltu_core.models import ArchConfig, factory
     from ltu_core.train import TrainRecipe
-
-    from api import schemas, uploads
 
     assert (uploads.FORMAT_NAME, uploads.FORMAT_VERSION) == (format.FORMAT_NAME, format.FORMAT_VERSION)
     assert (uploads.MANIFEST, uploads.INDEX, uploads.IMAGES) == (format.MANIFEST, format.INDEX, format.IMAGES)
     assert uploads.INDEX_HEADER == format.INDEX_HEADER and uploads.SPLITS == SPLITS
     assert uploads.CHECKPOINT_FORMAT == factory.CHECKPOINT_FORMAT
-    assert uploads.ARCH_FIELDS == {f.name for f in dataclasses.fields(ArchConfig)}
+    assert {f.name for f in dataclasses.fields(ArchConfig)} == uploads.ARCH_FIELDS
     # The recipe schema mirrors TrainRecipe field for field, defaults included.
     recipe_defaults = schemas.TrainRecipeCreate().model_dump()
     assert recipe_defaults == dataclasses.asdict(TrainRecipe())
 
 
 def test_checkpoints_written_by_ltu_core_are_accepted(tmp_path, trained, tiny_arch):
-    from ltu_core.models import save_model
-
     from api.uploads import read_safetensors_header
+    from ltu_core.models import save_model
 
     path = save_model(trained, tiny_arch, tmp_path / "w.safetensors", metadata={"note": "x"})
     header = read_safetensors_header(path)
@@ -37,9 +35,8 @@ def test_checkpoints_written_by_ltu_core_are_accepted(tmp_path, trained, tiny_ar
 
 @pytest.mark.parametrize("cut", [1, 100, -1])
 def test_truncated_or_padded_checkpoints_are_refused(tmp_path, trained, tiny_arch, cut):
-    from ltu_core.models import save_model
-
     from api.uploads import UploadError, read_safetensors_header
+    from ltu_core.models import save_model
 
     data = save_model(trained, tiny_arch, tmp_path / "w.safetensors").read_bytes()
     bad = tmp_path / "bad.safetensors"

@@ -41,11 +41,17 @@ def test_worker_reserves_a_gpu_and_shares_state_with_the_api():
     api_env, worker_env = services["api"]["environment"], services["worker"]["environment"]
     for key in ("LTU_DATABASE_URL", "LTU_BROKER_URL", "LTU_SECRET_KEY", "LTU_ARTIFACTS_DIR", "LTU_QUEUE"):
         assert api_env[key] == worker_env[key] == services["migrate"]["environment"][key]
-    assert api_env["LTU_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in api_env["LTU_DATABASE_URL"]
+    assert (
+        api_env["LTU_DATABASE_URL"].startswith("postgresql+psycopg://")
+        and "@postgres:5432/" in api_env["LTU_DATABASE_URL"]
+    )
     assert api_env["LTU_BROKER_URL"].startswith("redis://redis:6379/")
     assert "LTU_ADMIN_API_KEY" in api_env and worker_env["LTU_DEVICE"] == "cuda"
     artifacts = api_env["LTU_ARTIFACTS_DIR"]
-    assert f"artifacts:{artifacts}" in services["api"]["volumes"] and f"artifacts:{artifacts}" in services["worker"]["volumes"]
+    assert (
+        f"artifacts:{artifacts}" in services["api"]["volumes"]
+        and f"artifacts:{artifacts}" in services["worker"]["volumes"]
+    )
     # Secrets are required, never defaulted.
     assert re.fullmatch(r"\$\{LTU_SECRET_KEY:\?.+\}", api_env["LTU_SECRET_KEY"])
 
@@ -60,6 +66,13 @@ def test_dockerfile_uses_a_cuda_pytorch_base_and_the_same_pins():
     assert "pip install -e ." in dockerfile and "COPY migrations migrations" in dockerfile
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".ltu" in ignored and "*.safetensors" in ignored
+
+
+def test_the_image_copies_every_package_the_project_installs():
+    dockerfile = (REPO / "Dockerfile.gpu").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    packages = re.findall(r'"(\w+)\*"', re.search(r"include = \[(.*?)\]", pyproject).group(1))
+    assert packages and [p for p in packages if f"COPY {p} {p}" not in dockerfile] == []
 
 
 def test_certificate_key_is_a_mounted_secret_of_the_api():
@@ -79,8 +92,16 @@ def test_docker_compose_config_when_the_plugin_exists(tmp_path):
         return
     key = tmp_path / "certificate-key.pem"
     key.write_text("placeholder: config only checks that the file exists\n")
-    env = {**os.environ, "LTU_SECRET_KEY": "x" * 48, "LTU_ADMIN_API_KEY": "ltu_" + "y" * 40,
-           "LTU_CERTIFICATE_KEY_PATH": str(key)}
-    result = subprocess.run([docker, "compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
-                            capture_output=True, text=True, env=env)
+    env = {
+        **os.environ,
+        "LTU_SECRET_KEY": "x" * 48,
+        "LTU_ADMIN_API_KEY": "ltu_" + "y" * 40,
+        "LTU_CERTIFICATE_KEY_PATH": str(key),
+    }
+    result = subprocess.run(
+        [docker, "compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr

@@ -8,8 +8,8 @@ import json
 import secrets
 
 import pytest
-from test_api_errors import new_key, problem
-from test_cli import ltu
+
+from tests.support import ltu, new_key, problem
 
 
 @pytest.fixture()
@@ -33,7 +33,11 @@ def test_a_certificate_states_what_was_erased_and_verifies(certificate):
     assert content["erased_samples"]["sha256"] == sample_set_hash([s.sample_id for s in samples])
     versions = {v.number: v.sha256 for v in client.list_versions(completed.model.id)}
     assert content["model"]["base_version"] == {"number": 1, "sha256": versions[1]}
-    assert content["model"]["new_version"] == {"number": 2, "sha256": versions[2]} == {"number": 2, "sha256": request.result_sha256}
+    assert (
+        content["model"]["new_version"]
+        == {"number": 2, "sha256": versions[2]}
+        == {"number": 2, "sha256": request.result_sha256}
+    )
     assert content["method"]["requested"] == "ltu" and content["method"]["parameters"] == completed.service.tiny_ltu
     assert content["method"]["executed"] == request.details["run"]["method"] and content["method"]["config"]
     assert {"ua", "ra", "ta", "mia"} <= set(content["metrics"]["before"]) & set(content["metrics"]["after"])
@@ -42,7 +46,7 @@ def test_a_certificate_states_what_was_erased_and_verifies(certificate):
     # The audit events it covers end with the completion, whose chain hash anchors the certificate.
     events = {e.seq: e for e in client.audit_events(request_id=request.id)}
     covered = content["audit"]["sequence_numbers"]
-    assert [events[s].action for s in covered][0] == "deletion_request.received"
+    assert next(events[s].action for s in covered) == "deletion_request.received"
     assert events[covered[-1]].action == "deletion_request.completed" == events[content["audit"]["last_seq"]].action
     assert content["audit"]["last_hash"] == events[covered[-1]].hash
     assert client.verify_audit(to_seq=covered[-1])["last_hash"] == content["audit"]["last_hash"]
@@ -60,7 +64,7 @@ def test_changing_any_byte_fails_verification(certificate):
     failures = set()
     for i in range(len(document)):
         for flip in (0x01, 0x20):  # a bit and a case flip at every position
-            tampered = document[:i] + bytes([document[i] ^ flip]) + document[i + 1:]
+            tampered = document[:i] + bytes([document[i] ^ flip]) + document[i + 1 :]
             with pytest.raises(CertificateInvalid) as err:
                 verify_certificate(tampered, key)
             failures.add(str(err.value).split(":")[0])
@@ -80,14 +84,15 @@ def test_ltu_certificate_verify_offline_and_from_the_service(certificate, tmp_pa
     completed, document, jwk = certificate
     (tmp_path / "cert.json").write_bytes(document)
     (tmp_path / "key.jwk").write_text(json.dumps(jwk))
-    pem = load_public_key(json.dumps(jwk)).public_bytes(serialization.Encoding.PEM,
-                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = load_public_key(json.dumps(jwk)).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     (tmp_path / "key.pem").write_bytes(pem)
     for key_file in ("key.jwk", "key.pem"):
         assert ltu("certificate", "verify", str(tmp_path / "cert.json"), "--public-key", str(tmp_path / key_file)) == 0
         assert f"valid: erasure certificate of request {completed.request.id}" in capsys.readouterr().out
     middle = len(document) // 2
-    (tmp_path / "tampered.json").write_bytes(document[:middle] + bytes([document[middle] ^ 1]) + document[middle + 1:])
+    (tmp_path / "tampered.json").write_bytes(document[:middle] + bytes([document[middle] ^ 1]) + document[middle + 1 :])
     assert ltu("certificate", "verify", str(tmp_path / "tampered.json"), "--public-key", str(tmp_path / "key.jwk")) == 1
     assert "INVALID" in capsys.readouterr().err
     # User errors: exit 2 with one line.
@@ -110,7 +115,9 @@ def test_ltu_certificate_verify_offline_and_from_the_service(certificate, tmp_pa
 def test_certificate_failure_paths(completed, artifacts):
     service, client = completed.service, completed.client
     open_request = client.submit_deletion(completed.model.id, subject_ids=[artifacts.subject_with_train_samples(1)])
-    body = problem(service.http.get(f"/v1/deletion-requests/{open_request.id}/certificate", headers=client.headers), 409)
+    body = problem(
+        service.http.get(f"/v1/deletion-requests/{open_request.id}/certificate", headers=client.headers), 409
+    )
     assert "only completed requests" in body["detail"]
     problem(service.http.get("/v1/deletion-requests/no-such-id/certificate", headers=client.headers), 404)
     path = f"/v1/deletion-requests/{completed.request.id}/certificate"
@@ -125,7 +132,6 @@ def test_certificate_failure_paths(completed, artifacts):
 def test_the_signing_key_is_generated_once_in_embedded_mode_and_never_elsewhere(tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
-
     from fastapi.testclient import TestClient
 
     from api.app import create_app
@@ -146,13 +152,21 @@ def test_the_signing_key_is_generated_once_in_embedded_mode_and_never_elsewhere(
     with pytest.raises(ConfigError, match="not a readable"):
         Signer.from_settings(deployed.replace(certificate_key_file=tmp_path / "absent.pem"))
     ec_key = tmp_path / "ec.pem"
-    ec_key.write_bytes(generate_private_key(SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    ec_key.write_bytes(
+        generate_private_key(SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     with pytest.raises(ConfigError, match="not an Ed25519 key"):
         Signer.from_settings(deployed.replace(certificate_key_file=ec_key))
-    configured = Settings.from_env({"LTU_HOME": str(tmp_path / "h2"), "LTU_DATABASE_URL": postgres_url,
-                                    "LTU_SECRET_KEY": "k" * 40,
-                                    "LTU_CERTIFICATE_KEY_FILE": str(tmp_path / "home" / "certificate-key.pem")})
+    configured = Settings.from_env(
+        {
+            "LTU_HOME": str(tmp_path / "h2"),
+            "LTU_DATABASE_URL": postgres_url,
+            "LTU_SECRET_KEY": "k" * 40,
+            "LTU_CERTIFICATE_KEY_FILE": str(tmp_path / "home" / "certificate-key.pem"),
+        }
+    )
     assert Signer.from_settings(configured).key_id == first.key_id
 
 
@@ -177,8 +191,14 @@ def test_the_service_signs_what_an_integrator_verifies(tmp_path):
     from ltu_client.certificates import public_jwk
 
     signer = Signer(Ed25519PrivateKey.generate())
-    content = {"format": "ltu-erasure-certificate/1", "subject": "Zoë €", "metrics": {"ta": 97.25, "mia": 1e-7},
-               "audit": {"sequence_numbers": [1, 2, 3]}, "passed": True, "note": None}
+    content = {
+        "format": "ltu-erasure-certificate/1",
+        "subject": "Zoë €",
+        "metrics": {"ta": 97.25, "mia": 1e-7},
+        "audit": {"sequence_numbers": [1, 2, 3]},
+        "passed": True,
+        "note": None,
+    }
     document = signer.sign(content).encode()
     key = load_public_key(json.dumps(public_jwk(signer.public_key)))
     assert verify_certificate(document, key) == content

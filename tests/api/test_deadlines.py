@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from test_api_errors import new_key, problem
+
+from tests.support import new_key, problem
 
 
 @pytest.fixture()
@@ -28,39 +29,73 @@ def test_an_extension_moves_the_deadline_and_records_why(api, model, artifacts):
     assert event.request_id == request.id and event.data["months"] == 2
     assert len(event.data["reason_hash"]) == 64 and "4711" not in str(event.data)  # the chain keeps a keyed hash only
     assert datetime.fromisoformat(event.data["due_at"].replace("Z", "+00:00")) == extended.due_at
-    body = problem(api.http.post(f"/v1/deletion-requests/{request.id}/deadline-extension",
-                                 json={"months": 1, "reason": "again"}, headers=api.client.headers), 409)
+    body = problem(
+        api.http.post(
+            f"/v1/deletion-requests/{request.id}/deadline-extension",
+            json={"months": 1, "reason": "again"},
+            headers=api.client.headers,
+        ),
+        409,
+    )
     assert "already extended" in body["detail"]
 
 
-@pytest.mark.parametrize("body", [
-    {"months": 3, "reason": "too long"}, {"months": 0, "reason": "none"}, {"months": 1, "reason": "   "},
-    {"months": 1}, {"reason": "no months"}, {"months": 1, "reason": "x", "extra": True}, {"months": "two", "reason": "x"},
-    {"months": 1, "reason": "x" * 2001}, {"months": 1, "reason": "a\x00b"},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"months": 3, "reason": "too long"},
+        {"months": 0, "reason": "none"},
+        {"months": 1, "reason": "   "},
+        {"months": 1},
+        {"reason": "no months"},
+        {"months": 1, "reason": "x", "extra": True},
+        {"months": "two", "reason": "x"},
+        {"months": 1, "reason": "x" * 2001},
+        {"months": 1, "reason": "a\x00b"},
+    ],
+)
 def test_invalid_extensions_are_422(api, model, artifacts, body):
     request = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()])
-    problem(api.http.post(f"/v1/deletion-requests/{request.id}/deadline-extension", json=body,
-                          headers=api.client.headers), 422)
+    problem(
+        api.http.post(f"/v1/deletion-requests/{request.id}/deadline-extension", json=body, headers=api.client.headers),
+        422,
+    )
 
 
 def test_extensions_only_for_open_requests_within_the_first_month(api, model, artifacts, submit_backdated):
     path = "/v1/deletion-requests/{}/deadline-extension"
     late = submit_backdated(api, model.id, artifacts.subject_with_train_samples(0), days_ago=35)
-    body = problem(api.http.post(path.format(late), json={"months": 1, "reason": "late"}, headers=api.client.headers), 409)
+    body = problem(
+        api.http.post(path.format(late), json={"months": 1, "reason": "late"}, headers=api.client.headers), 409
+    )
     assert "within one month of receipt" in body["detail"]
-    cancelled = api.client.cancel_request(api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(1)]).id)
-    body = problem(api.http.post(path.format(cancelled.id), json={"months": 1, "reason": "x"}, headers=api.client.headers), 409)
+    cancelled = api.client.cancel_request(
+        api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(1)]).id
+    )
+    body = problem(
+        api.http.post(path.format(cancelled.id), json={"months": 1, "reason": "x"}, headers=api.client.headers), 409
+    )
     assert "cancelled" in body["detail"]
-    problem(api.http.post(path.format("no-such-request"), json={"months": 1, "reason": "x"}, headers=api.client.headers), 404)
+    problem(
+        api.http.post(path.format("no-such-request"), json={"months": 1, "reason": "x"}, headers=api.client.headers),
+        404,
+    )
     fresh = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(2)])
     for scopes, status in ((["read"], 403), (["audit"], 403)):
         key = new_key(api, scopes=scopes)
-        problem(api.http.post(path.format(fresh.id), json={"months": 1, "reason": "x"},
-                              headers={"Authorization": f"Bearer {key}"}), status)
+        problem(
+            api.http.post(
+                path.format(fresh.id), json={"months": 1, "reason": "x"}, headers={"Authorization": f"Bearer {key}"}
+            ),
+            status,
+        )
     other = new_key(api, scopes=["admin"], tenant="acme")
-    problem(api.http.post(path.format(fresh.id), json={"months": 1, "reason": "x"},
-                          headers={"Authorization": f"Bearer {other}"}), 404)
+    problem(
+        api.http.post(
+            path.format(fresh.id), json={"months": 1, "reason": "x"}, headers={"Authorization": f"Bearer {other}"}
+        ),
+        404,
+    )
 
 
 def test_lists_filter_overdue_and_due_soon(api, model, artifacts, submit_backdated):

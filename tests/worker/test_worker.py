@@ -12,8 +12,9 @@ from ltu_client import ApiError
 
 def setup_model(service, artifacts, *, recipe=True):
     dataset = service.client.register_dataset(artifacts.archive)
-    return service.client.register_model(artifacts.weights, dataset_id=dataset.id,
-                                         recipe=artifacts.recipe if recipe else None)
+    return service.client.register_model(
+        artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe if recipe else None
+    )
 
 
 def job_context(service, **overrides):
@@ -27,8 +28,9 @@ def test_redelivery_is_a_no_op_and_publishes_once(api, artifacts):
     from worker.runner import EmbeddedRunner
 
     model = setup_model(api, artifacts)
-    request = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()],
-                                         parameters=api.tiny_ltu)
+    request = api.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=api.tiny_ltu
+    )
     assert EmbeddedRunner(api.settings).run_pending() == 1
     assert api.client.get_request(request.id).status == "completed"
     # The task delivered again (broker redelivery, a second relay): nothing changes.
@@ -45,8 +47,12 @@ def test_a_crashed_execution_is_taken_over_then_capped(api, artifacts):
     from worker.job import run_erasure
 
     model = setup_model(api, artifacts)
-    first = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(0)], parameters=api.tiny_ltu)
-    second = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(1)], parameters=api.tiny_ltu)
+    first = api.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples(0)], parameters=api.tiny_ltu
+    )
+    second = api.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples(1)], parameters=api.tiny_ltu
+    )
     ctx = job_context(api, coalesce_max_batch=1)  # one request per run: the takeover is what is tested
 
     def crash(request_id: str, *, attempts_left: int) -> None:
@@ -92,7 +98,9 @@ def test_cancel_before_start_and_after_the_end(api, artifacts):
     assert actions == ["deletion_request.received", "deletion_request.cancelled"]
 
     # A cancelled subject can be submitted again; a finished request cannot be cancelled.
-    again = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=api.tiny_ltu)
+    again = api.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=api.tiny_ltu
+    )
     EmbeddedRunner(api.settings).run_pending()
     with pytest.raises(ApiError) as err:
         api.client.cancel_request(again.id)
@@ -102,7 +110,9 @@ def test_cancel_before_start_and_after_the_end(api, artifacts):
 def test_cancel_while_running_stops_between_steps(embedded, artifacts):
     model = setup_model(embedded, artifacts)
     long_ltu = {**embedded.tiny_ltu, "max_passes": 500.0, "stop_rule": "none"}
-    request = embedded.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=long_ltu)
+    request = embedded.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=long_ltu
+    )
     deadline = time.monotonic() + 120
     while (current := embedded.client.get_request(request.id)).progress.get("phase") != "unlearning":
         assert current.status in ("received", "queued", "running") and time.monotonic() < deadline, current
@@ -122,7 +132,9 @@ def test_failed_verification_falls_back_to_retrain_and_says_so(make_service, art
     # A test-accuracy threshold no model can meet: verification always fails.
     strict = make_service(verify_max_test_drop=-100.0)
     model = setup_model(strict, artifacts)
-    request = strict.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=strict.tiny_ltu)
+    request = strict.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=strict.tiny_ltu
+    )
     EmbeddedRunner(strict.settings).run_pending()
     done = strict.client.get_request(request.id)
     assert done.status == "completed" and done.result_version == 2
@@ -135,7 +147,9 @@ def test_failed_verification_falls_back_to_retrain_and_says_so(make_service, art
     # Without the fallback, nothing is published and the record says why.
     no_fallback = make_service(verify_max_test_drop=-100.0, fallback_to_retrain=False)
     model = setup_model(no_fallback, artifacts)
-    request = no_fallback.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=no_fallback.tiny_ltu)
+    request = no_fallback.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples()], parameters=no_fallback.tiny_ltu
+    )
     EmbeddedRunner(no_fallback.settings).run_pending()
     failed = no_fallback.client.get_request(request.id)
     assert failed.status == "failed" and failed.error["code"] == "verification_failed"
@@ -145,18 +159,22 @@ def test_failed_verification_falls_back_to_retrain_and_says_so(make_service, art
     assert all(s.erased_by_request_id is None for s in samples)
 
 
-@pytest.mark.parametrize("method, parameters, code", [
-    ("no_such_method", {}, "unknown_method_error"),
-    ("ltu", {"not_a_knob": 1}, "method_config_error"),
-    ("ltu", {"batch_size": "large"}, "method_config_error"),
-    ("retrain", {}, "no_recipe"),
-])
+@pytest.mark.parametrize(
+    "method, parameters, code",
+    [
+        ("no_such_method", {}, "unknown_method_error"),
+        ("ltu", {"not_a_knob": 1}, "method_config_error"),
+        ("ltu", {"batch_size": "large"}, "method_config_error"),
+        ("retrain", {}, "no_recipe"),
+    ],
+)
 def test_bad_methods_fail_with_a_reason(api, artifacts, method, parameters, code):
     from worker.runner import EmbeddedRunner
 
     model = setup_model(api, artifacts, recipe=False)
-    request = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()], method=method,
-                                         parameters=parameters)
+    request = api.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples()], method=method, parameters=parameters
+    )
     EmbeddedRunner(api.settings).run_pending()
     failed = api.client.get_request(request.id)
     assert failed.status == "failed" and failed.error["code"] == code and failed.error["message"]
@@ -169,7 +187,9 @@ def test_later_requests_never_read_erased_samples(api, artifacts):
     model = setup_model(api, artifacts)
     first_subject, second_subject = artifacts.subject_with_train_samples(0), artifacts.subject_with_train_samples(1)
     first = api.client.submit_deletion(model.id, subject_ids=[first_subject], parameters=api.tiny_ltu)
-    second = api.client.submit_deletion(model.id, subject_ids=[second_subject], method="retrain", parameters={"epochs": 1})
+    second = api.client.submit_deletion(
+        model.id, subject_ids=[second_subject], method="retrain", parameters={"epochs": 1}
+    )
     EmbeddedRunner(api.settings).run_pending()
     first, second = api.client.get_request(first.id), api.client.get_request(second.id)
     assert (first.result_version, second.result_version) == (2, 3) and second.base_version == 2
@@ -188,8 +208,12 @@ def test_the_reconciler_requeues_interrupted_work_then_gives_up(api, artifacts):
     from worker.reconciler import reconcile_once
 
     model = setup_model(api, artifacts)
-    killed, lost, live = (api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(i)],
-                                                     parameters=api.tiny_ltu) for i in range(3))
+    killed, lost, live = (
+        api.client.submit_deletion(
+            model.id, subject_ids=[artifacts.subject_with_train_samples(i)], parameters=api.tiny_ltu
+        )
+        for i in range(3)
+    )
     ctx = job_context(api, coalesce_max_batch=1)
     lease = api.settings.worker.lease_seconds
     old = utcnow() - timedelta(seconds=lease + 1)

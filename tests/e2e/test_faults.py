@@ -8,6 +8,7 @@ publishes exactly one version; a client mistake or an outage is never a 500.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import ADMIN_KEY, REPO, TINY_LTU, unavailable
+from tests.support import ADMIN_KEY, REPO, TINY_LTU, unavailable
 
 LEASE_SECONDS = 6  # a killed worker's request is presumed lost this long after its last heartbeat
 # Unlearning parameters that keep a run in its unlearning phase for a few seconds on the tiny model.
@@ -36,8 +37,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.2,
-               context: Callable[[], str] = str):
+def wait_until(
+    condition: Callable[[], object],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    context: Callable[[], str] = str,
+):
     """Poll `condition` until it returns something truthy; fail saying `what` (and `context()`) after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -117,10 +124,8 @@ class PostgresProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def sever(self) -> None:
         """Postgres becomes unreachable: open connections are cut, new ones refused."""
@@ -130,10 +135,8 @@ class PostgresProxy:
             self._listener = None
         with self._lock:
             for s in self._sockets:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
             self._sockets.clear()
 
@@ -153,17 +156,31 @@ class Stack:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         key = root / "certificate-key.pem"
-        key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        key.write_bytes(
+            Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         self.database_url = database_url
         self.env = {
             **os.environ,
-            "LTU_HOME": str(root), "LTU_DATABASE_URL": database_url,
-            "LTU_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0", "LTU_ARTIFACTS_DIR": str(root / "artifacts"),
-            "LTU_SECRET_KEY": secrets.token_urlsafe(48), "LTU_ADMIN_API_KEY": ADMIN_KEY,
-            "LTU_CERTIFICATE_KEY_FILE": str(key), "LTU_QUEUE": "gpu", "LTU_DEVICE": "cpu", "LTU_TORCH_THREADS": "1",
-            "LTU_LEASE_SECONDS": str(LEASE_SECONDS), "LTU_RECONCILE_INTERVAL": "1", "LTU_MAX_ATTEMPTS": "3",
-            "LTU_COALESCE_WINDOW_SECONDS": "0", "LTU_LOG_FORMAT": "text", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "LTU_HOME": str(root),
+            "LTU_DATABASE_URL": database_url,
+            "LTU_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "LTU_ARTIFACTS_DIR": str(root / "artifacts"),
+            "LTU_SECRET_KEY": secrets.token_urlsafe(48),
+            "LTU_ADMIN_API_KEY": ADMIN_KEY,
+            "LTU_CERTIFICATE_KEY_FILE": str(key),
+            "LTU_QUEUE": "gpu",
+            "LTU_DEVICE": "cpu",
+            "LTU_TORCH_THREADS": "1",
+            "LTU_LEASE_SECONDS": str(LEASE_SECONDS),
+            "LTU_RECONCILE_INTERVAL": "1",
+            "LTU_MAX_ATTEMPTS": "3",
+            "LTU_COALESCE_WINDOW_SECONDS": "0",
+            "LTU_LOG_FORMAT": "text",
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
 
@@ -180,13 +197,27 @@ class Stack:
 
     def start_redis(self) -> None:
         """A Redis of this test alone, keeping nothing on disk (a restart loses every message)."""
-        self.redis = self._spawn("redis", [shutil.which("redis-server"), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                           "--save", "", "--appendonly", "no"])
+        self.redis = self._spawn(
+            "redis",
+            [
+                shutil.which("redis-server"),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        )
         wait_until(lambda: _connects(self.redis_port), timeout=20, what="redis-server to listen")
 
     def start_api(self, database_url: str | None = None) -> None:
         env = {**self.env, "LTU_DATABASE_URL": database_url} if database_url else None
-        self.api = self._spawn("api", [sys.executable, "-m", "ltu_cli.main", "serve", "--port", str(self.api_port)], env)
+        self.api = self._spawn(
+            "api", [sys.executable, "-m", "ltu_cli.main", "serve", "--port", str(self.api_port)], env
+        )
 
         def healthy() -> bool:
             assert self.api.alive(), f"the API exited:\n{self.api.output()}"
@@ -198,10 +229,30 @@ class Stack:
         wait_until(healthy, timeout=60, what="the API to answer")
 
     def start_worker(self) -> None:
-        self.worker = self._spawn("worker", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-                                             "-P", "solo", "-c", "1", "-Q", "gpu", "-n", f"w{len(self.processes)}@%h",
-                                             "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-                                             "--without-heartbeat"])
+        self.worker = self._spawn(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "-P",
+                "solo",
+                "-c",
+                "1",
+                "-Q",
+                "gpu",
+                "-n",
+                f"w{len(self.processes)}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+        )
         worker = self.worker
 
         def ready() -> bool:
@@ -231,8 +282,9 @@ class Stack:
             current = [client.get_request(r) for r in request_ids]
             return current if all(r.status in ("completed", "failed", "cancelled") for r in current) else None
 
-        return wait_until(finished, timeout=timeout, what=f"requests {request_ids} to finish", interval=0.5,
-                          context=self.logs)
+        return wait_until(
+            finished, timeout=timeout, what=f"requests {request_ids} to finish", interval=0.5, context=self.logs
+        )
 
     def ledger(self):
         """Direct read access to the ledger (the checks do not trust the API)."""
@@ -275,10 +327,15 @@ def test_a_worker_killed_while_unlearning_is_replaced_and_the_request_completes_
     stack.start()
     model = stack.register_model()
     client = stack.client()
-    request = client.submit_deletion(model.id, subject_ids=[stack.artifacts.subject_with_train_samples()],
-                                     parameters=SLOW_LTU)
-    wait_until(lambda: client.get_request(request.id).progress.get("phase") == "unlearning", timeout=120,
-               what="the job to reach its unlearning phase", context=stack.logs)
+    request = client.submit_deletion(
+        model.id, subject_ids=[stack.artifacts.subject_with_train_samples()], parameters=SLOW_LTU
+    )
+    wait_until(
+        lambda: client.get_request(request.id).progress.get("phase") == "unlearning",
+        timeout=120,
+        what="the job to reach its unlearning phase",
+        context=stack.logs,
+    )
     stack.worker.kill9()
 
     stack.start_worker()  # its reconciler finds the silent request once the lease has run out
@@ -298,8 +355,12 @@ def test_requests_accepted_while_redis_is_down_run_once_it_is_back(stack):
     client = stack.client()
     stack.redis.kill9()
 
-    submitted = [client.submit_deletion(model.id, subject_ids=[stack.artifacts.subject_with_train_samples(i)],
-                                        parameters=TINY_LTU) for i in range(3)]
+    submitted = [
+        client.submit_deletion(
+            model.id, subject_ids=[stack.artifacts.subject_with_train_samples(i)], parameters=TINY_LTU
+        )
+        for i in range(3)
+    ]
     assert all(r.status in ("received", "queued") for r in submitted)  # 202: accepted into the ledger
     time.sleep(2)  # the relay tries, fails, and keeps the rows
     assert all(client.get_request(r.id).status == "received" for r in submitted)
@@ -329,15 +390,20 @@ def test_postgres_unreachable_is_a_503_with_retry_after_and_nothing_is_half_writ
         database = stack.ledger()
         try:
             with database.session() as session:
-                return tuple(session.scalar(select(func.count()).select_from(t)) for t in
-                             (DeletionRequest, OutboxMessage, AuditEvent))
+                return tuple(
+                    session.scalar(select(func.count()).select_from(t))
+                    for t in (DeletionRequest, OutboxMessage, AuditEvent)
+                )
         finally:
             database.dispose()
 
     before = counts()
     proxy.sever()
-    for method, path, payload in (("POST", "/v1/deletion-requests", body), ("GET", f"/v1/models/{model.id}", None),
-                                  ("GET", "/readyz", None)):
+    for method, path, payload in (
+        ("POST", "/v1/deletion-requests", body),
+        ("GET", f"/v1/models/{model.id}", None),
+        ("GET", "/readyz", None),
+    ):
         answer = httpx.request(method, stack.url + path, json=payload, headers=headers, timeout=30)
         assert answer.status_code == 503, (path, answer.status_code, answer.text)
         assert int(answer.headers["Retry-After"]) > 0
@@ -369,11 +435,15 @@ def test_an_api_killed_mid_burst_loses_no_accepted_request_and_duplicates_none(s
     accepted: dict[str, str] = {}
 
     def submit(key: str, index: int) -> None:
-        body = {"model_id": model.id, "subject_ids": [stack.artifacts.subject_with_train_samples(index)],
-                "parameters": TINY_LTU}
+        body = {
+            "model_id": model.id,
+            "subject_ids": [stack.artifacts.subject_with_train_samples(index)],
+            "parameters": TINY_LTU,
+        }
         try:
-            answer = httpx.post(stack.url + "/v1/deletion-requests", json=body,
-                                headers={**headers, "Idempotency-Key": key}, timeout=10)
+            answer = httpx.post(
+                stack.url + "/v1/deletion-requests", json=body, headers={**headers, "Idempotency-Key": key}, timeout=10
+            )
         except httpx.HTTPError:
             return  # the answer was lost: the client does not know whether it was accepted
         if answer.status_code in (200, 202):

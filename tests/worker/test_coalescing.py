@@ -20,8 +20,9 @@ def test_waiting_requests_on_one_model_run_once_and_complete_together(api, artif
     subjects = [artifacts.subject_with_train_samples(i) for i in range(3)]
     submitted = [api.client.submit_deletion(model.id, subject_ids=[s], parameters=api.tiny_ltu) for s in subjects]
     # Other parameters cannot share the run: this one runs on its own, on the batch's version.
-    apart = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(3)],
-                                       parameters={**api.tiny_ltu, "batch_size": 8})
+    apart = api.client.submit_deletion(
+        model.id, subject_ids=[artifacts.subject_with_train_samples(3)], parameters={**api.tiny_ltu, "batch_size": 8}
+    )
 
     EmbeddedRunner(api.settings).run_pending()
 
@@ -35,7 +36,7 @@ def test_waiting_requests_on_one_model_run_once_and_complete_together(api, artif
 
     forget_total = sum(r.details["own_forget_samples"] for r in done)
     key = load_public_key(json.dumps(api.client.certificate_key()))
-    for request, subject in zip(done, subjects, strict=True):
+    for request, _subject in zip(done, subjects, strict=True):
         # Its own samples, metrics and verdict; the run's verdict over the union beside it.
         own = request.details["own_forget_samples"]
         assert own == sum(1 for s in api.client.request_samples(request.id) if s.split == "train")
@@ -44,8 +45,9 @@ def test_waiting_requests_on_one_model_run_once_and_complete_together(api, artif
         assert request.verification["batch"]["verdict_after"]["n_forget"] == forget_total
         assert request.details["split"]["sizes"]["forget"] == forget_total
         assert set(request.metrics_before) == set(request.metrics_after) and "ua" in request.metrics_after
-        assert all(s.erased_by_request_id == request.id
-                   for s in api.client.request_samples(request.id) if s.split == "train")
+        assert all(
+            s.erased_by_request_id == request.id for s in api.client.request_samples(request.id) if s.split == "train"
+        )
         actions = [e.action for e in api.client.audit_events(request_id=request.id)]
         assert actions[0] == "deletion_request.received" and actions[-1] == "deletion_request.completed"
         assert actions.count("deletion_request.running") == 1 and actions.count("samples.erased") == 1
@@ -61,8 +63,9 @@ def test_the_batch_is_capped(make_service, artifacts, max_batch):
     service = make_service(coalesce_max_batch=max_batch)
     model = setup_model(service, artifacts)
     for i in range(3):
-        service.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(i)],
-                                       parameters=service.tiny_ltu)
+        service.client.submit_deletion(
+            model.id, subject_ids=[artifacts.subject_with_train_samples(i)], parameters=service.tiny_ltu
+        )
     EmbeddedRunner(service.settings).run_pending()
     runs = 3 if max_batch == 1 else 2
     assert [v.number for v in service.client.list_versions(model.id)] == list(range(runs + 1, 0, -1))
@@ -76,8 +79,12 @@ def test_a_member_cancelled_mid_run_leaves_the_batch(api, artifacts):
     from worker.job import execute
 
     model = setup_model(api, artifacts)
-    first, second = (api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples(i)],
-                                                parameters=api.tiny_ltu) for i in range(2))
+    first, second = (
+        api.client.submit_deletion(
+            model.id, subject_ids=[artifacts.subject_with_train_samples(i)], parameters=api.tiny_ltu
+        )
+        for i in range(2)
+    )
     ctx = JobContext.from_settings(api.settings)
     with ctx.database.transaction() as session:
         leader = requests.claim(session, request_id=first.id, token="t", lease_seconds=60, max_attempts=3)

@@ -34,14 +34,20 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def fuzzed(completed, artifacts):
     """The embedded API with a completed request, and the real ids the fuzzer may aim at."""
     service = completed.service
-    ids = {"model_id": completed.model.id, "dataset_id": completed.model.dataset_id, "request_id": completed.request.id,
-           "number": 2, "subject_ids": [artifacts.subject_with_train_samples(1)]}
+    ids = {
+        "model_id": completed.model.id,
+        "dataset_id": completed.model.dataset_id,
+        "request_id": completed.request.id,
+        "number": 2,
+        "subject_ids": [artifacts.subject_with_train_samples(1)],
+    }
     return service, ids
 
 
 def aim(case, ids: dict) -> None:
     """Point about half of the cases at real resources (chosen by a hash of the generated value, so runs
     repeat): random ids alone would only ever meet the 404 paths."""
+
     def hit(value) -> bool:
         return zlib.crc32(repr(value).encode()) % 2 == 0
 
@@ -64,8 +70,14 @@ def test_no_input_gives_a_server_error_or_an_undocumented_answer(fuzzed):
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
+            @settings(
+                max_examples=MAX_EXAMPLES,
+                deadline=None,
+                derandomize=True,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+                phases=[Phase.generate, Phase.shrink],
+            )
             def fuzz(case) -> None:
                 aim(case, ids)
                 case.call_and_validate(headers=service.client.headers, checks=CHECKS)
@@ -76,6 +88,6 @@ def test_no_input_gives_a_server_error_or_an_undocumented_answer(fuzzed):
                 assert mode is GenerationMode.NEGATIVE, operation.label
             # A failed check, or the app's own exception (the in-process client re-raises it): every operation
             # is fuzzed to the end and all failures are reported together.
-            except (Exception, FailureGroup) as exc:  # noqa: BLE001
+            except (Exception, FailureGroup) as exc:
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     assert not failures, "\n\n".join(failures)

@@ -16,6 +16,7 @@ def erasure_scenario(service, artifacts, tmp_path) -> None:
     the subject's samples are erased → an audit event for every transition → the chain and the
     certificate verify."""
     from ltu_client import load_public_key, verify_certificate
+
     client = service.client
     tiny = service.tiny_ltu
     dataset = client.register_dataset(artifacts.archive)
@@ -25,7 +26,9 @@ def erasure_scenario(service, artifacts, tmp_path) -> None:
 
     subject = artifacts.subject_with_train_samples()
     body = {"model_id": model.id, "subject_ids": [subject], "parameters": tiny}
-    answer = service.http.post("/v1/deletion-requests", json=body, headers={**client.headers, "Idempotency-Key": "ticket-1"})
+    answer = service.http.post(
+        "/v1/deletion-requests", json=body, headers={**client.headers, "Idempotency-Key": "ticket-1"}
+    )
     assert answer.status_code == 202, answer.text
     request_id = answer.json()["id"]
     assert answer.headers["Location"] == f"/v1/deletion-requests/{request_id}"
@@ -36,7 +39,9 @@ def erasure_scenario(service, artifacts, tmp_path) -> None:
     again = client.submit_deletion(model.id, subject_ids=[subject], parameters=tiny, idempotency_key="ticket-1")
     assert again.id == request_id
     with pytest.raises(ApiError) as err:
-        client.submit_deletion(model.id, subject_ids=[subject], parameters={**tiny, "max_passes": 2.0}, idempotency_key="ticket-1")
+        client.submit_deletion(
+            model.id, subject_ids=[subject], parameters={**tiny, "max_passes": 2.0}, idempotency_key="ticket-1"
+        )
     assert err.value.status == 422 and err.value.code == "idempotency_key_reused"
 
     done = client.wait(request_id, timeout=300, poll=0.2)
@@ -65,8 +70,12 @@ def erasure_scenario(service, artifacts, tmp_path) -> None:
     # An audit event for every transition, in order, and for the publication.
     actions = [e.action for e in client.audit_events(request_id=request_id)]
     lifecycle = [a for a in actions if a.startswith("deletion_request.")]
-    assert lifecycle == ["deletion_request.received", "deletion_request.queued", "deletion_request.running",
-                         "deletion_request.completed"]
+    assert lifecycle == [
+        "deletion_request.received",
+        "deletion_request.queued",
+        "deletion_request.running",
+        "deletion_request.completed",
+    ]
     assert {"model_version.created", "model_version.superseded", "samples.erased"} <= set(actions)
     assert any(e.action == "dataset.registered" for e in client.audit_events(action="dataset.registered"))
 
@@ -74,7 +83,9 @@ def erasure_scenario(service, artifacts, tmp_path) -> None:
     assert client.verify_audit()["valid"]
     document = client.certificate(request_id)
     content = verify_certificate(document, load_public_key(json.dumps(client.certificate_key())))
-    assert content["model"]["new_version"]["sha256"] == done.result_sha256 and client.certificate(request_id) == document
+    assert (
+        content["model"]["new_version"]["sha256"] == done.result_sha256 and client.certificate(request_id) == document
+    )
     assert client.audit_summary()["overall"]["by_status"]["completed"] == 1
 
     # The subject is gone: a new request for it is refused with a clear message.

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_api_errors import new_key, problem
+
+from tests.support import new_key, problem
+
 
 def test_sign_in_sets_an_httponly_session_cookie_and_guards_every_page(completed):
     from api.routes.dashboard import COOKIE, session_token
@@ -18,8 +20,10 @@ def test_sign_in_sets_an_httponly_session_cookie_and_guards_every_page(completed
     http = service.http
     assert http.get("/dashboard", follow_redirects=False).headers["location"] == "/dashboard/login"
     assert 'name="api_key"' in http.get("/dashboard/login").text
-    for key, status, message in ((new_key(service, scopes=["read"]), 403, "lacks the audit scope"),
-                                 ("ltu_not-a-key-0123456789", 401, "unknown or revoked")):
+    for key, status, message in (
+        (new_key(service, scopes=["read"]), 403, "lacks the audit scope"),
+        ("ltu_not-a-key-0123456789", 401, "unknown or revoked"),
+    ):
         answer = http.post("/dashboard/login", data={"api_key": key}, follow_redirects=False)
         assert answer.status_code == status and message in answer.text and COOKIE not in answer.cookies
     problem(http.post("/dashboard/login", data={"api_key": ""}), 422)
@@ -40,8 +44,13 @@ def test_sign_in_sets_an_httponly_session_cookie_and_guards_every_page(completed
     token = http.cookies[COOKIE]
     http.cookies.clear()
     key_id, expires, _ = token.split(".")
-    for forged in (token[:-1] + ("0" if token[-1] != "0" else "1"), session_token("another-secret", key_id, int(expires)),
-                   session_token(service.settings.ledger.secret_key, key_id, int(time.time()) - 1), "garbage", token):
+    for forged in (
+        token[:-1] + ("0" if token[-1] != "0" else "1"),
+        session_token("another-secret", key_id, int(expires)),
+        session_token(service.settings.ledger.secret_key, key_id, int(time.time()) - 1),
+        "garbage",
+        token,
+    ):
         answer = http.get("/dashboard", headers={"Cookie": f"{COOKIE}={forged}"}, follow_redirects=False)
         assert answer.status_code == (200 if forged == token else 303)
     http.delete(f"/v1/api-keys/{auditor['id']}", headers=service.client.headers).raise_for_status()
@@ -59,8 +68,8 @@ def test_sign_in_sets_an_httponly_session_cookie_and_guards_every_page(completed
 
 
 def test_the_dashboard_in_headless_chromium(chromium, completed, artifacts, submit_backdated, tmp_path):
-    from ltu_client import load_public_key, verify_certificate
     from ltu_cli.demo import start_server
+    from ltu_client import load_public_key, verify_certificate
 
     service, request = completed.service, completed.request
     overdue = submit_backdated(service, completed.model.id, artifacts.subject_with_train_samples(1), days_ago=40)

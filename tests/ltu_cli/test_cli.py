@@ -15,14 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import ltu
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def ltu(*argv: str) -> int:
-    """Run `ltu ARGV` in-process with the console script's error handling (exit 2 on user errors)."""
-    from ltu_cli.main import main
-
-    return main(list(argv))
 
 
 @pytest.fixture()
@@ -47,8 +42,22 @@ def test_request_commands_against_a_live_server(live, artifacts, capsys):
     svc, _, model = live
     subject = artifacts.subject_with_train_samples()
     params = [f"--param={k}={json.dumps(v)}" for k, v in svc.tiny_ltu.items()]
-    assert ltu("request", "submit", "--model", model.id, "--subject", subject, *params,
-               "--idempotency-key", "cli-1", "--wait", "--json") == 0
+    assert (
+        ltu(
+            "request",
+            "submit",
+            "--model",
+            model.id,
+            "--subject",
+            subject,
+            *params,
+            "--idempotency-key",
+            "cli-1",
+            "--wait",
+            "--json",
+        )
+        == 0
+    )
     submitted = json.loads(capsys.readouterr().out)
     assert submitted["status"] == "completed" and submitted["result_version"] == 2
     request_id = submitted["id"]
@@ -109,8 +118,13 @@ def test_serve_starts_the_embedded_service_under_ltu_home(tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LTU_")}
     env.update(LTU_HOME=str(home), PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "ltu_cli.main", "serve", "--port", str(port)], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ltu_cli.main", "serve", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -137,9 +151,17 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     params = ["--param=max_passes=1.0", "--param=batch_size=4", "--param=attacker_steps=20"]
     assert ltu("demo", "--epochs", "1", "--width", "0.125", *params) == 0
     out = capsys.readouterr().out
-    for expected in ("[1/5] dataset", "[5/5] result   completed", "status timeline", "TA  test accuracy",
-                     "verdict after", "new version     2 (parent 1), sha256", "sha256 checked", "audit trail",
-                     "deletion_request.completed"):
+    for expected in (
+        "[1/5] dataset",
+        "[5/5] result   completed",
+        "status timeline",
+        "TA  test accuracy",
+        "verdict after",
+        "new version     2 (parent 1), sha256",
+        "sha256 checked",
+        "audit trail",
+        "deletion_request.completed",
+    ):
         assert expected in out, out
     # The state stays in LTU_HOME for `ltu serve`.
     assert (tmp_path / "home" / "ledger.db").is_file() and (tmp_path / "home" / "admin.key").is_file()
