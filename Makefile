@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench bench-smoke
+.PHONY: install demo test lint bench bench-smoke
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 # run worker subprocesses beside pytest.
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 bench-smoke: install
 	$(VENV)/bin/ltu bench --preset smoke

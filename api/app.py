@@ -88,10 +88,15 @@ def create_app(
     ProcessCollector(registry=registry)
     app.state.metrics_registry = registry
     install_problem_handlers(app)
-    app.add_middleware(body_size_guard({
-        ("POST", "/v1/datasets"): lambda: settings.api.max_dataset_bytes + MULTIPART_SLACK,
-        ("POST", "/v1/models"): lambda: settings.api.max_weights_bytes + MULTIPART_SLACK,
-    }, default=lambda: settings.api.max_body_bytes))
+    app.add_middleware(
+        body_size_guard(
+            {
+                ("POST", "/v1/datasets"): lambda: settings.api.max_dataset_bytes + MULTIPART_SLACK,
+                ("POST", "/v1/models"): lambda: settings.api.max_weights_bytes + MULTIPART_SLACK,
+            },
+            default=lambda: settings.api.max_body_bytes,
+        )
+    )
     # Added last, so it is the outermost: 413s of the guard get a request id, an access line and a count too.
     app.add_middleware(request_telemetry(HttpMetrics(registry)))
     for module in (health, datasets, models, deletion_requests, audit, api_keys, well_known, dashboard, metrics):

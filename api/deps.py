@@ -40,8 +40,11 @@ def get_signer(request: Request) -> Signer:
     """The certificate signer, or 503 when no signing key is configured."""
     signer = request.app.state.signer
     if signer is None:
-        raise ProblemError(503, "certificate signing is not configured: set LTU_CERTIFICATE_KEY_FILE to an Ed25519 "
-                                "private key (PEM)", code="certificate_key_missing")
+        raise ProblemError(
+            503,
+            "certificate signing is not configured: set LTU_CERTIFICATE_KEY_FILE to an Ed25519 private key (PEM)",
+            code="certificate_key_missing",
+        )
     return signer
 
 
@@ -69,7 +72,9 @@ def get_current_key(
     """The caller's live API key, or 401."""
     challenge = {"WWW-Authenticate": 'Bearer realm="ltu"'}
     if credentials is None or not credentials.credentials:
-        raise ProblemError(401, "missing API key: send Authorization: Bearer <key>", code="missing_api_key", headers=challenge)
+        raise ProblemError(
+            401, "missing API key: send Authorization: Bearer <key>", code="missing_api_key", headers=challenge
+        )
     key = tenants.authenticate(session, secret=credentials.credentials)
     if key is None:
         raise ProblemError(401, "invalid or revoked API key", code="invalid_api_key", headers=challenge)
@@ -85,7 +90,9 @@ def scoped(*allowed: str):
     def check(key: CurrentKey) -> ApiKey:
         if "admin" in key.scopes or set(allowed) & set(key.scopes):
             return key
-        raise ProblemError(403, f"this API key lacks the scope this needs: one of {sorted(allowed)}", code="insufficient_scope")
+        raise ProblemError(
+            403, f"this API key lacks the scope this needs: one of {sorted(allowed)}", code="insufficient_scope"
+        )
 
     check.__name__ = f"require_{'_or_'.join(allowed)}"
     return Depends(check)

@@ -86,7 +86,10 @@ def problem_response(
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # Keep where and what, drop `input` (it may echo a subject id) and non-JSON `ctx` objects.
-    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))} for e in exc.errors()]
+    return [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()
+    ]
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -114,26 +117,43 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
-        return problem_response(request, exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None))
+        return problem_response(
+            request, exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(DataError)
     @app.exception_handler(OverflowError)
     async def _unstorable(request: Request, exc: DataError | OverflowError) -> JSONResponse:
         # Postgres refuses some values Python accepts: NUL characters in text, numbers beyond BIGINT
         # (DataError); SQLite's driver refuses integers beyond 64 bits before sending them (OverflowError).
-        return problem_response(request, 422, "a value in the request cannot be stored or compared by the ledger "
-                                "database (a NUL character, or a number out of range)", code="unstorable_value")
+        return problem_response(
+            request,
+            422,
+            "a value in the request cannot be stored or compared by the ledger "
+            "database (a NUL character, or a number out of range)",
+            code="unstorable_value",
+        )
 
     @app.exception_handler(OperationalError)
     async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc.__class__.__name__)
-        return problem_response(request, 503, "the ledger database is unavailable; retry later",
-                                code="database_unavailable", headers={"Retry-After": "5"})
+        return problem_response(
+            request,
+            503,
+            "the ledger database is unavailable; retry later",
+            code="database_unavailable",
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # The telemetry middleware has logged it with the request id; this answer is sent from outside
         # that middleware, so it names the id itself for the caller to quote.
         request_id = request_id_of(request.scope)
-        return problem_response(request, 500, "internal error; the incident was logged with its request id",
-                                code="internal_error", headers={REQUEST_ID_HEADER: request_id} if request_id else None)
+        return problem_response(
+            request,
+            500,
+            "internal error; the incident was logged with its request id",
+            code="internal_error",
+            headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+        )

@@ -64,11 +64,21 @@ def body_size_guard(routes: dict[tuple[str, str], Limit], *, default: Limit):
 
 
 async def _send_413(send, scope, limit: int) -> None:
-    body = json.dumps({
-        "type": TYPE_BASE + "payload_too_large", "title": "Content Too Large", "status": 413,
-        "detail": f"the request body exceeds the limit of {limit} bytes", "instance": scope.get("path", ""),
-        "code": "payload_too_large",
-    }).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {
+            "type": TYPE_BASE + "payload_too_large",
+            "title": "Content Too Large",
+            "status": 413,
+            "detail": f"the request body exceeds the limit of {limit} bytes",
+            "instance": scope.get("path", ""),
+            "code": "payload_too_large",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -50,9 +50,11 @@ def _x_axis(x: Axis, fmt: str = "{:.1f}") -> list[str]:
     y = HEIGHT - BOTTOM
     parts = [f'<line class="axis" x1="{LEFT}" y1="{y}" x2="{WIDTH - RIGHT}" y2="{y}"/>']
     for value in x.ticks():
-        parts.append(f'<line class="tick" x1="{x(value):.1f}" y1="{y}" x2="{x(value):.1f}" y2="{y + 4}"/>'
-                     f'<text class="tick-label" x="{x(value):.1f}" y="{y + 16}" text-anchor="middle">'
-                     f'{escape(fmt.format(value))}</text>')
+        parts.append(
+            f'<line class="tick" x1="{x(value):.1f}" y1="{y}" x2="{x(value):.1f}" y2="{y + 4}"/>'
+            f'<text class="tick-label" x="{x(value):.1f}" y="{y + 16}" text-anchor="middle">'
+            f"{escape(fmt.format(value))}</text>"
+        )
     return parts
 
 
@@ -60,8 +62,10 @@ def _legend(items: Sequence[tuple[str, str]]) -> list[str]:
     parts, x = [], WIDTH - RIGHT - 170
     for i, (css_class, label) in enumerate(items):
         y = TOP + 4 + 16 * i
-        parts.append(f'<rect class="{css_class}" x="{x}" y="{y - 9}" width="10" height="10"/>'
-                     f'<text class="legend" x="{x + 16}" y="{y}">{escape(label)}</text>')
+        parts.append(
+            f'<rect class="{css_class}" x="{x}" y="{y - 9}" width="10" height="10"/>'
+            f'<text class="legend" x="{x + 16}" y="{y}">{escape(label)}</text>'
+        )
     return parts
 
 
@@ -79,16 +83,26 @@ def score_plot(distribution: ScoreSummary, *, phase: str, x_range: tuple[float, 
     y = Axis(0, max(counts) or 1, baseline, TOP + 40)  # the legend sits above the tallest bar
     body = []
     for left, right, count in zip(edges, edges[1:], counts):
-        body.append(f'<rect class="bar control" x="{x(left):.1f}" y="{y(count):.1f}" '
-                    f'width="{max(x(right) - x(left) - 1, 0.5):.1f}" height="{baseline - y(count):.1f}"/>')
+        body.append(
+            f'<rect class="bar control" x="{x(left):.1f}" y="{y(count):.1f}" '
+            f'width="{max(x(right) - x(left) - 1, 0.5):.1f}" height="{baseline - y(count):.1f}"/>'
+        )
     for value, rank in zip(distribution.forget, distribution.forget_ranks):
-        body.append(f'<circle class="forget-point" cx="{x(value):.1f}" cy="{baseline - 8}" r="4">'
-                    f'<title>margin {value:.2f}, rank {rank:.2f} among unseen data</title></circle>')
+        body.append(
+            f'<circle class="forget-point" cx="{x(value):.1f}" cy="{baseline - 8}" r="4">'
+            f"<title>margin {value:.2f}, rank {rank:.2f} among unseen data</title></circle>"
+        )
     body += _x_axis(x)
-    body.append(f'<text class="axis-label" x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle">'
-                'member score: margin log p(y) − log max p(other)</text>')
-    body += _legend([("control", f"unseen data (n={distribution.n_control})"),
-                     ("forget", f"forget set (n={distribution.n_forget})")])
+    body.append(
+        f'<text class="axis-label" x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle">'
+        "member score: margin log p(y) − log max p(other)</text>"
+    )
+    body += _legend(
+        [
+            ("control", f"unseen data (n={distribution.n_control})"),
+            ("forget", f"forget set (n={distribution.n_forget})"),
+        ]
+    )
     title = f"Member scores {phase} unlearning: forget set against unseen data"
     return _svg("plot-scores", title, body, phase=phase, mean_rank=distribution.mean_rank)
 
@@ -96,24 +110,32 @@ def score_plot(distribution: ScoreSummary, *, phase: str, x_range: tuple[float, 
 def rank_plot(before: ScoreSummary, after: ScoreSummary, *, threshold: float | None) -> Markup:
     """Percentile ranks of the forget samples among unseen data, before and after, with mean and threshold."""
     x = Axis(0.0, 1.0, LEFT + 40, WIDTH - RIGHT)
-    body = [f'<line class="reference" x1="{x(0.5):.1f}" y1="{TOP + 10}" x2="{x(0.5):.1f}" y2="{HEIGHT - BOTTOM}"/>'
-            f'<text class="legend" x="{x(0.5) + 4:.1f}" y="{TOP + 20}">0.5 looks unseen</text>']
+    body = [
+        f'<line class="reference" x1="{x(0.5):.1f}" y1="{TOP + 10}" x2="{x(0.5):.1f}" y2="{HEIGHT - BOTTOM}"/>'
+        f'<text class="legend" x="{x(0.5) + 4:.1f}" y="{TOP + 20}">0.5 looks unseen</text>'
+    ]
     if threshold is not None and threshold <= 1:
         anchor, dx = ("end", -4) if threshold > 0.8 else ("start", 4)  # keep the label inside the plot
-        body.append(f'<line class="threshold" x1="{x(threshold):.1f}" y1="{TOP + 10}" x2="{x(threshold):.1f}" '
-                    f'y2="{HEIGHT - BOTTOM}"/><text class="legend threshold-label" x="{x(threshold) + dx:.1f}" '
-                    f'y="{TOP + 34}" text-anchor="{anchor}">pass ≤ {threshold:.2f}</text>')
+        body.append(
+            f'<line class="threshold" x1="{x(threshold):.1f}" y1="{TOP + 10}" x2="{x(threshold):.1f}" '
+            f'y2="{HEIGHT - BOTTOM}"/><text class="legend threshold-label" x="{x(threshold) + dx:.1f}" '
+            f'y="{TOP + 34}" text-anchor="{anchor}">pass ≤ {threshold:.2f}</text>'
+        )
     for row, (phase, distribution) in enumerate((("before", before), ("after", after))):
         y = TOP + 60 + 60 * row
         body.append(f'<text class="row-label" x="{LEFT - 8}" y="{y + 4}">{phase}</text>')
         for rank in distribution.forget_ranks:
             body.append(f'<circle class="rank-point {phase}" cx="{x(rank):.1f}" cy="{y}" r="4"/>')
         mean = distribution.mean_rank
-        body.append(f'<path class="mean-mark" d="M{x(mean):.1f},{y - 11} l6,6 l-6,6 l-6,-6 z">'
-                    f'<title>mean rank {mean:.3f}</title></path>')
+        body.append(
+            f'<path class="mean-mark" d="M{x(mean):.1f},{y - 11} l6,6 l-6,6 l-6,-6 z">'
+            f"<title>mean rank {mean:.3f}</title></path>"
+        )
     body += _x_axis(x, "{:.2f}")
-    body.append(f'<text class="axis-label" x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle">'
-                'percentile rank of each forget sample among unseen data (diamond: mean)</text>')
+    body.append(
+        f'<text class="axis-label" x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle">'
+        "percentile rank of each forget sample among unseen data (diamond: mean)</text>"
+    )
     return _svg("plot-ranks", "Forget-set ranks among unseen data, before and after", body)
 
 
@@ -123,19 +145,25 @@ def metrics_plot(before: Metrics, after: Metrics) -> Markup:
     group = (WIDTH - LEFT - RIGHT) / len(METRICS)
     body = []
     for value in y.ticks():
-        body.append(f'<line class="grid" x1="{LEFT}" y1="{y(value):.1f}" x2="{WIDTH - RIGHT}" y2="{y(value):.1f}"/>'
-                    f'<text class="tick-label" x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.0f}</text>')
+        body.append(
+            f'<line class="grid" x1="{LEFT}" y1="{y(value):.1f}" x2="{WIDTH - RIGHT}" y2="{y(value):.1f}"/>'
+            f'<text class="tick-label" x="{LEFT - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.0f}</text>'
+        )
     for i, (key, label) in enumerate(METRICS):
         start = LEFT + group * i + group * 0.15
         width = group * 0.35
         for j, (phase, values) in enumerate((("before", before), ("after", after))):
             value = float(getattr(values, key) or 0.0)
             left = start + width * j
-            body.append(f'<rect class="bar metric {phase}" x="{left:.1f}" y="{y(value):.1f}" width="{width - 2:.1f}" '
-                        f'height="{y(0) - y(value):.1f}"><title>{label} {phase}: {value:.1f} %</title></rect>'
-                        f'<text class="value-label" x="{left + width / 2:.1f}" y="{y(value) - 3:.1f}" '
-                        f'text-anchor="middle">{value:.1f}</text>')
-        body.append(f'<text class="tick-label" x="{start + width:.1f}" y="{HEIGHT - BOTTOM + 16}" '
-                    f'text-anchor="middle">{label}</text>')
+            body.append(
+                f'<rect class="bar metric {phase}" x="{left:.1f}" y="{y(value):.1f}" width="{width - 2:.1f}" '
+                f'height="{y(0) - y(value):.1f}"><title>{label} {phase}: {value:.1f} %</title></rect>'
+                f'<text class="value-label" x="{left + width / 2:.1f}" y="{y(value) - 3:.1f}" '
+                f'text-anchor="middle">{value:.1f}</text>'
+            )
+        body.append(
+            f'<text class="tick-label" x="{start + width:.1f}" y="{HEIGHT - BOTTOM + 16}" '
+            f'text-anchor="middle">{label}</text>'
+        )
     body += _legend([("metric before", "before"), ("metric after", "after")])
     return _svg("plot-metrics", "Accuracy before and after (%)", body)

@@ -183,12 +183,16 @@ class DeletionRequestCreate(BaseModel):
 
     model_id: str = Identifier
     subject_ids: list[str] | None = Field(
-        default=None, max_length=MAX_TARGETS,
+        default=None,
+        max_length=MAX_TARGETS,
         description="Data subjects whose samples are erased (stored only as keyed hashes).",
     )
-    sample_ids: list[str] | None = Field(default=None, max_length=MAX_TARGETS, description="Individual training samples.")
+    sample_ids: list[str] | None = Field(
+        default=None, max_length=MAX_TARGETS, description="Individual training samples."
+    )
     method: str | None = Field(
-        default=None, pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        default=None,
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
         description="Unlearning method (default: the service's, LTU). Checked by the worker.",
     )
     parameters: dict[str, Any] = Field(default_factory=dict, description="Method parameters overriding its defaults.")
@@ -251,7 +255,9 @@ class DeadlineExtensionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     months: int = Field(ge=1, le=2, description="Further months: 1 or 2 (GDPR allows at most two).")
-    reason: str = Field(min_length=1, max_length=2000, description="Why (told to the data subject); audited as a keyed hash.")
+    reason: str = Field(
+        min_length=1, max_length=2000, description="Why (told to the data subject); audited as a keyed hash."
+    )
 
     @field_validator("reason")
     @classmethod
@@ -278,7 +284,9 @@ class DeletionRequestRead(BaseModel):
     method: str
     parameters: dict[str, Any]
     received_at: datetime
-    due_at: datetime = Field(description="Legal deadline: one calendar month after receipt (GDPR Art. 12(3)), plus any extension.")
+    due_at: datetime = Field(
+        description="Legal deadline: one calendar month after receipt (GDPR Art. 12(3)), plus any extension."
+    )
     overdue: bool = Field(description="Still open after its deadline.")
     extension: DeadlineExtension | None
     queued_at: datetime | None

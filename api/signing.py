@@ -42,10 +42,14 @@ class Signer:
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"LTU_CERTIFICATE_KEY_FILE {path}: not a readable unencrypted PEM private key ({exc})") from None
+            raise ConfigError(
+                f"LTU_CERTIFICATE_KEY_FILE {path}: not a readable unencrypted PEM private key ({exc})"
+            ) from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError(f"LTU_CERTIFICATE_KEY_FILE {path}: not an Ed25519 key "
-                              "(make one with: openssl genpkey -algorithm ed25519 -out certificate-key.pem)")
+            raise ConfigError(
+                f"LTU_CERTIFICATE_KEY_FILE {path}: not an Ed25519 key "
+                "(make one with: openssl genpkey -algorithm ed25519 -out certificate-key.pem)"
+            )
         return cls(key)
 
     def sign(self, content: dict[str, Any]) -> str:
@@ -56,7 +60,8 @@ class Signer:
 
 def _create_key_file(path: Path) -> None:
     pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -64,4 +69,3 @@ def _create_key_file(path: Path) -> None:
         return
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-

@@ -45,11 +45,18 @@ class HttpMetrics:
     """The HTTP families of one app's registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("ltu_http_requests", "HTTP requests answered, by method, route template and status.",
-                                ["method", "route", "status"], registry=registry)
-        self.duration = Histogram("ltu_http_request_duration_seconds",
-                                  "Seconds from receiving a request to the end of its response, by route template.",
-                                  ["method", "route"], registry=registry)
+        self.requests = Counter(
+            "ltu_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "ltu_http_request_duration_seconds",
+            "Seconds from receiving a request to the end of its response, by route template.",
+            ["method", "route"],
+            registry=registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request."""
@@ -102,9 +109,17 @@ def request_telemetry(metrics: HttpMetrics):
                     metrics.observe(method, route, status, seconds)
                     access_log.log(
                         logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
-                        "%s %s %d %.1f ms", method, route, status, seconds * 1000,
-                        extra={"http_method": method, "route": route, "status": status,
-                               "duration_ms": round(seconds * 1000, 1)},
+                        "%s %s %d %.1f ms",
+                        method,
+                        route,
+                        status,
+                        seconds * 1000,
+                        extra={
+                            "http_method": method,
+                            "route": route,
+                            "status": status,
+                            "duration_ms": round(seconds * 1000, 1),
+                        },
                     )
 
     return RequestTelemetry
@@ -147,16 +162,26 @@ class LedgerCollector(Collector):
 
 
 def _families(figures: reports.Deployment) -> list[Metric]:
-    by_status = GaugeMetricFamily("ltu_deletion_requests", "Deletion requests in the ledger by status.",
-                                  labels=["status"])
+    by_status = GaugeMetricFamily(
+        "ltu_deletion_requests", "Deletion requests in the ledger by status.", labels=["status"]
+    )
     for status, count in sorted(figures.by_status.items()):
         by_status.add_metric([status], count)
-    depth = GaugeMetricFamily("ltu_queue_depth", "Work waiting: requests received or queued but not started "
-                              "(queue=requests), dispatch rows not yet handed on (queue=outbox).", labels=["queue"])
+    depth = GaugeMetricFamily(
+        "ltu_queue_depth",
+        "Work waiting: requests received or queued but not started "
+        "(queue=requests), dispatch rows not yet handed on (queue=outbox).",
+        labels=["queue"],
+    )
     depth.add_metric(["requests"], figures.waiting_requests)
     depth.add_metric(["outbox"], figures.pending_dispatches)
-    return [by_status, depth, _phases(figures.phase_seconds), _verifications(figures.verifications),
-            _failures(figures.failures)]
+    return [
+        by_status,
+        depth,
+        _phases(figures.phase_seconds),
+        _verifications(figures.verifications),
+        _failures(figures.failures),
+    ]
 
 
 def _phases(phase_seconds: dict[str, list[float]]) -> Metric:
@@ -172,15 +197,19 @@ def _phases(phase_seconds: dict[str, list[float]]) -> Metric:
         family.add_metric([phase], count_value=len(values), sum_value=sum(values))
         ordered = sorted(values)
         for q in QUANTILES:
-            family.samples.append(Sample("ltu_job_phase_seconds", {"phase": phase, "quantile": str(q)},
-                                         _percentile(ordered, q)))
+            family.samples.append(
+                Sample("ltu_job_phase_seconds", {"phase": phase, "quantile": str(q)}, _percentile(ordered, q))
+            )
     return family
 
 
 def _verifications(counts: dict[tuple[bool, bool], int]) -> Metric:
-    family = GaugeMetricFamily("ltu_verifications", "Completed requests by membership-inference verdict and by "
-                               "whether the Retrain fallback produced the published version.",
-                               labels=["passed", "fallback"])
+    family = GaugeMetricFamily(
+        "ltu_verifications",
+        "Completed requests by membership-inference verdict and by "
+        "whether the Retrain fallback produced the published version.",
+        labels=["passed", "fallback"],
+    )
     for passed in (True, False):
         for fallback in (False, True):
             family.add_metric([str(passed).lower(), str(fallback).lower()], counts.get((passed, fallback), 0))
@@ -188,8 +217,11 @@ def _verifications(counts: dict[tuple[bool, bool], int]) -> Metric:
 
 
 def _failures(counts: dict[str, int]) -> Metric:
-    family = GaugeMetricFamily("ltu_failed_requests", "Failed requests by error code (verification_failed: no "
-                               "version passed verification and none was published).", labels=["error_code"])
+    family = GaugeMetricFamily(
+        "ltu_failed_requests",
+        "Failed requests by error code (verification_failed: no version passed verification and none was published).",
+        labels=["error_code"],
+    )
     for code, count in sorted(counts.items()):
         family.add_metric([code], count)
     return family

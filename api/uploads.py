@@ -34,8 +34,21 @@ ARCH_FIELDS = {"name", "num_classes", "in_chans", "img_size", "width", "small_st
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit
 MAX_ID_LENGTH = 255
 DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 
 
@@ -84,7 +97,9 @@ def read_safetensors_header(path: Path) -> CheckpointHeader:
     size = path.stat().st_size
 
     def not_safetensors(why: str) -> UploadError:
-        return UploadError(f"the weights file is not a safetensors file ({why}); pickled checkpoints are never accepted", 415)
+        return UploadError(
+            f"the weights file is not a safetensors file ({why}); pickled checkpoints are never accepted", 415
+        )
 
     with open(path, "rb") as f:
         prefix = f.read(8)
@@ -110,10 +125,13 @@ def read_safetensors_header(path: Path) -> CheckpointHeader:
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if dtype not in DTYPE_BYTES:
             raise not_safetensors(f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise not_safetensors(f"tensor {name!r} has a malformed shape")
         if (
-            not isinstance(offsets, list) or len(offsets) != 2
+            not isinstance(offsets, list)
+            or len(offsets) != 2
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]
         ):
@@ -162,7 +180,7 @@ def unpack_dataset_archive(archive: Path, folder: Path, *, hash_subject: Callabl
     accepted, so a crafted archive can neither write outside `folder` nor smuggle links.
     """
     try:
-        tar = tarfile.open(archive, "r:")
+        tar = tarfile.open(archive, "r:")  # noqa: SIM115 - the `with tar:` below closes it
     except (tarfile.TarError, OSError):
         raise UploadError(
             "the dataset upload is not an uncompressed tar archive of manifest.json, samples.csv and images.u8", 415
@@ -204,9 +222,15 @@ def _manifest(folder: Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT_NAME:
         raise UploadError(f"{MANIFEST}: 'format' must be {FORMAT_NAME!r}")
     if manifest.get("version") != FORMAT_VERSION:
-        raise UploadError(f"{MANIFEST}: unsupported version {manifest.get('version')!r}; the service reads version {FORMAT_VERSION}")
+        raise UploadError(
+            f"{MANIFEST}: unsupported version {manifest.get('version')!r}; the service reads version {FORMAT_VERSION}"
+        )
     shape = manifest.get("image_shape")
-    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
         raise UploadError(f"{MANIFEST}: 'image_shape' must be three positive integers [C, H, W]")
     for key in ("num_classes", "num_samples"):
         value = manifest.get(key)

@@ -115,13 +115,24 @@ def running_server(env: dict[str, str], workers: int, log: Path) -> Iterator[Ser
     port = _free_port()
     # Exactly how a deployment runs the API: `ltu serve --workers N`, one app per process, its JSON
     # access log included (at INFO, which also carries the per-worker start-up lines waited for).
-    command = [sys.executable, "-m", "ltu_cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "ltu_cli.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     with open(log, "wb") as out:
         # A session of its own: a Ctrl-C in the terminal reaches only this script, whose finally
         # stops the server in order (uvicorn's supervisor then stops its workers).
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = Server(process, log, f"http://127.0.0.1:{port}")
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -130,8 +141,13 @@ def running_server(env: dict[str, str], workers: int, log: Path) -> Iterator[Ser
             # A worker that fails to start is respawned by uvicorn's supervisor again and again:
             # its first traceback is the answer, not the time-out.
             if process.poll() is not None or "Traceback" in log_text or time.monotonic() > deadline:
-                state = (f"exited with status {process.returncode}" if process.poll() is not None
-                         else "failed" if "Traceback" in log_text else "timed out")
+                state = (
+                    f"exited with status {process.returncode}"
+                    if process.poll() is not None
+                    else "failed"
+                    if "Traceback" in log_text
+                    else "timed out"
+                )
                 raise BenchError(f"the API server {state} before all {workers} workers started:\n{server.log_tail()}")
             time.sleep(0.2)
         yield server
@@ -205,9 +221,9 @@ def check_ledger(database_url: str, accepted_ids: list[str]) -> LedgerCheck:
         "request row": "SELECT id FROM deletion_requests WHERE id = ANY(%s)",
         "request samples": "SELECT DISTINCT request_id FROM request_samples WHERE request_id = ANY(%s)",
         "outbox row": "SELECT DISTINCT payload->>'request_id' FROM outbox "
-                      f"WHERE task_name = '{ERASURE_TASK}' AND payload->>'request_id' = ANY(%s)",
+        f"WHERE task_name = '{ERASURE_TASK}' AND payload->>'request_id' = ANY(%s)",
         "audit event": "SELECT DISTINCT request_id FROM audit_events "
-                       "WHERE action = 'deletion_request.received' AND request_id = ANY(%s)",
+        "WHERE action = 'deletion_request.received' AND request_id = ANY(%s)",
     }
     with psycopg.connect(_libpq(database_url), connect_timeout=5) as conn:
         missing = {}
@@ -266,9 +282,19 @@ class LoadResult:
     wall_seconds: float = 0.0
 
 
-async def drive_load(*, url: str, api_key: str, model_id: str, subjects: list[str], submissions: int, reads: int,
-                     concurrency: int, rng: random.Random, key_prefix: str,
-                     readable: list[str] | None = None) -> LoadResult:
+async def drive_load(
+    *,
+    url: str,
+    api_key: str,
+    model_id: str,
+    subjects: list[str],
+    submissions: int,
+    reads: int,
+    concurrency: int,
+    rng: random.Random,
+    key_prefix: str,
+    readable: list[str] | None = None,
+) -> LoadResult:
     """Run `submissions` POSTs and `reads` GETs, interleaved in a seeded random order, `concurrency` at a time.
 
     Reads pick a random id among those accepted so far (`readable` seeds that pool, e.g. from the
@@ -293,8 +319,9 @@ async def drive_load(*, url: str, api_key: str, model_id: str, subjects: list[st
         body = {"model_id": model_id, "subject_ids": [rng.choice(subjects)]}
         started = time.perf_counter()
         try:
-            response = await client.post("/v1/deletion-requests", json=body,
-                                         headers={**headers, "Idempotency-Key": f"{key_prefix}-{index}"})
+            response = await client.post(
+                "/v1/deletion-requests", json=body, headers={**headers, "Idempotency-Key": f"{key_prefix}-{index}"}
+            )
         except httpx.HTTPError as exc:
             result.records.append(Record(SUBMIT, 0, time.perf_counter() - started, type(exc).__name__))
         else:
@@ -421,8 +448,18 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     def num(value: float | None, digits: int) -> str:
         return "–" if value is None else f"{value:.{digits}f}"
 
-    body = [(names[op], str(r["count"]), str(r["errors"]), num(r["ops_per_s"], 0), num(r["p50_ms"], 1),
-             num(r["p95_ms"], 1), num(r["p99_ms"], 1)) for op, r in rows.items()]
+    body = [
+        (
+            names[op],
+            str(r["count"]),
+            str(r["errors"]),
+            num(r["ops_per_s"], 0),
+            num(r["p50_ms"], 1),
+            num(r["p95_ms"], 1),
+            num(r["p99_ms"], 1),
+        )
+        for op, r in rows.items()
+    ]
     widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -490,8 +527,11 @@ class CpuMeter:
 
     def _sample(self) -> dict[str, float | None]:
         times = os.times()
-        return {"client": times.user + times.system, "api_server": _process_cpu(self.server.pids()),
-                "machine": _machine_busy()}
+        return {
+            "client": times.user + times.system,
+            "api_server": _process_cpu(self.server.pids()),
+            "machine": _machine_busy(),
+        }
 
     def __enter__(self) -> Self:
         self.start = self._sample()
@@ -528,8 +568,9 @@ def server_env(database_url: str, broker_url: str, home: Path, admin_key: str) -
 def _git() -> dict[str, Any]:
     def run(*args: str) -> str | None:
         try:  # --no-optional-locks: never refresh (write) the index of a tree others are editing
-            out = subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True,
-                                 check=False, timeout=10)
+            out = subprocess.run(
+                ["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return out.stdout.strip() if out.returncode == 0 else None
@@ -545,14 +586,25 @@ def run(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     cpus = os.cpu_count() or 1
     load_before = _load_average()  # other work on the machine skews every number: say how much there was
-    config = {"workers": args.workers, "concurrency": args.concurrency, "submissions": args.submissions,
-              "reads": args.reads, "warmup": args.warmup, "seed": args.seed, "cpu_count": cpus,
-              "dataset_samples": DATASET_SAMPLES}
-    print(f"api_load: {args.workers} uvicorn workers, concurrency {args.concurrency}, "
-          f"{args.submissions} submissions + {args.reads} reads (+{args.warmup} warm-up submissions and reads), "
-          f"{cpus} CPUs shared by client, API workers and Postgres (loopback)")
-    print(f"api_load: rate limits raised to {UNLIMITED_RATE}/min (burst {UNLIMITED_RATE}) for the benchmark; "
-          "no Celery worker or relay runs, so requests stay `received`")
+    config = {
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        "submissions": args.submissions,
+        "reads": args.reads,
+        "warmup": args.warmup,
+        "seed": args.seed,
+        "cpu_count": cpus,
+        "dataset_samples": DATASET_SAMPLES,
+    }
+    print(
+        f"api_load: {args.workers} uvicorn workers, concurrency {args.concurrency}, "
+        f"{args.submissions} submissions + {args.reads} reads (+{args.warmup} warm-up submissions and reads), "
+        f"{cpus} CPUs shared by client, API workers and Postgres (loopback)"
+    )
+    print(
+        f"api_load: rate limits raised to {UNLIMITED_RATE}/min (burst {UNLIMITED_RATE}) for the benchmark; "
+        "no Celery worker or relay runs, so requests stay `received`"
+    )
 
     with tempfile.TemporaryDirectory(prefix="ltu-bench-") as tmp:
         root = Path(tmp)
@@ -569,18 +621,33 @@ def run(args: argparse.Namespace) -> int:
                         load_key = admin.create_api_key("bench-load", ["submit", "read"])["key"]
                 except ApiError as exc:
                     raise BenchError(f"registering the dataset and model failed: {exc}\n{server.log_tail()}") from None
-                print(f"api_load: server {server.url} ready, database {database_url.rsplit('/', 1)[1]}, "
-                      f"dataset {dataset.id} ({len(fixture.subjects)} subjects with training samples), "
-                      f"model {model.id}; set-up {setup_seconds:.1f} s")
+                print(
+                    f"api_load: server {server.url} ready, database {database_url.rsplit('/', 1)[1]}, "
+                    f"dataset {dataset.id} ({len(fixture.subjects)} subjects with training samples), "
+                    f"model {model.id}; set-up {setup_seconds:.1f} s"
+                )
 
-                common = {"url": server.url, "api_key": load_key, "model_id": model.id, "subjects": fixture.subjects,
-                          "concurrency": args.concurrency, "rng": rng}
+                common = {
+                    "url": server.url,
+                    "api_key": load_key,
+                    "model_id": model.id,
+                    "subjects": fixture.subjects,
+                    "concurrency": args.concurrency,
+                    "rng": rng,
+                }
                 # Warm-up: connection pools, first imports and query plans of every worker; not
                 # in the statistics, but its 202s are checked in the ledger like the others.
                 warm = asyncio.run(drive_load(**common, submissions=args.warmup, reads=args.warmup, key_prefix="warm"))
                 with CpuMeter(server) as cpu:
-                    load = asyncio.run(drive_load(**common, submissions=args.submissions, reads=args.reads,
-                                                  key_prefix="load", readable=warm.accepted))
+                    load = asyncio.run(
+                        drive_load(
+                            **common,
+                            submissions=args.submissions,
+                            reads=args.reads,
+                            key_prefix="load",
+                            readable=warm.accepted,
+                        )
+                    )
                 try:  # the chain is sealed under an advisory lock: concurrent commits must not fork it
                     with Client(server.url, admin_key) as admin:
                         chain = admin.verify_audit()
@@ -605,10 +672,12 @@ def run(args: argparse.Namespace) -> int:
     api_cpu_ms = used["api_server"] * 1000 / len(load.records) if used.get("api_server") and load.records else None
     if all(used.get(k) is not None for k in ("client", "api_server", "machine")):
         capacity = cpus * load.wall_seconds
-        print(f"CPU during the load (of {capacity:.0f} core-seconds): load generator {used['client']:.1f} s, "
-              f"API processes {used['api_server']:.1f} s, whole machine {used['machine']:.1f} s "
-              f"({used['machine'] / capacity:.0%} busy; the rest is Postgres and whatever else runs here; "
-              f"load average before the run {load_before})")
+        print(
+            f"CPU during the load (of {capacity:.0f} core-seconds): load generator {used['client']:.1f} s, "
+            f"API processes {used['api_server']:.1f} s, whole machine {used['machine']:.1f} s "
+            f"({used['machine'] / capacity:.0%} busy; the rest is Postgres and whatever else runs here; "
+            f"load average before the run {load_before})"
+        )
     if api_cpu_ms is not None:
         # Throughput moves with whatever else runs on a shared machine; CPU per request much less.
         print(f"API CPU per request: {api_cpu_ms:.2f} ms (mixed load; steadier than ops/s on a shared machine)")
@@ -620,14 +689,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"server log: {server_errors} traceback(s); last lines:\n{server_log[-3000:]}")
 
     lost = ledger.lost
-    print(f"ledger: {ledger.accepted} ids answered 202 (warm-up included); "
-          + ", ".join(f"{len(ids)} without {what}" for what, ids in ledger.missing.items()))
+    print(
+        f"ledger: {ledger.accepted} ids answered 202 (warm-up included); "
+        + ", ".join(f"{len(ids)} without {what}" for what, ids in ledger.missing.items())
+    )
     if ledger.unacknowledged:
         print(f"ledger: {ledger.unacknowledged} request row(s) no 202 reported (answers lost on the way back)")
     if ledger.dispatched:
         print(f"ledger: {ledger.dispatched} outbox row(s) dispatched although no relay runs")
-    print(f"audit chain: {'valid' if chain.get('valid') else 'BROKEN ' + json.dumps(chain.get('broken'))}, "
-          f"{chain.get('checked')} events")
+    print(
+        f"audit chain: {'valid' if chain.get('valid') else 'BROKEN ' + json.dumps(chain.get('broken'))}, "
+        f"{chain.get('checked')} events"
+    )
     print(f"lost: {len(lost)}" + (f"  {' '.join(lost[:50])}{' …' if len(lost) > 50 else ''}" if lost else ""))
 
     failures = []
@@ -645,10 +718,14 @@ def run(args: argparse.Namespace) -> int:
         record = {
             "benchmark": "api_load",
             "config": config,
-            "environment": {"python": platform.python_version(), "platform": platform.platform(),
-                            "machine_note": f"loopback; {cpus} CPUs shared by the load generator, "
-                                            f"{args.workers} uvicorn workers and Postgres; no Celery worker",
-                            "rate_limits": f"raised to {UNLIMITED_RATE} per minute and burst", **_git()},
+            "environment": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "machine_note": f"loopback; {cpus} CPUs shared by the load generator, "
+                f"{args.workers} uvicorn workers and Postgres; no Celery worker",
+                "rate_limits": f"raised to {UNLIMITED_RATE} per minute and burst",
+                **_git(),
+            },
             "operations": rows,
             "load_wall_seconds": round(load.wall_seconds, 2),
             "total_seconds": round(total_seconds, 2),
@@ -657,9 +734,13 @@ def run(args: argparse.Namespace) -> int:
             "load_average_before": load_before,
             "errors": dict(errors),
             "server_tracebacks": server_errors,
-            "ledger": {"accepted": ledger.accepted, "missing": {k: len(v) for k, v in ledger.missing.items()},
-                       "lost": lost, "unacknowledged_rows": ledger.unacknowledged,
-                       "dispatched_outbox_rows": ledger.dispatched},
+            "ledger": {
+                "accepted": ledger.accepted,
+                "missing": {k: len(v) for k, v in ledger.missing.items()},
+                "lost": lost,
+                "unacknowledged_rows": ledger.unacknowledged,
+                "dispatched_outbox_rows": ledger.dispatched,
+            },
             "audit_chain": chain,
             "passed": not failures,
         }
@@ -675,29 +756,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python bench/api_load.py",
         description="Load benchmark of the erasure API on Postgres with several uvicorn workers (loopback): "
-                    "throughput and p50/p95/p99 of erasure submissions and status reads, then a check that "
-                    "every accepted (202) request is in the ledger. No Celery worker runs.",
+        "throughput and p50/p95/p99 of erasure submissions and status reads, then a check that "
+        "every accepted (202) request is in the ledger. No Celery worker runs.",
         epilog="Exit status: 0 pass; 1 an accepted request is missing, the audit chain is broken or a request "
-               "failed; 2 the benchmark could not run.",
+        "failed; 2 the benchmark could not run.",
     )
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes (default 2)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight from the client (default 16)")
     parser.add_argument("--submissions", type=int, default=2000, help="POST /v1/deletion-requests (default 2000)")
     parser.add_argument("--reads", type=int, default=4000, help="GET /v1/deletion-requests/{id} (default 4000)")
-    parser.add_argument("--warmup", type=int, default=100,
-                        help="submissions and as many reads before the measured load, not in the statistics (default 100)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK['submissions']} submissions, {QUICK['reads']} reads, "
-                             f"{QUICK['warmup']} warm-up (overrides those three; writes no results unless --json)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="submissions and as many reads before the measured load, not in the statistics (default 100)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK['submissions']} submissions, {QUICK['reads']} reads, "
+        f"{QUICK['warmup']} warm-up (overrides those three; writes no results unless --json)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the dataset, the operation order and the subjects")
-    parser.add_argument("--json", type=Path, default=None,
-                        help=f"write the results here (default {DEFAULT_JSON.relative_to(REPO)}; none with --quick)")
-    parser.add_argument("--postgres", default=DEFAULT_POSTGRES,
-                        help="a Postgres URL allowed to CREATE and DROP DATABASE (default LTU_BENCH_POSTGRES_URL "
-                             f"or {DEFAULT_POSTGRES})")
-    parser.add_argument("--broker-url", default=DEFAULT_BROKER,
-                        help="LTU_BROKER_URL of the API; never connected to, it only turns off the in-process runner "
-                             f"(default LTU_BENCH_BROKER_URL or {DEFAULT_BROKER})")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help=f"write the results here (default {DEFAULT_JSON.relative_to(REPO)}; none with --quick)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        help="a Postgres URL allowed to CREATE and DROP DATABASE (default LTU_BENCH_POSTGRES_URL "
+        f"or {DEFAULT_POSTGRES})",
+    )
+    parser.add_argument(
+        "--broker-url",
+        default=DEFAULT_BROKER,
+        help="LTU_BROKER_URL of the API; never connected to, it only turns off the in-process runner "
+        f"(default LTU_BENCH_BROKER_URL or {DEFAULT_BROKER})",
+    )
     parser.add_argument("--allow-errors", action="store_true", help="exit 0 even if some requests failed")
     args = parser.parse_args(argv)
     if args.quick:

@@ -72,9 +72,16 @@ def run_mode(name: str, root: Path, artifacts, subjects: list[str], *, max_batch
 
     archive, weights, recipe, _ = artifacts
     root.mkdir(parents=True)
-    settings = Settings.build(home=root, secret_key="bench-" + "x" * 40, admin_api_key=ADMIN_KEY, torch_threads=1,
-                              coalesce_window_seconds=0.0, coalesce_max_batch=max_batch,
-                              rate_limit_burst=10_000, rate_limit_per_minute=10_000)
+    settings = Settings.build(
+        home=root,
+        secret_key="bench-" + "x" * 40,
+        admin_api_key=ADMIN_KEY,
+        torch_threads=1,
+        coalesce_window_seconds=0.0,
+        coalesce_max_batch=max_batch,
+        rate_limit_burst=10_000,
+        rate_limit_per_minute=10_000,
+    )
     migrate.upgrade(settings.ledger.database_url)
     with TestClient(create_app(settings)) as http:
         client = Client(http=http, api_key=ADMIN_KEY)
@@ -120,26 +127,42 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         t0 = time.perf_counter()
         artifacts = build_artifacts(work, epochs=args.epochs, width=args.width)
-        print(f"model: digits ResNet-18 width {args.width}, {args.epochs} epochs, trained in {time.perf_counter() - t0:.0f} s")
+        print(
+            f"model: digits ResNet-18 width {args.width}, {args.epochs} epochs, trained in {time.perf_counter() - t0:.0f} s"
+        )
         subjects = subjects_with_training_data(artifacts[3], args.requests)
-        rows = [run_mode("one by one", work / "one-by-one", artifacts, subjects, max_batch=1),
-                run_mode("coalesced", work / "coalesced", artifacts, subjects, max_batch=args.requests)]
+        rows = [
+            run_mode("one by one", work / "one-by-one", artifacts, subjects, max_batch=1),
+            run_mode("coalesced", work / "coalesced", artifacts, subjects, max_batch=args.requests),
+        ]
 
-    one_by_one, coalesced = rows
+    one_by_one, _coalesced = rows
     per_request = one_by_one["wall_s"] / one_by_one["requests"]
-    print(f"\n{args.requests} simultaneous erasure requests on one model (LTU, default verification; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 torch thread)\n")
+    print(
+        f"\n{args.requests} simultaneous erasure requests on one model (LTU, default verification; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, 1 torch thread)\n"
+    )
     header = f"{'mode':<11} {'runs':>4} {'wall s':>7} {'× one request':>13} {'speed-up':>8} {'verified':>8} {'fallbacks':>9} {'UA':>6} {'TA':>6}"
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['mode']:<11} {row['runs']:>4} {row['wall_s']:>7.1f} {row['wall_s'] / per_request:>13.1f} "
-              f"{one_by_one['wall_s'] / row['wall_s']:>7.1f}× {row['passed_verification']:>5}/{row['requests']:<2} "
-              f"{row['fallbacks']:>9} {row['final_ua']:>6.1f} {row['final_ta']:>6.1f}")
-    print(f"\none request alone (one-by-one mean): {per_request:.1f} s; TA before: {one_by_one['ta_before']:.1f}. "
-          "UA/TA: the final published version.")
-    result = {"requests": args.requests, "epochs": args.epochs, "width": args.width, "cpu_count": os.cpu_count(),
-              "one_request_s": round(per_request, 2), "rows": rows}
+        print(
+            f"{row['mode']:<11} {row['runs']:>4} {row['wall_s']:>7.1f} {row['wall_s'] / per_request:>13.1f} "
+            f"{one_by_one['wall_s'] / row['wall_s']:>7.1f}× {row['passed_verification']:>5}/{row['requests']:<2} "
+            f"{row['fallbacks']:>9} {row['final_ua']:>6.1f} {row['final_ta']:>6.1f}"
+        )
+    print(
+        f"\none request alone (one-by-one mean): {per_request:.1f} s; TA before: {one_by_one['ta_before']:.1f}. "
+        "UA/TA: the final published version."
+    )
+    result = {
+        "requests": args.requests,
+        "epochs": args.epochs,
+        "width": args.width,
+        "cpu_count": os.cpu_count(),
+        "one_request_s": round(per_request, 2),
+        "rows": rows,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

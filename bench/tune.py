@@ -45,11 +45,16 @@ GRIDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "ltu": [
         ("ltu", p)
         for p in _grid(
-            harmonization=["global", "per_layer"], stop_margin=[0.0, -0.02, -0.04, -0.06], forget_loss=["match", "nonmember"]
+            harmonization=["global", "per_layer"],
+            stop_margin=[0.0, -0.02, -0.04, -0.06],
+            forget_loss=["match", "nonmember"],
         )
     ],
     "class": [
-        *[("ltu", p) for p in _grid(stop_rule=["none"], forget_loss=["nonmember"], max_passes=[1.0, 2.0, 4.0], lr=[0.01, 0.02])],
+        *[
+            ("ltu", p)
+            for p in _grid(stop_rule=["none"], forget_loss=["nonmember"], max_passes=[1.0, 2.0, 4.0], lr=[0.01, 0.02])
+        ],
         *[("ft", p) for p in _grid(lr=[0.02, 0.1], epochs=[10.0])],
         *[("ga", p) for p in _grid(lr=[0.05, 0.1, 0.2], epochs=[1.0, 2.0, 5.0])],
         *[("rl", p) for p in _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0])],
@@ -88,7 +93,12 @@ def validation_splits(data, scenarios: list[str]):
         if scenario == "random":
             for draw in RANDOM_DRAWS:
                 spec = ForgetSpec(kind="random", count=CFG.forget_count, seed=draw)
-                out.append((f"random/{draw}", make_split(data, spec, retain_fraction=CFG.retain_fraction, seed=VALIDATION_SEED)))
+                out.append(
+                    (
+                        f"random/{draw}",
+                        make_split(data, spec, retain_fraction=CFG.retain_fraction, seed=VALIDATION_SEED),
+                    )
+                )
         else:
             spec = forget_spec(scenario, VALIDATION_SEED, CFG, data.num_classes)
             out.append((scenario, make_split(data, spec, retain_fraction=CFG.retain_fraction, seed=VALIDATION_SEED)))
@@ -98,8 +108,14 @@ def validation_splits(data, scenarios: list[str]):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", choices=sorted(GRIDS))
-    parser.add_argument("--try", dest="tries", action="append", default=[], metavar="JSON",
-                        help='extra configuration, e.g. \'{"method": "ltu", "lr": 0.02}\' (repeatable)')
+    parser.add_argument(
+        "--try",
+        dest="tries",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='extra configuration, e.g. \'{"method": "ltu", "lr": 0.02}\' (repeatable)',
+    )
     parser.add_argument("--scenarios", default="random", help="comma-separated: random,class")
     parser.add_argument("--only", help="restrict to these method names (comma-separated)")
     parser.add_argument("--json", type=Path)
@@ -110,15 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"e{CFG.recipe.epochs}"
     original = _cached(
         CACHE / f"original-s{VALIDATION_SEED}-{tag}.safetensors",
-        lambda: train_model(build_model(CFG.arch, seed=VALIDATION_SEED), data.view(data.split_indices("train")),
-                            CFG.recipe, seed=VALIDATION_SEED),
+        lambda: train_model(
+            build_model(CFG.arch, seed=VALIDATION_SEED),
+            data.view(data.split_indices("train")),
+            CFG.recipe,
+            seed=VALIDATION_SEED,
+        ),
     )
     splits = validation_splits(data, args.scenarios.split(","))
     golds = {}
     for name, split in splits:
         task = UnlearningTask.from_split(original, CFG.arch, split, CFG.recipe, seed=VALIDATION_SEED)
-        retrain = _cached(CACHE / f"retrain-{name.replace('/', '-')}-{tag}.safetensors",
-                          lambda: create_method("retrain").run(task).model)
+        retrain = _cached(
+            CACHE / f"retrain-{name.replace('/', '-')}-{tag}.safetensors",
+            lambda: create_method("retrain").run(task).model,
+        )
         golds[name] = evaluate(retrain, split, seed=VALIDATION_SEED)
         print(f"{name}: retrain {golds[name].as_dict()}", file=sys.stderr)
 
@@ -132,15 +154,31 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, split in splits:
         base = evaluate(original, split, seed=VALIDATION_SEED)
-        results.append({"method": "original", "params": {}, "split": name, "avg_gap": avg_gap(base, golds[name]),
-                        "seconds": 0.0, **base.as_dict()})
+        results.append(
+            {
+                "method": "original",
+                "params": {},
+                "split": name,
+                "avg_gap": avg_gap(base, golds[name]),
+                "seconds": 0.0,
+                **base.as_dict(),
+            }
+        )
     for method, params in grid:
         for name, split in splits:
             task = UnlearningTask.from_split(original, CFG.arch, split, CFG.recipe, seed=VALIDATION_SEED)
             result = create_method(method, **params).run(task)
             ev = evaluate(result.model, split, seed=VALIDATION_SEED)
-            results.append({"method": method, "params": params, "split": name, "avg_gap": avg_gap(ev, golds[name]),
-                            "seconds": result.seconds, **ev.as_dict()})
+            results.append(
+                {
+                    "method": method,
+                    "params": params,
+                    "split": name,
+                    "avg_gap": avg_gap(ev, golds[name]),
+                    "seconds": result.seconds,
+                    **ev.as_dict(),
+                }
+            )
         print(f"done {method} {params}", file=sys.stderr)
 
     summary: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -148,22 +186,36 @@ def main(argv: list[str] | None = None) -> int:
         summary.setdefault((r["method"], json.dumps(r["params"], sort_keys=True)), []).append(r)
     table = []
     for (method, params), group in summary.items():
-        table.append({
-            "method": method, "params": json.loads(params),
-            **{k: statistics.fmean(g[k] for g in group) for k in ("avg_gap", "ua", "ra", "ta", "mia", "seconds")},
-        })
+        table.append(
+            {
+                "method": method,
+                "params": json.loads(params),
+                **{k: statistics.fmean(g[k] for g in group) for k in ("avg_gap", "ua", "ra", "ta", "mia", "seconds")},
+            }
+        )
     table.sort(key=lambda r: (r["method"], r["avg_gap"]))
     print("| method | params | Avg. Gap | UA | RA | TA | MIA | s |\n|---|---|---|---|---|---|---|---|")
     for r in table:
-        print(f"| {r['method']} | {json.dumps(r['params'])} | {r['avg_gap']:.2f} | {r['ua']:.1f} | {r['ra']:.1f} "
-              f"| {r['ta']:.1f} | {r['mia']:.1f} | {r['seconds']:.1f} |")
+        print(
+            f"| {r['method']} | {json.dumps(r['params'])} | {r['avg_gap']:.2f} | {r['ua']:.1f} | {r['ra']:.1f} "
+            f"| {r['ta']:.1f} | {r['mia']:.1f} | {r['seconds']:.1f} |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "validation": {"seed": VALIDATION_SEED, "random_draws": RANDOM_DRAWS, "scenarios": args.scenarios},
-            "regime": CFG.describe(), "retrain": {k: v.as_dict() for k, v in golds.items()},
-            "summary": table, "runs": results, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "validation": {"seed": VALIDATION_SEED, "random_draws": RANDOM_DRAWS, "scenarios": args.scenarios},
+                    "regime": CFG.describe(),
+                    "retrain": {k: v.as_dict() for k, v in golds.items()},
+                    "summary": table,
+                    "runs": results,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

@@ -41,8 +41,18 @@ MAX_SEQ = 2**53  # sequence numbers stay exact in JSON (and far inside BIGINT)
 CHAIN_LOCK = 0x6C74_752E_6175_6469  # pg_advisory_xact_lock key ("ltu.audi")
 PENDING = "ltu.audit.pending"  # Session.info: events recorded, not yet sealed
 MARKS = "ltu.audit.marks"  # Session.info: {savepoint: len(pending) when it began}
-CHAIN_COLUMNS = ("seq", "prev_hash", "occurred_at", "tenant_id", "actor", "action", "resource_type", "resource_id",
-                 "model_id", "request_id")
+CHAIN_COLUMNS = (
+    "seq",
+    "prev_hash",
+    "occurred_at",
+    "tenant_id",
+    "actor",
+    "action",
+    "resource_type",
+    "resource_id",
+    "model_id",
+    "request_id",
+)
 
 
 def record(
@@ -66,11 +76,19 @@ def record(
         session.begin()  # the event belongs to this transaction: it must exist before the event is added
     if PENDING not in session.info:
         raise RuntimeError("this session does not seal audit events; make it with ledger.db.Database")
-    session.info[PENDING].append({
-        "occurred_at": now or utcnow(), "tenant_id": tenant_id, "actor": actor, "action": action,
-        "resource_type": resource_type, "resource_id": resource_id, "model_id": model_id,
-        "request_id": request_id, "data": data or {},
-    })
+    session.info[PENDING].append(
+        {
+            "occurred_at": now or utcnow(),
+            "tenant_id": tenant_id,
+            "actor": actor,
+            "action": action,
+            "resource_type": resource_type,
+            "resource_id": resource_id,
+            "model_id": model_id,
+            "request_id": request_id,
+            "data": data or {},
+        }
+    )
 
 
 def link(fields: dict[str, Any], *, seq: int, prev_hash: str) -> tuple[str, str]:
@@ -99,7 +117,7 @@ def _begun(session: Session, transaction: SessionTransaction) -> None:
 
 def _rolled_back(session: Session, transaction: SessionTransaction) -> None:
     if transaction.nested:
-        del session.info[PENDING][session.info[MARKS].pop(transaction):]
+        del session.info[PENDING][session.info[MARKS].pop(transaction) :]
 
 
 def _ended(session: Session, transaction: SessionTransaction) -> None:
@@ -123,8 +141,15 @@ def _seal(session: Session) -> None:
             body, digest = link(fields, seq=seq, prev_hash=prev)
         except (TypeError, ValueError) as exc:  # a programming error: name the event it came from
             raise ValueError(f"audit event {fields['action']!r} has data without a canonical JSON form: {exc}") from exc
-        rows.append({**{k: v for k, v in fields.items() if k != "data"}, "seq": seq, "body": body,
-                     "prev_hash": prev, "hash": digest})
+        rows.append(
+            {
+                **{k: v for k, v in fields.items() if k != "data"},
+                "seq": seq,
+                "body": body,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
         prev = digest
     session.execute(insert(AuditEvent), rows)
     pending.clear()
@@ -160,7 +185,9 @@ def _where(query, where: EventFilter):
     return query
 
 
-def list_events(session: Session, *, where: EventFilter, cursor: str | None = None, limit: int = 50) -> Page[AuditEvent]:
+def list_events(
+    session: Session, *, where: EventFilter, cursor: str | None = None, limit: int = 50
+) -> Page[AuditEvent]:
     """Matching events in chain order, one page at a time."""
     limit = clamp_limit(limit)
     query = _where(select(AuditEvent), where)
@@ -273,6 +300,8 @@ def _broken(row: Row, prev_seq: int, prev_hash: str) -> tuple[int, str] | None:
     if row.prev_hash != prev_hash:
         if prev_seq == 0:
             return row.seq, "the first event does not start from the genesis hash"
-        return prev_seq, (f"seq {row.seq} records prev_hash {row.prev_hash[:16]}… but seq {prev_seq} hashes to "
-                          f"{prev_hash[:16]}…: seq {prev_seq} was rewritten")
+        return prev_seq, (
+            f"seq {row.seq} records prev_hash {row.prev_hash[:16]}… but seq {prev_seq} hashes to "
+            f"{prev_hash[:16]}…: seq {prev_seq} was rewritten"
+        )
     return None

@@ -44,15 +44,21 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
     return {
         "format": FORMAT,
         "request": {
-            "id": request.id, "tenant_id": request.tenant_id, "target_kind": request.target_kind,
-            "num_targets": request.num_targets, "received_at": request.received_at, "due_at": request.due_at,
+            "id": request.id,
+            "tenant_id": request.tenant_id,
+            "target_kind": request.target_kind,
+            "num_targets": request.num_targets,
+            "received_at": request.received_at,
+            "due_at": request.due_at,
             "deadline_extension_months": (request.extension or {}).get("months", 0),
-            "started_at": request.started_at, "completed_at": request.finished_at,
+            "started_at": request.started_at,
+            "completed_at": request.finished_at,
             "completed_on_time": bool(request.finished_at and request.finished_at <= request.due_at),
         },
         "subjects": {"subject_hashes": request.subject_hashes, "hashing": "HMAC-SHA256 under the service's secret key"},
         "erased_samples": {
-            "count": len(samples), "train": sum(s.split == "train" for s in samples),
+            "count": len(samples),
+            "train": sum(s.split == "train" for s in samples),
             "sha256": sample_set_hash([s.sample_id for s in samples]),
             "hashing": "SHA-256 of the canonical JSON array of the sorted sample ids",
         },
@@ -61,18 +67,29 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
             "base_version": {"number": base.number, "sha256": base.sha256},
             "new_version": {"number": produced.number, "sha256": produced.sha256},
         },
-        "method": {"requested": request.method, "parameters": request.parameters,
-                   "executed": details.run.method, "config": details.run.config},
+        "method": {
+            "requested": request.method,
+            "parameters": request.parameters,
+            "executed": details.run.method,
+            "config": details.run.config,
+        },
         "metrics": {"before": to_json(request.metrics_before), "after": to_json(request.metrics_after)},
         "verification": {
-            "passed": verification.passed, "exact": verification.exact,
+            "passed": verification.passed,
+            "exact": verification.exact,
             "thresholds": to_json(after.thresholds) if after else None,
-            "before": to_json(verification.before), "after": to_json(after),
+            "before": to_json(verification.before),
+            "after": to_json(after),
             "fallback": {"method": fallback.method, "reason": fallback.reason} if fallback else None,
             # Coalesced: one unlearning run forgot several requests' samples together; `before`/`after`
             # are this request's own verdicts, `run_after` the verdict over the run's whole forget set.
-            "coalesced": {"requests": batch.size, "forget_samples": batch.forget_samples,
-                          "run_after": to_json(batch.verdict_after)} if batch else None,
+            "coalesced": {
+                "requests": batch.size,
+                "forget_samples": batch.forget_samples,
+                "run_after": to_json(batch.verdict_after),
+            }
+            if batch
+            else None,
         },
         "audit": _covered_events(session, request),
     }
@@ -82,9 +99,13 @@ def _covered_events(session: Session, request: DeletionRequest) -> dict[str, Any
     """The request's audit events up to its completion, and the chain hash there (the anchor)."""
     rows = session.execute(
         select(AuditEvent.seq, AuditEvent.action, AuditEvent.hash)
-        .where(AuditEvent.request_id == request.id).order_by(AuditEvent.seq)
+        .where(AuditEvent.request_id == request.id)
+        .order_by(AuditEvent.seq)
     ).all()
     end = next(i for i, row in enumerate(rows) if row.action == COMPLETION_ACTION)
     covered = rows[: end + 1]
-    return {"sequence_numbers": [row.seq for row in covered], "last_seq": covered[-1].seq,
-            "last_hash": covered[-1].hash}
+    return {
+        "sequence_numbers": [row.seq for row in covered],
+        "last_seq": covered[-1].seq,
+        "last_hash": covered[-1].hash,
+    }

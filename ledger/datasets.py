@@ -43,16 +43,30 @@ def create_dataset(
 ) -> Dataset:
     """Register a dataset and bulk-insert its sample rows."""
     dataset = Dataset(
-        id=dataset_id, tenant_id=tenant_id, name=name, format_version=format_version,
-        num_classes=num_classes, image_shape=list(image_shape), num_samples=0,
-        archive_sha256=archive_sha256, storage_key=storage_key,
+        id=dataset_id,
+        tenant_id=tenant_id,
+        name=name,
+        format_version=format_version,
+        num_classes=num_classes,
+        image_shape=list(image_shape),
+        num_samples=0,
+        archive_sha256=archive_sha256,
+        storage_key=storage_key,
     )
     session.add(dataset)
     session.flush()
     count, chunk = 0, []
     for sample in samples:
-        chunk.append({"dataset_id": dataset_id, "row": sample.row, "sample_id": sample.sample_id,
-                      "subject_hash": sample.subject_hash, "label": sample.label, "split": sample.split})
+        chunk.append(
+            {
+                "dataset_id": dataset_id,
+                "row": sample.row,
+                "sample_id": sample.sample_id,
+                "subject_hash": sample.subject_hash,
+                "label": sample.label,
+                "split": sample.split,
+            }
+        )
         if len(chunk) >= INSERT_CHUNK:
             session.execute(insert(DatasetSample), chunk)
             count, chunk = count + len(chunk), []
@@ -61,8 +75,15 @@ def create_dataset(
         count += len(chunk)
     dataset.num_samples = count
     session.flush()
-    audit.record(session, tenant_id=tenant_id, actor=actor, action="dataset.registered", resource_type="dataset",
-                 resource_id=dataset.id, data={"name": name, "num_samples": count, "sha256": archive_sha256})
+    audit.record(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="dataset.registered",
+        resource_type="dataset",
+        resource_id=dataset.id,
+        data={"name": name, "num_samples": count, "sha256": archive_sha256},
+    )
     return dataset
 
 
@@ -77,19 +98,26 @@ def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset
 def list_datasets(session: Session, *, tenant_id: str, cursor: str | None = None, limit: int = 50) -> Page[Dataset]:
     """The tenant's datasets, newest first."""
     query = select(Dataset).where(Dataset.tenant_id == tenant_id)
-    return newest_first(session, query, time_column=Dataset.created_at, id_column=Dataset.id, cursor=cursor, limit=limit)
+    return newest_first(
+        session, query, time_column=Dataset.created_at, id_column=Dataset.id, cursor=cursor, limit=limit
+    )
 
 
 def count_erased(session: Session, *, dataset_id: str) -> int:
     """How many of the dataset's samples have been erased."""
-    return session.scalar(
-        select(func.count()).select_from(DatasetSample).where(
-            DatasetSample.dataset_id == dataset_id, DatasetSample.erased_by_request_id.is_not(None)
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(DatasetSample)
+            .where(DatasetSample.dataset_id == dataset_id, DatasetSample.erased_by_request_id.is_not(None))
         )
-    ) or 0
+        or 0
+    )
 
 
-def samples_by_subject(session: Session, *, dataset_id: str, subject_hashes: Sequence[str]) -> dict[str, list[DatasetSample]]:
+def samples_by_subject(
+    session: Session, *, dataset_id: str, subject_hashes: Sequence[str]
+) -> dict[str, list[DatasetSample]]:
     """The samples of each subject hash (hashes with no sample are absent)."""
     out: dict[str, list[DatasetSample]] = {}
     for start in range(0, len(subject_hashes), 500):

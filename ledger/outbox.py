@@ -28,7 +28,9 @@ def enqueue(session: Session, *, task_name: str, payload: dict[str, Any]) -> Out
     return message
 
 
-def claim_next(session: Session, *, lease_seconds: float = 60.0, task_names: tuple[str, ...] | None = None) -> OutboxMessage | None:
+def claim_next(
+    session: Session, *, lease_seconds: float = 60.0, task_names: tuple[str, ...] | None = None
+) -> OutboxMessage | None:
     """Claim the oldest undispatched row whose lease is free; None when there is none."""
     now = utcnow()
     query = select(OutboxMessage.id).where(
@@ -46,8 +48,11 @@ def claim_next(session: Session, *, lease_seconds: float = 60.0, task_names: tup
                 OutboxMessage.dispatched_at.is_(None),
                 or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < now),
             )
-            .values(claim_token=token, claimed_until=now + timedelta(seconds=lease_seconds),
-                    attempts=OutboxMessage.attempts + 1)
+            .values(
+                claim_token=token,
+                claimed_until=now + timedelta(seconds=lease_seconds),
+                attempts=OutboxMessage.attempts + 1,
+            )
             .execution_options(synchronize_session=False)
         ).rowcount
         if claimed == 1:
@@ -57,12 +62,15 @@ def claim_next(session: Session, *, lease_seconds: float = 60.0, task_names: tup
 
 def mark_dispatched(session: Session, *, message_id: int, token: str) -> bool:
     """Mark a claimed row handed on; False if the claim was lost meanwhile."""
-    return session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == message_id, OutboxMessage.claim_token == token)
-        .values(dispatched_at=utcnow(), last_error=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+    return (
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id, OutboxMessage.claim_token == token)
+            .values(dispatched_at=utcnow(), last_error=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
 
 
 def release(session: Session, *, message_id: int, token: str, error: str, retry_in: float = 5.0) -> None:

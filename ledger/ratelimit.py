@@ -60,6 +60,8 @@ def take(session: Session, *, api_key_id: str, per_minute: int, burst: int, now:
 
 def _locked(session: Session, api_key_id: str) -> RateLimitBucket | None:
     return session.scalar(
-        select(RateLimitBucket).where(RateLimitBucket.api_key_id == api_key_id)
-        .with_for_update().execution_options(populate_existing=True)
+        select(RateLimitBucket)
+        .where(RateLimitBucket.api_key_id == api_key_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )

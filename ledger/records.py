@@ -1,7 +1,8 @@
 """The typed run records: what an erasure run writes to a deletion request and every reader reads.
 
-The worker builds these from ltu_core's results; the ledger stores them as JSON columns through
-`RecordJSON` (so `request.verification` *is* a `Verification`); the API exposes them as typed
+Standard library only (clients and the CLI read them too). The worker builds these from ltu_core's
+results; the ledger stores them as JSON columns through `ledger.tables.RecordJSON` (so
+`request.verification` *is* a `Verification`); the API exposes them as typed
 schemas (pydantic reads standard dataclasses), and certificates, the dashboard, /metrics and the
 CLI read them by attribute. One shape, written down once, the way timm's `PretrainedCfg` gives a
 model's configuration a type.
@@ -25,12 +26,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
-from sqlalchemy import JSON
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeDecorator
-
-JsonScalar = Union[str, int, float, bool, None]
-JsonValue = Union[JsonScalar, list[JsonScalar], dict[str, JsonScalar], list[dict[str, JsonScalar]]]
+JsonScalar = str | int | float | bool | None
+JsonValue = JsonScalar | list[JsonScalar] | dict[str, JsonScalar] | list[dict[str, JsonScalar]]
 """A method's own configuration and details values (flat or one level deep, all JSON)."""
 
 
@@ -269,40 +266,6 @@ def _build(tp: Any, value: Any, where: str) -> Any:
     elif tp in (str, bool):
         if isinstance(value, tp):
             return value
-    elif tp is type(None):
-        if value is None:
-            return None
+    elif tp is type(None) and value is None:
+        return None
     raise ValueError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {type(value).__name__}")
-
-
-class RecordJSON(TypeDecorator):
-    """A JSON column (JSONB on Postgres) holding one record type: records in, records out.
-
-    JSON path expressions (`column["passed"].as_boolean()`) still work in queries.
-    """
-
-    impl = JSON
-    cache_ok = True
-
-    class comparator_factory(TypeDecorator.Comparator, JSON.Comparator):  # noqa: N801 - SQLAlchemy's hook name
-        def _setup_getitem(self, index):
-            # A member of a record is plain JSON (a number, a flag), not a record of the column's type.
-            operator, index, _ = super()._setup_getitem(index)
-            return operator, index, JSON().with_variant(JSONB(), "postgresql")
-
-    def __init__(self, record_type: type) -> None:
-        super().__init__()
-        self.record_type = record_type
-
-    def load_dialect_impl(self, dialect):
-        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
-
-    def process_bind_param(self, value, dialect):
-        if value is None:
-            return None
-        if not isinstance(value, self.record_type):
-            raise TypeError(f"expected a {self.record_type.__name__} record, got {type(value).__name__}")
-        return to_json(value)
-
-    def process_result_value(self, value, dialect):
-        return None if value is None else from_json(self.record_type, value)

@@ -32,20 +32,41 @@ def create_model(
     actor: str,
 ) -> tuple[Model, ModelVersion]:
     """Register a model with its initial weights as version 1."""
-    model = Model(tenant_id=tenant_id, name=name, dataset_id=dataset_id, architecture=architecture,
-                  recipe=recipe, current_version=1)
+    model = Model(
+        tenant_id=tenant_id,
+        name=name,
+        dataset_id=dataset_id,
+        architecture=architecture,
+        recipe=recipe,
+        current_version=1,
+    )
     session.add(model)
     session.flush()
-    version = ModelVersion(model_id=model.id, number=1, sha256=sha256, size_bytes=size_bytes,
-                           storage_key=storage_key, state="ready")
+    version = ModelVersion(
+        model_id=model.id, number=1, sha256=sha256, size_bytes=size_bytes, storage_key=storage_key, state="ready"
+    )
     session.add(version)
     session.flush()
-    audit.record(session, tenant_id=tenant_id, actor=actor, action="model.registered", resource_type="model",
-                 resource_id=model.id, model_id=model.id,
-                 data={"name": name, "dataset_id": dataset_id, "architecture": architecture.get("name")})
-    audit.record(session, tenant_id=tenant_id, actor=actor, action="model_version.created",
-                 resource_type="model_version", resource_id=version.id, model_id=model.id,
-                 data={"number": 1, "sha256": sha256})
+    audit.record(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="model.registered",
+        resource_type="model",
+        resource_id=model.id,
+        model_id=model.id,
+        data={"name": name, "dataset_id": dataset_id, "architecture": architecture.get("name")},
+    )
+    audit.record(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="model_version.created",
+        resource_type="model_version",
+        resource_id=version.id,
+        model_id=model.id,
+        data={"number": 1, "sha256": sha256},
+    )
     return model, version
 
 
@@ -65,7 +86,9 @@ def list_models(session: Session, *, tenant_id: str, cursor: str | None = None, 
 
 def get_version(session: Session, *, model_id: str, number: int) -> ModelVersion:
     """Version `number` of a model (the caller checked the model's tenant), or NotFound."""
-    version = session.scalar(select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.number == number))
+    version = session.scalar(
+        select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.number == number)
+    )
     if version is None:
         raise NotFound(f"model {model_id} has no version {number}")
     return version
@@ -73,7 +96,11 @@ def get_version(session: Session, *, model_id: str, number: int) -> ModelVersion
 
 def list_versions(session: Session, *, model_id: str) -> list[ModelVersion]:
     """All versions of a model, newest first."""
-    return list(session.scalars(select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())))
+    return list(
+        session.scalars(
+            select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.number.desc())
+        )
+    )
 
 
 def move_current(session: Session, *, model_id: str, expect: int, to: int) -> None:
@@ -84,8 +111,10 @@ def move_current(session: Session, *, model_id: str, expect: int, to: int) -> No
     `expect`.
     """
     if to <= expect:
-        raise Conflict(f"model {model_id}: the current version only moves forward (asked {expect} → {to}); "
-                       "older versions still contain erased data")
+        raise Conflict(
+            f"model {model_id}: the current version only moves forward (asked {expect} → {to}); "
+            "older versions still contain erased data"
+        )
     moved = session.execute(
         update(Model).where(Model.id == model_id, Model.current_version == expect).values(current_version=to)
     ).rowcount
@@ -111,18 +140,39 @@ def publish_version(
     The unique producing_request_id makes a second publication of one request fail.
     """
     move_current(session, model_id=model.id, expect=base.number, to=base.number + 1)
-    version = ModelVersion(model_id=model.id, number=base.number + 1, parent_id=base.id, producing_request_id=request_id,
-                           sha256=sha256, size_bytes=size_bytes, storage_key=storage_key, state="ready",
-                           metrics=metrics, created_at=utcnow())
+    version = ModelVersion(
+        model_id=model.id,
+        number=base.number + 1,
+        parent_id=base.id,
+        producing_request_id=request_id,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        storage_key=storage_key,
+        state="ready",
+        metrics=metrics,
+        created_at=utcnow(),
+    )
     session.add(version)
     session.flush()
     superseded = session.execute(
         update(ModelVersion).where(ModelVersion.id == base.id, ModelVersion.state == "ready").values(state="superseded")
     ).rowcount
     common = dict(tenant_id=model.tenant_id, actor=actor, model_id=model.id, request_id=request_id)
-    audit.record(session, **common, action="model_version.created", resource_type="model_version",
-                 resource_id=version.id, data={"number": version.number, "parent": base.number, "sha256": sha256})
+    audit.record(
+        session,
+        **common,
+        action="model_version.created",
+        resource_type="model_version",
+        resource_id=version.id,
+        data={"number": version.number, "parent": base.number, "sha256": sha256},
+    )
     if superseded:
-        audit.record(session, **common, action="model_version.superseded", resource_type="model_version",
-                     resource_id=base.id, data={"number": base.number, "by": version.number})
+        audit.record(
+            session,
+            **common,
+            action="model_version.superseded",
+            resource_type="model_version",
+            resource_id=base.id,
+            data={"number": base.number, "by": version.number},
+        )
     return version

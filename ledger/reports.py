@@ -63,8 +63,17 @@ class Figures:
         """Count per status, every status present."""
         return {status: self.by_status.get(status, 0) for status in REQUEST_STATUSES}
 
-    def add(self, *, status: str, received_at: datetime, due_at: datetime, finished_at: datetime | None,
-            passed: bool | None, now: datetime, due_soon: timedelta) -> None:
+    def add(
+        self,
+        *,
+        status: str,
+        received_at: datetime,
+        due_at: datetime,
+        finished_at: datetime | None,
+        passed: bool | None,
+        now: datetime,
+        due_soon: timedelta,
+    ) -> None:
         """Count one request."""
         self.by_status[status] += 1
         if status in ACTIVE_STATUSES:
@@ -83,14 +92,27 @@ def summarize(
 ) -> tuple[Figures, dict[str, Figures]]:
     """(figures over all the tenant's requests, figures per model id); one pass over the requests."""
     passed = DeletionRequest.verification["passed"].as_boolean()
-    query = select(DeletionRequest.model_id, DeletionRequest.status, DeletionRequest.received_at,
-                   DeletionRequest.due_at, DeletionRequest.finished_at, passed).where(DeletionRequest.tenant_id == tenant_id)
+    query = select(
+        DeletionRequest.model_id,
+        DeletionRequest.status,
+        DeletionRequest.received_at,
+        DeletionRequest.due_at,
+        DeletionRequest.finished_at,
+        passed,
+    ).where(DeletionRequest.tenant_id == tenant_id)
     if model_id:
         query = query.where(DeletionRequest.model_id == model_id)
     total, per_model = Figures(), {}
     for row in session.execute(query.order_by(DeletionRequest.model_id)).yield_per(1000):
-        fields = dict(status=row.status, received_at=row.received_at, due_at=row.due_at, finished_at=row.finished_at,
-                      passed=row[5], now=now, due_soon=due_soon)
+        fields = dict(
+            status=row.status,
+            received_at=row.received_at,
+            due_at=row.due_at,
+            finished_at=row.finished_at,
+            passed=row[5],
+            now=now,
+            due_soon=due_soon,
+        )
         total.add(**fields)
         per_model.setdefault(row.model_id, Figures()).add(**fields)
     return total, per_model
@@ -123,8 +145,9 @@ def overview(
 ) -> Overview:
     """Figures, a page of requests (deadline: overdue | due_soon), the overdue ones; InvalidInput for a bad cursor."""
     overall, per_model = summarize(session, tenant_id=tenant_id, now=now, due_soon=due_soon)
-    page = requests.list_requests(session, tenant_id=tenant_id, deadline=deadline, due_soon=due_soon, cursor=cursor,
-                                  limit=limit)
+    page = requests.list_requests(
+        session, tenant_id=tenant_id, deadline=deadline, due_soon=due_soon, cursor=cursor, limit=limit
+    )
     overdue = requests.list_requests(session, tenant_id=tenant_id, deadline=requests.OVERDUE, limit=limit).items
     names = dict(session.execute(select(Model.id, Model.name).where(Model.tenant_id == tenant_id)).all())
     return Overview(tenants.get_tenant(session, tenant_id=tenant_id), overall, per_model, names, page, overdue)
@@ -142,8 +165,9 @@ class RequestReport:
 def request_report(session: Session, *, tenant_id: str, request_id: str, events: int = 200) -> RequestReport:
     """The tenant's request with its model and up to `events` audit events; NotFound if the tenant lacks it."""
     request = requests.get_request(session, tenant_id=tenant_id, request_id=request_id)
-    trail = audit.list_events(session, where=audit.EventFilter(tenant_id=tenant_id, request_id=request.id),
-                              limit=events).items
+    trail = audit.list_events(
+        session, where=audit.EventFilter(tenant_id=tenant_id, request_id=request.id), limit=events
+    ).items
     return RequestReport(request, registry.get_model(session, tenant_id=tenant_id, model_id=request.model_id), trail)
 
 
@@ -170,11 +194,15 @@ def deployment(session: Session, *, phase_window: int = PHASE_WINDOW) -> Deploym
     statuses = select(DeletionRequest.status, func.count()).group_by(DeletionRequest.status)
     by_status.update(session.execute(statuses).all())
     pending = session.scalar(
-        select(func.count()).select_from(OutboxMessage).where(OutboxMessage.dispatched_at.is_(None)))
+        select(func.count()).select_from(OutboxMessage).where(OutboxMessage.dispatched_at.is_(None))
+    )
     return Deployment(
-        by_status=by_status, waiting_requests=by_status.get(RECEIVED, 0) + by_status.get(QUEUED, 0),
-        pending_dispatches=pending or 0, phase_seconds=_phase_seconds(session, phase_window),
-        verifications=_verifications(session), failures=_failures(session),
+        by_status=by_status,
+        waiting_requests=by_status.get(RECEIVED, 0) + by_status.get(QUEUED, 0),
+        pending_dispatches=pending or 0,
+        phase_seconds=_phase_seconds(session, phase_window),
+        verifications=_verifications(session),
+        failures=_failures(session),
     )
 
 
@@ -212,7 +240,8 @@ def _verifications(session: Session) -> dict[tuple[bool, bool], int]:
         .subquery()
     )
     rows = session.execute(
-        select(verdicts.c.passed, verdicts.c.fallback, func.count()).group_by(verdicts.c.passed, verdicts.c.fallback))
+        select(verdicts.c.passed, verdicts.c.fallback, func.count()).group_by(verdicts.c.passed, verdicts.c.fallback)
+    )
     counts = dict.fromkeys([(True, False), (True, True), (False, False), (False, True)], 0)
     for passed, fallback, n in rows:
         if passed is not None:  # a verification record without a verdict (JSON null) is no outcome

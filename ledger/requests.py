@@ -88,8 +88,7 @@ def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> De
 def _replay(existing: DeletionRequest, body_hash: str) -> DeletionRequest:
     if existing.body_hash != body_hash:
         raise IdempotencyConflict(
-            "this Idempotency-Key was already used with a different request body; "
-            "use a new key for a new request"
+            "this Idempotency-Key was already used with a different request body; use a new key for a new request"
         )
     return existing
 
@@ -109,10 +108,14 @@ def resolve_target(session: Session, *, model: Model, target: Target) -> list[Da
     forgotten = datasets.erased_for_model(session, model_id=model.id)
     chosen: list[DatasetSample] = []
     if target.kind == "subjects":
-        groups = datasets.samples_by_subject(session, dataset_id=model.dataset_id, subject_hashes=list(target.subject_hashes))
+        groups = datasets.samples_by_subject(
+            session, dataset_id=model.dataset_id, subject_hashes=list(target.subject_hashes)
+        )
         unknown = [i for i, h in enumerate(target.subject_hashes) if h not in groups]
         if unknown:
-            raise NotFound(f"subject_ids{_positions(unknown)}: no such data subject in the model's dataset {model.dataset_id}")
+            raise NotFound(
+                f"subject_ids{_positions(unknown)}: no such data subject in the model's dataset {model.dataset_id}"
+            )
         for i, h in enumerate(target.subject_hashes):
             if not any(s.split == "train" for s in groups[h]):
                 raise InvalidInput(
@@ -130,7 +133,9 @@ def resolve_target(session: Session, *, model: Model, target: Target) -> list[Da
         for i, sid in enumerate(target.sample_ids):
             sample = found[sid]
             if sample.split != "train":
-                raise InvalidInput(f"sample_ids[{i}] is a {sample.split!r} sample; only training samples can be unlearned")
+                raise InvalidInput(
+                    f"sample_ids[{i}] is a {sample.split!r} sample; only training samples can be unlearned"
+                )
             if not still_to_forget([sample], erased=forgotten):
                 raise InvalidInput(f"sample_ids[{i}] has already been erased from model {model.id}")
             chosen.append(sample)
@@ -167,10 +172,19 @@ def create_request(
     samples = resolve_target(session, model=model, target=target)
     now = now or utcnow()
     request = DeletionRequest(
-        tenant_id=tenant_id, model_id=model.id, status=RECEIVED, idempotency_key=idempotency_key,
-        body_hash=body_hash, target_kind=target.kind, subject_hashes=list(target.subject_hashes),
-        num_targets=target.count, method=method, parameters=parameters, received_at=now,
-        due_at=gdpr_due_at(now), updated_at=now,
+        tenant_id=tenant_id,
+        model_id=model.id,
+        status=RECEIVED,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash,
+        target_kind=target.kind,
+        subject_hashes=list(target.subject_hashes),
+        num_targets=target.count,
+        method=method,
+        parameters=parameters,
+        received_at=now,
+        due_at=gdpr_due_at(now),
+        updated_at=now,
     )
     try:
         with session.begin_nested():
@@ -184,11 +198,24 @@ def create_request(
     session.add_all(RequestSample(request_id=request.id, sample_pk=s.id) for s in samples)
     outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request.id})
     audit.record(
-        session, tenant_id=tenant_id, actor=actor, action="deletion_request.received",
-        resource_type="deletion_request", resource_id=request.id, model_id=model.id, request_id=request.id, now=now,
-        data={"target_kind": target.kind, "num_targets": target.count, "num_samples": len(samples),
-              "num_train_samples": sum(s.split == "train" for s in samples), "method": method,
-              "due_at": request.due_at.isoformat(), "subject_hashes": list(target.subject_hashes)},
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="deletion_request.received",
+        resource_type="deletion_request",
+        resource_id=request.id,
+        model_id=model.id,
+        request_id=request.id,
+        now=now,
+        data={
+            "target_kind": target.kind,
+            "num_targets": target.count,
+            "num_samples": len(samples),
+            "num_train_samples": sum(s.split == "train" for s in samples),
+            "method": method,
+            "due_at": request.due_at.isoformat(),
+            "subject_hashes": list(target.subject_hashes),
+        },
     )
     return request, True
 
@@ -217,16 +244,26 @@ def submit(
     """
     model = registry.get_model(session, tenant_id=tenant_id, model_id=model_id)
     request, created = create_request(
-        session, tenant_id=tenant_id, model=model, target=target, method=method, parameters=parameters,
-        idempotency_key=idempotency_key, body_hash=body_hash, actor=actor,
+        session,
+        tenant_id=tenant_id,
+        model=model,
+        target=target,
+        method=method,
+        parameters=parameters,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash,
+        actor=actor,
     )
     if created:
         # Last in the transaction: the key's bucket row stays locked only until the commit, not for the
         # whole submission (taken first, one key's submissions queued on that row).
         decision = ratelimit.take(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
         if not decision.allowed:
-            raise RateLimited(f"this API key may submit {per_minute} requests a minute (bursts of {burst}); "
-                              f"retry in {decision.retry_after} s", retry_after=decision.retry_after)
+            raise RateLimited(
+                f"this API key may submit {per_minute} requests a minute (bursts of {burst}); "
+                f"retry in {decision.retry_after} s",
+                retry_after=decision.retry_after,
+            )
     return request, created
 
 
@@ -279,8 +316,14 @@ def list_requests(
         query = query.where(DeletionRequest.received_at >= received_after)
     if received_before:
         query = query.where(DeletionRequest.received_at < received_before)
-    return newest_first(session, query, time_column=DeletionRequest.received_at, id_column=DeletionRequest.id,
-                        cursor=cursor, limit=limit)
+    return newest_first(
+        session,
+        query,
+        time_column=DeletionRequest.received_at,
+        id_column=DeletionRequest.id,
+        cursor=cursor,
+        limit=limit,
+    )
 
 
 def result_versions(session: Session, *, requests: Sequence[DeletionRequest]) -> list[ModelVersion | None]:
@@ -303,8 +346,10 @@ def forget_sets(session: Session, *, request_ids: list[str], model_id: str) -> d
     on the model (or an unknown id) maps to an empty list. One query for the samples of all of them.
     """
     erased = datasets.erased_for_model(session, model_id=model_id)
-    return {r: still_to_forget(samples, erased=erased)
-            for r, samples in _named_samples(session, request_ids=request_ids).items()}
+    return {
+        r: still_to_forget(samples, erased=erased)
+        for r, samples in _named_samples(session, request_ids=request_ids).items()
+    }
 
 
 def _named_samples(session: Session, *, request_ids: Sequence[str]) -> dict[str, list[DatasetSample]]:
@@ -350,37 +395,62 @@ def _transition(
     request = load(session, request_id=request_id)
     assert request is not None
     audit.record(
-        session, tenant_id=request.tenant_id, actor=actor, action=f"deletion_request.{to}",
-        resource_type="deletion_request", resource_id=request_id, model_id=request.model_id,
-        request_id=request_id, now=now, data={"from": list(expect) if len(expect) > 1 else expect[0], **(data or {})},
+        session,
+        tenant_id=request.tenant_id,
+        actor=actor,
+        action=f"deletion_request.{to}",
+        resource_type="deletion_request",
+        resource_id=request_id,
+        model_id=request.model_id,
+        request_id=request_id,
+        now=now,
+        data={"from": list(expect) if len(expect) > 1 else expect[0], **(data or {})},
     )
     return True
 
 
 def mark_queued(session: Session, *, request_id: str, actor: str = "relay") -> bool:
     """received → queued, when a relay hands the request to an executor."""
-    return _transition(session, request_id=request_id, expect=(RECEIVED,), to=QUEUED, actor=actor,
-                       values={"queued_at": utcnow()})
+    return _transition(
+        session, request_id=request_id, expect=(RECEIVED,), to=QUEUED, actor=actor, values={"queued_at": utcnow()}
+    )
 
 
 def cancel(session: Session, *, tenant_id: str, request_id: str, actor: str) -> DeletionRequest:
     """Cancel now if not started; if running, ask the worker to stop at its next check."""
     request = get_request(session, tenant_id=tenant_id, request_id=request_id)
-    if _transition(session, request_id=request_id, expect=(RECEIVED, QUEUED), to=CANCELLED, actor=actor,
-                   values={"finished_at": utcnow(), "phase": None}):
+    if _transition(
+        session,
+        request_id=request_id,
+        expect=(RECEIVED, QUEUED),
+        to=CANCELLED,
+        actor=actor,
+        values={"finished_at": utcnow(), "phase": None},
+    ):
         return load(session, request_id=request_id)  # type: ignore[return-value]
     changed = session.execute(
         update(DeletionRequest)
-        .where(DeletionRequest.id == request_id, DeletionRequest.status == RUNNING, DeletionRequest.cancel_requested.is_(False))
+        .where(
+            DeletionRequest.id == request_id,
+            DeletionRequest.status == RUNNING,
+            DeletionRequest.cancel_requested.is_(False),
+        )
         .values(cancel_requested=True, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     ).rowcount
     request = load(session, request_id=request_id)
     assert request is not None
     if changed:
-        audit.record(session, tenant_id=tenant_id, actor=actor, action="deletion_request.cancel_requested",
-                     resource_type="deletion_request", resource_id=request_id, model_id=request.model_id,
-                     request_id=request_id)
+        audit.record(
+            session,
+            tenant_id=tenant_id,
+            actor=actor,
+            action="deletion_request.cancel_requested",
+            resource_type="deletion_request",
+            resource_id=request_id,
+            model_id=request.model_id,
+            request_id=request_id,
+        )
         return request
     if request.status == RUNNING or request.status == CANCELLED:
         return request  # already asked, or already cancelled: cancelling is idempotent
@@ -409,28 +479,48 @@ def extend_deadline(
     request = get_request(session, tenant_id=tenant_id, request_id=request_id)
     now = now or utcnow()
     if request.status not in ACTIVE_STATUSES:
-        raise Conflict(f"deletion request {request_id} is {request.status}; only an open request's deadline can be extended")
+        raise Conflict(
+            f"deletion request {request_id} is {request.status}; only an open request's deadline can be extended"
+        )
     if request.extension is not None:
-        raise Conflict(f"deletion request {request_id} was already extended by {request.extension['months']} month(s); "
-                       f"GDPR allows one extension of at most {MAX_EXTENSION_MONTHS} months")
+        raise Conflict(
+            f"deletion request {request_id} was already extended by {request.extension['months']} month(s); "
+            f"GDPR allows one extension of at most {MAX_EXTENSION_MONTHS} months"
+        )
     original = gdpr_due_at(request.received_at)
     if now >= original:
         raise Conflict(f"the deadline can only be extended within one month of receipt (until {original.isoformat()})")
     previous, due_at = request.due_at, add_calendar_month(request.received_at, 1 + months)
-    extension = {"months": months, "reason": reason, "extended_at": now.isoformat(), "previous_due_at": previous.isoformat()}
+    extension = {
+        "months": months,
+        "reason": reason,
+        "extended_at": now.isoformat(),
+        "previous_due_at": previous.isoformat(),
+    }
     changed = session.execute(
         update(DeletionRequest)
-        .where(DeletionRequest.id == request_id, DeletionRequest.status.in_(ACTIVE_STATUSES),
-               DeletionRequest.due_at == previous)
+        .where(
+            DeletionRequest.id == request_id,
+            DeletionRequest.status.in_(ACTIVE_STATUSES),
+            DeletionRequest.due_at == previous,
+        )
         .values(due_at=due_at, extension=extension, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
     if changed != 1:
         raise Conflict(f"deletion request {request_id} changed meanwhile; read it again")
-    audit.record(session, tenant_id=tenant_id, actor=actor, action="deletion_request.deadline_extended",
-                 resource_type="deletion_request", resource_id=request_id, model_id=request.model_id,
-                 request_id=request_id, now=now,
-                 data={"months": months, "previous_due_at": previous, "due_at": due_at, "reason_hash": reason_hash})
+    audit.record(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="deletion_request.deadline_extended",
+        resource_type="deletion_request",
+        resource_id=request_id,
+        model_id=request.model_id,
+        request_id=request_id,
+        now=now,
+        data={"months": months, "previous_due_at": previous, "due_at": due_at, "reason_hash": reason_hash},
+    )
     return load(session, request_id=request_id)  # type: ignore[return-value]
 
 
@@ -453,18 +543,40 @@ def claim(
         if stale and request.heartbeat_at is not None and request.heartbeat_at > now - timedelta(seconds=lease_seconds):
             return None  # someone is working on it
         if request.attempts >= max_attempts:
-            _transition(session, request_id=request_id, expect=(request.status,), to=FAILED, actor=WORKER,
-                        values={"finished_at": now, "error_code": "attempts_exhausted", "lease_token": None,
-                                "error_message": f"the request was interrupted {request.attempts} times; giving up"},
-                        data={"attempts": request.attempts})
+            _transition(
+                session,
+                request_id=request_id,
+                expect=(request.status,),
+                to=FAILED,
+                actor=WORKER,
+                values={
+                    "finished_at": now,
+                    "error_code": "attempts_exhausted",
+                    "lease_token": None,
+                    "error_message": f"the request was interrupted {request.attempts} times; giving up",
+                },
+                data={"attempts": request.attempts},
+            )
             return None
         changed = session.execute(
             update(DeletionRequest)
-            .where(DeletionRequest.id == request_id, DeletionRequest.status == request.status,
-                   DeletionRequest.attempts == request.attempts)
-            .values(status=RUNNING, lease_token=token, heartbeat_at=now, attempts=request.attempts + 1,
-                    started_at=func.coalesce(DeletionRequest.started_at, now), phase="preparing", batch_id=None,
-                    progress_step=0, progress_total=0, updated_at=now)
+            .where(
+                DeletionRequest.id == request_id,
+                DeletionRequest.status == request.status,
+                DeletionRequest.attempts == request.attempts,
+            )
+            .values(
+                status=RUNNING,
+                lease_token=token,
+                heartbeat_at=now,
+                attempts=request.attempts + 1,
+                started_at=func.coalesce(DeletionRequest.started_at, now),
+                phase="preparing",
+                batch_id=None,
+                progress_step=0,
+                progress_total=0,
+                updated_at=now,
+            )
             .execution_options(synchronize_session=False)
         ).rowcount
         if changed == 1:
@@ -473,10 +585,18 @@ def claim(
         return None
     request = load(session, request_id=request_id)
     assert request is not None
-    audit.record(session, tenant_id=request.tenant_id, actor=WORKER, action="deletion_request.running",
-                 resource_type="deletion_request", resource_id=request_id, model_id=request.model_id,
-                 request_id=request_id, now=now,
-                 data={"attempt": request.attempts, "resumed": stale})
+    audit.record(
+        session,
+        tenant_id=request.tenant_id,
+        actor=WORKER,
+        action="deletion_request.running",
+        resource_type="deletion_request",
+        resource_id=request_id,
+        model_id=request.model_id,
+        request_id=request_id,
+        now=now,
+        data={"attempt": request.attempts, "resumed": stale},
+    )
     return request
 
 
@@ -499,9 +619,14 @@ def claim_siblings(
     )
     candidates = session.scalars(
         select(DeletionRequest)
-        .where(DeletionRequest.model_id == leader.model_id, DeletionRequest.id != leader.id, waiting,
-               DeletionRequest.method == leader.method, DeletionRequest.cancel_requested.is_(False),
-               DeletionRequest.attempts < max_attempts)
+        .where(
+            DeletionRequest.model_id == leader.model_id,
+            DeletionRequest.id != leader.id,
+            waiting,
+            DeletionRequest.method == leader.method,
+            DeletionRequest.cancel_requested.is_(False),
+            DeletionRequest.attempts < max_attempts,
+        )
         .order_by(DeletionRequest.received_at, DeletionRequest.id)
         .limit(4 * limit)  # parameters are compared here, not in SQL (JSON equality differs by backend)
     ).all()
@@ -513,25 +638,49 @@ def claim_siblings(
             continue
         changed = session.execute(
             update(DeletionRequest)
-            .where(DeletionRequest.id == candidate.id, DeletionRequest.status == candidate.status,
-                   DeletionRequest.attempts == candidate.attempts)
-            .values(status=RUNNING, lease_token=leader.lease_token, heartbeat_at=now, attempts=candidate.attempts + 1,
-                    started_at=func.coalesce(DeletionRequest.started_at, now), phase="preparing", batch_id=leader.id,
-                    progress_step=0, progress_total=0, updated_at=now)
+            .where(
+                DeletionRequest.id == candidate.id,
+                DeletionRequest.status == candidate.status,
+                DeletionRequest.attempts == candidate.attempts,
+            )
+            .values(
+                status=RUNNING,
+                lease_token=leader.lease_token,
+                heartbeat_at=now,
+                attempts=candidate.attempts + 1,
+                started_at=func.coalesce(DeletionRequest.started_at, now),
+                phase="preparing",
+                batch_id=leader.id,
+                progress_step=0,
+                progress_total=0,
+                updated_at=now,
+            )
             .execution_options(synchronize_session=False)
         ).rowcount
         if changed != 1:
             continue
         sibling = load(session, request_id=candidate.id)
         assert sibling is not None
-        audit.record(session, tenant_id=sibling.tenant_id, actor=WORKER, action="deletion_request.running",
-                     resource_type="deletion_request", resource_id=sibling.id, model_id=sibling.model_id,
-                     request_id=sibling.id, now=now,
-                     data={"attempt": sibling.attempts, "resumed": candidate.status == RUNNING, "batch_id": leader.id})
+        audit.record(
+            session,
+            tenant_id=sibling.tenant_id,
+            actor=WORKER,
+            action="deletion_request.running",
+            resource_type="deletion_request",
+            resource_id=sibling.id,
+            model_id=sibling.model_id,
+            request_id=sibling.id,
+            now=now,
+            data={"attempt": sibling.attempts, "resumed": candidate.status == RUNNING, "batch_id": leader.id},
+        )
         claimed.append(sibling)
     if claimed:
-        session.execute(update(DeletionRequest).where(DeletionRequest.id == leader.id)
-                        .values(batch_id=leader.id).execution_options(synchronize_session=False))
+        session.execute(
+            update(DeletionRequest)
+            .where(DeletionRequest.id == leader.id)
+            .values(batch_id=leader.id)
+            .execution_options(synchronize_session=False)
+        )
         leader.batch_id = leader.id
     return claimed
 
@@ -544,8 +693,11 @@ def report(session: Session, *, request_ids: Sequence[str], token: str, **values
     now = utcnow()
     changed = session.execute(
         update(DeletionRequest)
-        .where(DeletionRequest.id.in_(tuple(request_ids)), DeletionRequest.status == RUNNING,
-               DeletionRequest.lease_token == token)
+        .where(
+            DeletionRequest.id.in_(tuple(request_ids)),
+            DeletionRequest.status == RUNNING,
+            DeletionRequest.lease_token == token,
+        )
         .values(heartbeat_at=now, updated_at=now, **values)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -556,8 +708,9 @@ def report(session: Session, *, request_ids: Sequence[str], token: str, **values
 def cancel_requested(session: Session, *, request_ids: Sequence[str]) -> set[str]:
     """Those of `request_ids` someone asked to cancel (or that are no longer running)."""
     rows = session.execute(
-        select(DeletionRequest.id, DeletionRequest.status, DeletionRequest.cancel_requested)
-        .where(DeletionRequest.id.in_(tuple(request_ids)))
+        select(DeletionRequest.id, DeletionRequest.status, DeletionRequest.cancel_requested).where(
+            DeletionRequest.id.in_(tuple(request_ids))
+        )
     ).all()
     running = {row[0] for row in rows if row[1] == RUNNING and not row[2]}
     return set(request_ids) - running
@@ -576,9 +729,19 @@ def finish(
     """running → failed | cancelled for the executing attempt."""
     assert to in (FAILED, CANCELLED)
     return _transition(
-        session, request_id=request_id, expect=(RUNNING,), to=to, actor=WORKER, token=token,
-        values={"finished_at": utcnow(), "error_code": error_code, "error_message": error_message,
-                "lease_token": None, "phase": None},
+        session,
+        request_id=request_id,
+        expect=(RUNNING,),
+        to=to,
+        actor=WORKER,
+        token=token,
+        values={
+            "finished_at": utcnow(),
+            "error_code": error_code,
+            "error_message": error_message,
+            "lease_token": None,
+            "phase": None,
+        },
         data={"error_code": error_code, **(data or {})},
     )
 
@@ -613,8 +776,15 @@ def complete(
     """
     leader_id = next(iter(outcomes))
     version = registry.publish_version(
-        session, model=model, base=base, request_id=leader_id, sha256=sha256, size_bytes=size_bytes,
-        storage_key=storage_key, metrics=outcomes[leader_id].metrics_after, actor=WORKER,
+        session,
+        model=model,
+        base=base,
+        request_id=leader_id,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        storage_key=storage_key,
+        metrics=outcomes[leader_id].metrics_after,
+        actor=WORKER,
     )
     now = utcnow()
     for request_id, outcome in outcomes.items():
@@ -627,18 +797,43 @@ def complete(
             .values(erased_by_request_id=request_id, erased_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount
-        audit.record(session, tenant_id=request.tenant_id, actor=WORKER, action="samples.erased",
-                     resource_type="dataset", resource_id=model.dataset_id, model_id=model.id, request_id=request_id,
-                     now=now, data={"newly_erased": erased, "version": version.number})
+        audit.record(
+            session,
+            tenant_id=request.tenant_id,
+            actor=WORKER,
+            action="samples.erased",
+            resource_type="dataset",
+            resource_id=model.dataset_id,
+            model_id=model.id,
+            request_id=request_id,
+            now=now,
+            data={"newly_erased": erased, "version": version.number},
+        )
         batch = {"batch_id": request.batch_id, "batch_size": len(outcomes)} if len(outcomes) > 1 else {}
         if not _transition(
-            session, request_id=request_id, expect=(RUNNING,), to=COMPLETED, actor=WORKER, token=token,
-            values={"finished_at": now, "lease_token": None, "phase": None,
-                    "metrics_before": outcome.metrics_before, "metrics_after": outcome.metrics_after,
-                    "verification": outcome.verification, "details": outcome.details, "base_version": base.number,
-                    "result_version": version.number},
-            data={"version": version.number, "sha256": sha256,
-                  "verification_passed": outcome.verification.passed, **batch},
+            session,
+            request_id=request_id,
+            expect=(RUNNING,),
+            to=COMPLETED,
+            actor=WORKER,
+            token=token,
+            values={
+                "finished_at": now,
+                "lease_token": None,
+                "phase": None,
+                "metrics_before": outcome.metrics_before,
+                "metrics_after": outcome.metrics_after,
+                "verification": outcome.verification,
+                "details": outcome.details,
+                "base_version": base.number,
+                "result_version": version.number,
+            },
+            data={
+                "version": version.number,
+                "sha256": sha256,
+                "verification_passed": outcome.verification.passed,
+                **batch,
+            },
         ):
             raise LeaseLost(f"deletion request {request_id} is no longer held by this execution")
     return version
@@ -656,7 +851,12 @@ class Reconciled:
 
 
 def reconcile(
-    session: Session, *, lease_seconds: float, queued_after: float, max_attempts: int, limit: int = 100,
+    session: Session,
+    *,
+    lease_seconds: float,
+    queued_after: float,
+    max_attempts: int,
+    limit: int = 100,
     now: datetime | None = None,
 ) -> Reconciled:
     """Find requests whose work was interrupted and dispatch them again, at most `max_attempts` times.
@@ -675,8 +875,10 @@ def reconcile(
         and_(DeletionRequest.status == QUEUED, DeletionRequest.updated_at < now - timedelta(seconds=queued_after)),
     )
     rows = session.scalars(
-        select(DeletionRequest).where(interrupted, DeletionRequest.updated_at < stale)
-        .order_by(DeletionRequest.received_at).limit(limit)
+        select(DeletionRequest)
+        .where(interrupted, DeletionRequest.updated_at < stale)
+        .order_by(DeletionRequest.received_at)
+        .limit(limit)
     ).all()
     requeued, failed = [], []
     for request in rows:
@@ -684,25 +886,47 @@ def reconcile(
         interruptions = max(request.attempts, request.requeues)
         if interruptions >= max_attempts:
             message = f"the request was interrupted {interruptions} times (last: {reason.replace('_', ' ')}); giving up"
-            if _transition(session, request_id=request.id, expect=(request.status,), to=FAILED, actor="reconciler",
-                           values={"finished_at": now, "error_code": "attempts_exhausted", "error_message": message,
-                                   "lease_token": None, "phase": None},
-                           data={"attempts": request.attempts, "requeues": request.requeues, "reason": reason}):
+            if _transition(
+                session,
+                request_id=request.id,
+                expect=(request.status,),
+                to=FAILED,
+                actor="reconciler",
+                values={
+                    "finished_at": now,
+                    "error_code": "attempts_exhausted",
+                    "error_message": message,
+                    "lease_token": None,
+                    "phase": None,
+                },
+                data={"attempts": request.attempts, "requeues": request.requeues, "reason": reason},
+            ):
                 failed.append(request.id)
             continue
         changed = session.execute(
             update(DeletionRequest)
-            .where(DeletionRequest.id == request.id, DeletionRequest.status == request.status,
-                   DeletionRequest.updated_at == request.updated_at)
+            .where(
+                DeletionRequest.id == request.id,
+                DeletionRequest.status == request.status,
+                DeletionRequest.updated_at == request.updated_at,
+            )
             .values(requeues=request.requeues + 1, updated_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount
         if changed != 1:
             continue  # it moved meanwhile (a heartbeat, another reconciler)
         outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request.id})
-        audit.record(session, tenant_id=request.tenant_id, actor="reconciler", action="deletion_request.requeued",
-                     resource_type="deletion_request", resource_id=request.id, model_id=request.model_id,
-                     request_id=request.id, now=now,
-                     data={"reason": reason, "status": request.status, "requeue": request.requeues + 1})
+        audit.record(
+            session,
+            tenant_id=request.tenant_id,
+            actor="reconciler",
+            action="deletion_request.requeued",
+            resource_type="deletion_request",
+            resource_id=request.id,
+            model_id=request.model_id,
+            request_id=request.id,
+            now=now,
+            data={"reason": reason, "status": request.status, "requeue": request.requeues + 1},
+        )
         requeued.append(request.id)
     return Reconciled(tuple(requeued), tuple(failed))

@@ -42,12 +42,23 @@ def due_for_purge(session: Session, *, now: datetime, grace: timedelta) -> list[
     """Superseded versions whose erasure-produced successor is older than `grace`."""
     successor = aliased(ModelVersion)
     rows = session.execute(
-        select(ModelVersion.id, Model.tenant_id, ModelVersion.model_id, ModelVersion.number, ModelVersion.sha256,
-               ModelVersion.storage_key, successor.producing_request_id)
+        select(
+            ModelVersion.id,
+            Model.tenant_id,
+            ModelVersion.model_id,
+            ModelVersion.number,
+            ModelVersion.sha256,
+            ModelVersion.storage_key,
+            successor.producing_request_id,
+        )
         .join(successor, successor.parent_id == ModelVersion.id)
         .join(Model, Model.id == ModelVersion.model_id)
-        .where(ModelVersion.state == SUPERSEDED, ModelVersion.number < Model.current_version,
-               successor.producing_request_id.is_not(None), successor.created_at <= now - grace)
+        .where(
+            ModelVersion.state == SUPERSEDED,
+            ModelVersion.number < Model.current_version,
+            successor.producing_request_id.is_not(None),
+            successor.created_at <= now - grace,
+        )
         .order_by(successor.created_at)
     ).all()
     return [Candidate(*row) for row in rows]
@@ -55,24 +66,44 @@ def due_for_purge(session: Session, *, now: datetime, grace: timedelta) -> list[
 
 def other_references(session: Session, *, candidate: Candidate) -> int:
     """How many other unpurged versions (of any model) use the candidate's file."""
-    return session.scalar(
-        select(func.count()).select_from(ModelVersion).where(
-            ModelVersion.storage_key == candidate.storage_key, ModelVersion.id != candidate.version_id,
-            ModelVersion.state != PURGED)
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ModelVersion)
+            .where(
+                ModelVersion.storage_key == candidate.storage_key,
+                ModelVersion.id != candidate.version_id,
+                ModelVersion.state != PURGED,
+            )
+        )
+        or 0
+    )
 
 
 def mark_purged(session: Session, *, candidate: Candidate, gone: bool, kept_for: int, actor: str = "system") -> bool:
     """superseded → purged with its audit event; False if another purger was first."""
     changed = session.execute(
-        update(ModelVersion).where(ModelVersion.id == candidate.version_id, ModelVersion.state == SUPERSEDED)
-        .values(state=PURGED).execution_options(synchronize_session=False)
+        update(ModelVersion)
+        .where(ModelVersion.id == candidate.version_id, ModelVersion.state == SUPERSEDED)
+        .values(state=PURGED)
+        .execution_options(synchronize_session=False)
     ).rowcount
     if changed != 1:
         return False
-    audit.record(session, tenant_id=candidate.tenant_id, actor=actor, action="model_version.purged",
-                 resource_type="model_version", resource_id=candidate.version_id, model_id=candidate.model_id,
-                 request_id=candidate.superseded_by_request,
-                 data={"number": candidate.number, "sha256": candidate.sha256, "gone": gone,
-                       "kept_for_other_versions": kept_for})
+    audit.record(
+        session,
+        tenant_id=candidate.tenant_id,
+        actor=actor,
+        action="model_version.purged",
+        resource_type="model_version",
+        resource_id=candidate.version_id,
+        model_id=candidate.model_id,
+        request_id=candidate.superseded_by_request,
+        data={
+            "number": candidate.number,
+            "sha256": candidate.sha256,
+            "gone": gone,
+            "kept_for_other_versions": kept_for,
+        },
+    )
     return True

@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from ledger.records import Metrics, RecordJSON, RunDetails, Verification
+from ledger.records import Metrics, RunDetails, Verification, from_json, to_json
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -85,11 +85,44 @@ class UTCDateTime(TypeDecorator):
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
+class RecordJSON(TypeDecorator):
+    """A JSON column (JSONB on Postgres) holding one record type: records in, records out.
+
+    JSON path expressions (`column["passed"].as_boolean()`) still work in queries.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    class comparator_factory(TypeDecorator.Comparator, JSON.Comparator):
+        def _setup_getitem(self, index):
+            # A member of a record is plain JSON (a number, a flag), not a record of the column's type.
+            operator, index, _ = super()._setup_getitem(index)
+            return operator, index, JSONType
+
+    def __init__(self, record_type: type) -> None:
+        super().__init__()
+        self.record_type = record_type
+
+    def load_dialect_impl(self, dialect):
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if not isinstance(value, self.record_type):
+            raise TypeError(f"expected a {self.record_type.__name__} record, got {type(value).__name__}")
+        return to_json(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else from_json(self.record_type, value)
+
+
 class Base(DeclarativeBase):
     """Declarative base: one metadata with deterministic constraint names (Alembic needs them)."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}  # noqa: RUF012 - SQLAlchemy reads it
 
 
 class Tenant(Base):
@@ -144,7 +177,9 @@ class DatasetSample(Base):
         Index("ix_dataset_samples_dataset_subject", "dataset_id", "subject_hash"),
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     row: Mapped[int]  # position in samples.csv / images.u8
     sample_id: Mapped[str] = mapped_column(String(255))
@@ -266,7 +301,9 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_pending", "dispatched_at", "id"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
     task_name: Mapped[str] = mapped_column(String(100))
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -293,7 +330,9 @@ class AuditEvent(Base):
         Index("ix_audit_events_model_seq", "model_id", "seq"),
     )
 
-    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    )
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
     occurred_at: Mapped[datetime]
     actor: Mapped[str] = mapped_column(String(100))  # "key:<id>", "worker", "system"

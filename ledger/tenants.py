@@ -53,8 +53,15 @@ def ensure_tenant(session: Session, *, name: str, actor: str = "system") -> Tena
         tenant = get_tenant_by_name(session, name=name)
         assert tenant is not None
         return tenant
-    audit.record(session, tenant_id=tenant.id, actor=actor, action="tenant.created",
-                 resource_type="tenant", resource_id=tenant.id, data={"name": name})
+    audit.record(
+        session,
+        tenant_id=tenant.id,
+        actor=actor,
+        action="tenant.created",
+        resource_type="tenant",
+        resource_id=tenant.id,
+        data={"name": name},
+    )
     return tenant
 
 
@@ -93,8 +100,15 @@ def create_key(
     key = ApiKey(tenant_id=tenant_id, name=name, prefix=fingerprint, key_hash=key_hash(secret), scopes=scopes)
     session.add(key)
     session.flush()
-    audit.record(session, tenant_id=tenant_id, actor=actor, action="api_key.created", resource_type="api_key",
-                 resource_id=key.id, data={"name": name, "scopes": scopes, "prefix": key.prefix})
+    audit.record(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="api_key.created",
+        resource_type="api_key",
+        resource_id=key.id,
+        data={"name": name, "scopes": scopes, "prefix": key.prefix},
+    )
     return key, secret
 
 
@@ -106,8 +120,9 @@ def ensure_admin_key(session: Session, *, secret: str, tenant_name: str = DEFAUL
     tenant = ensure_tenant(session, name=tenant_name)
     try:
         with session.begin_nested():
-            key, _ = create_key(session, tenant_id=tenant.id, name="bootstrap admin", scopes=["admin"],
-                                secret=secret, actor="system")
+            key, _ = create_key(
+                session, tenant_id=tenant.id, name="bootstrap admin", scopes=["admin"], secret=secret, actor="system"
+            )
     except (IntegrityError, Conflict):  # another process registered it concurrently
         key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(secret)))
         assert key is not None
@@ -130,7 +145,9 @@ def get_live_key(session: Session, *, key_id: str) -> ApiKey | None:
 
 def list_keys(session: Session, *, tenant_id: str) -> list[ApiKey]:
     """A tenant's keys, oldest first."""
-    return list(session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)))
+    return list(
+        session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id))
+    )
 
 
 def revoke_key(session: Session, *, tenant_id: str, key_id: str, actor: str) -> ApiKey:
@@ -141,6 +158,12 @@ def revoke_key(session: Session, *, tenant_id: str, key_id: str, actor: str) -> 
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         session.flush()
-        audit.record(session, tenant_id=tenant_id, actor=actor, action="api_key.revoked",
-                     resource_type="api_key", resource_id=key.id)
+        audit.record(
+            session,
+            tenant_id=tenant_id,
+            actor=actor,
+            action="api_key.revoked",
+            resource_type="api_key",
+            resource_id=key.id,
+        )
     return key

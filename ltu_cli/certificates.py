@@ -18,10 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = cert.add_parser("verify", help="check a certificate's Ed25519 signature offline (exit 0 valid, 1 invalid)")
     c.add_argument("file", type=Path, help="the certificate (GET /v1/deletion-requests/{id}/certificate)")
     key_source = c.add_mutually_exclusive_group()
-    key_source.add_argument("--public-key", type=Path, default=None, metavar="FILE",
-                            help="the service's public key: the JWK of /.well-known/ltu-certificate-key, or a PEM file")
-    key_source.add_argument("--url", default=None,
-                            help=f"fetch the public key from this service instead (default LTU_URL or {DEFAULT_URL})")
+    key_source.add_argument(
+        "--public-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the service's public key: the JWK of /.well-known/ltu-certificate-key, or a PEM file",
+    )
+    key_source.add_argument(
+        "--url", default=None, help=f"fetch the public key from this service instead (default LTU_URL or {DEFAULT_URL})"
+    )
     c.set_defaults(handler=_certificate_verify)
 
 
@@ -45,7 +51,9 @@ def _certificate_verify(args: argparse.Namespace) -> int:
         return 1
     model, request = content["model"], content["request"]
     verdict = "passed" if content["verification"]["passed"] else "failed"
-    print(f"valid: erasure certificate of request {request['id']}, completed {request['completed_at']}; model "
-          f"{model['id']} version {model['base_version']['number']} → {model['new_version']['number']} "
-          f"(sha256 {model['new_version']['sha256']}); verification {verdict}")
+    print(
+        f"valid: erasure certificate of request {request['id']}, completed {request['completed_at']}; model "
+        f"{model['id']} version {model['base_version']['number']} → {model['new_version']['number']} "
+        f"(sha256 {model['new_version']['sha256']}); verification {verdict}"
+    )
     return 0

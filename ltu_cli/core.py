@@ -31,12 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, type=Path, help="safetensors checkpoint written by `ltu train`")
     _dataset_arg(p)
     p.add_argument(
-        "--forget", required=True,
+        "--forget",
+        required=True,
         help="subjects:ID[,ID..] | samples:ID[,ID..] | random:COUNT | random:FRACTION | class:LABEL",
     )
     p.add_argument("--method", default="ltu", help="registered method name (default: ltu)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="method parameter; VALUE is read as JSON when it parses (repeatable)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method parameter; VALUE is read as JSON when it parses (repeatable)",
+    )
     p.add_argument("--retain-fraction", type=float, default=0.1, help="ρ = |D̂_r| / |D_r| (default: 0.1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, type=Path, help="unlearned checkpoint to write")
@@ -54,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _dataset_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--dataset", required=True,
+        "--dataset",
+        required=True,
         help="built-in name (digits, mnist5k, synthetic), an ltu-dataset folder, or its .tar",
     )
 
@@ -85,11 +92,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = open_dataset(args.dataset, Path(tmp))
         c, h, _ = data.image_shape
-        arch = ArchConfig(args.arch, num_classes=data.num_classes, in_chans=c, img_size=h,
-                          width=args.width, small_stem=not args.no_small_stem)
+        arch = ArchConfig(
+            args.arch,
+            num_classes=data.num_classes,
+            in_chans=c,
+            img_size=h,
+            width=args.width,
+            small_stem=not args.no_small_stem,
+        )
         recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
         model = build_model(arch, seed=args.seed)
         with tqdm(desc="train", unit="step", file=sys.stderr) as bar:
+
             def progress(_phase: str, step: int, total: int) -> None:
                 bar.total = total
                 bar.update(step - bar.n)
@@ -119,17 +133,22 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     recipe = TrainRecipe(**extra["recipe"]) if "recipe" in extra else TrainRecipe()
     with tempfile.TemporaryDirectory() as tmp:
         data = open_dataset(args.dataset, Path(tmp))
-        if (data.image_shape[0], data.image_shape[1], data.num_classes) \
-                != (arch.in_chans, arch.img_size, arch.num_classes):
+        if (data.image_shape[0], data.image_shape[1], data.num_classes) != (
+            arch.in_chans,
+            arch.img_size,
+            arch.num_classes,
+        ):
             raise DatasetFormatError(
                 f"dataset {data.name!r} ({data.num_classes} classes, images {list(data.image_shape)}) does not fit "
                 f"the checkpoint ({arch.num_classes} classes, {arch.in_chans}x{arch.img_size}px)"
             )
-        split = make_split(data, ForgetSpec.parse(args.forget, seed=args.seed),
-                           retain_fraction=args.retain_fraction, seed=args.seed)
+        split = make_split(
+            data, ForgetSpec.parse(args.forget, seed=args.seed), retain_fraction=args.retain_fraction, seed=args.seed
+        )
         before = evaluate(model, split, seed=args.seed)
         task = UnlearningTask.from_split(model, arch, split, recipe, seed=args.seed)
         with tqdm(desc=args.method, unit="step", file=sys.stderr) as bar:
+
             def progress(phase: str, step: int, total: int) -> None:
                 bar.set_description(f"{args.method}: {phase}")
                 bar.total = total
@@ -184,8 +203,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         unknown = [m for m in wanted if m not in known]
         if unknown:
             raise CLIError(f"unknown method label(s) {unknown}; this preset has {sorted(known)}")
-        cfg = replace(cfg, methods=tuple(known[m] for m in wanted if known[m] in cfg.methods),
-                      ablations=tuple(known[m] for m in wanted if known[m] in cfg.ablations))
+        cfg = replace(
+            cfg,
+            methods=tuple(known[m] for m in wanted if known[m] in cfg.methods),
+            ablations=tuple(known[m] for m in wanted if known[m] in cfg.ablations),
+        )
     if args.no_ablations:
         cfg = replace(cfg, ablations=())
     missing = {r.method for r in (*cfg.methods, *cfg.ablations)} - set(list_methods())
@@ -194,6 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with tqdm(total=count_units(cfg), desc=f"bench {args.preset}", unit="run", file=sys.stderr) as bar:
+
         def progress(message: str) -> None:
             bar.set_postfix_str(message)
             bar.update(1)

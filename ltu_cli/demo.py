@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from ledger.records import Metrics, Verification, from_json
 from ltu_cli.common import CLIError, call, load_settings, parse_params, redact
 from ltu_cli.request import wait_with_bar
 from ltu_cli.serve import build_app, local_admin_key, migrate_db
@@ -20,8 +21,9 @@ DEMO_SUBJECT_SAMPLES = 4  # the demo erases a subject with exactly this many sam
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add demo."""
-    p = sub.add_parser("demo",
-                       help="end-to-end demo: train on sklearn digits, erase one data subject over HTTP, verify")
+    p = sub.add_parser(
+        "demo", help="end-to-end demo: train on sklearn digits, erase one data subject over HTTP, verify"
+    )
     p.add_argument("--epochs", type=int, default=20, help="training epochs of the demo model (default 20)")
     p.add_argument("--width", type=float, default=0.25, help="ResNet-18 width multiplier (default 0.25)")
     p.add_argument("--method", default=None, help="unlearning method (default: the service's, ltu)")
@@ -47,8 +49,10 @@ def _demo(args: argparse.Namespace) -> int:
     migrate_db(settings)
     app = build_app(settings, embedded_runner=True)
     server, thread, url = start_server(app, args.port)
-    print(f"LTU erasure demo: state in {settings.ledger.home} (ledger {redact(settings.ledger.database_url)}, "
-          "in-process runner)")
+    print(
+        f"LTU erasure demo: state in {settings.ledger.home} (ledger {redact(settings.ledger.database_url)}, "
+        "in-process runner)"
+    )
     print(f"service   {url}  (OpenAPI: {url}/docs)")
     try:
         from ltu_client import Client
@@ -58,8 +62,10 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-    print(f"\ndone in {time.monotonic() - started:.0f} s. The state stays in {settings.ledger.home}: "
-          "`ltu serve` shows the same models, requests and audit events.")
+    print(
+        f"\ndone in {time.monotonic() - started:.0f} s. The state stays in {settings.ledger.home}: "
+        "`ltu serve` shows the same models, requests and audit events."
+    )
     return 0
 
 
@@ -81,6 +87,7 @@ def start_server(app, port: int):
 
 def _demo_scenario(client, args: argparse.Namespace, settings) -> None:
     import numpy as np
+
     from ltu_core.data import load_digits, pack_dataset, write_dataset
     from ltu_core.models import ArchConfig, build_model, predict, save_model
     from ltu_core.train import TrainRecipe, train_model
@@ -93,9 +100,11 @@ def _demo_scenario(client, args: argparse.Namespace, settings) -> None:
     write_dataset(dataset, work / "digits")
     archive = pack_dataset(work / "digits", work / "digits.tar")
     registered = call(client.register_dataset, archive, name="digits (scikit-learn)")
-    print(f"\n[1/5] dataset  scikit-learn digits: {len(dataset):,} images 1×8×8, {dataset.num_classes} classes, "
-          f"{len(subjects)} data subjects; {len(train):,} train / {len(dataset.split_indices('test'))} test / "
-          f"{len(dataset.split_indices('holdout'))} holdout")
+    print(
+        f"\n[1/5] dataset  scikit-learn digits: {len(dataset):,} images 1×8×8, {dataset.num_classes} classes, "
+        f"{len(subjects)} data subjects; {len(train):,} train / {len(dataset.split_indices('test'))} test / "
+        f"{len(dataset.split_indices('holdout'))} holdout"
+    )
     print(f"      registered dataset {registered.id} (archive sha256 {registered.archive_sha256[:16]}…)")
 
     arch = ArchConfig("resnet18", num_classes=dataset.num_classes, in_chans=1, img_size=8, width=args.width)
@@ -105,21 +114,38 @@ def _demo_scenario(client, args: argparse.Namespace, settings) -> None:
     train_model(model, dataset.view(train), recipe, seed=0)
     test_acc = predict(model, dataset.view(dataset.split_indices("test"))).accuracy()
     weights = save_model(model, arch, work / "digits-resnet18.safetensors")
-    registered_model = call(client.register_model, weights, dataset_id=registered.id, name="digits-resnet18",
-                            recipe={"epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr})
+    registered_model = call(
+        client.register_model,
+        weights,
+        dataset_id=registered.id,
+        name="digits-resnet18",
+        recipe={"epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr},
+    )
     v1 = call(client.get_version, registered_model.id, 1)
-    print(f"[2/5] model    ResNet-18 (width {args.width}, 3×3 stem) trained {recipe.epochs} epochs in "
-          f"{time.monotonic() - t0:.0f} s: test accuracy {test_acc:.1f} %")
+    print(
+        f"[2/5] model    ResNet-18 (width {args.width}, 3×3 stem) trained {recipe.epochs} epochs in "
+        f"{time.monotonic() - t0:.0f} s: test accuracy {test_acc:.1f} %"
+    )
     print(f"      registered model {registered_model.id}, version 1 sha256 {v1.sha256[:16]}…")
 
     subject, exposure = _most_exposed_subject(model, dataset)
-    print(f"      most exposed data subject: {subject}, whose {DEMO_SUBJECT_SAMPLES} training samples' margins rank "
-          f"{exposure:.2f} among never-seen digits (0.50 would look unseen)")
+    print(
+        f"      most exposed data subject: {subject}, whose {DEMO_SUBJECT_SAMPLES} training samples' margins rank "
+        f"{exposure:.2f} among never-seen digits (0.50 would look unseen)"
+    )
     params = parse_params(args.param)
-    request = call(client.submit_deletion, registered_model.id, subject_ids=[subject], method=args.method,
-                   parameters=params, idempotency_key=f"demo-{registered_model.id}")
-    print(f"[3/5] request  POST /v1/deletion-requests  subject_ids=[{subject!r}]  →  202 Accepted, "
-          f"Location /v1/deletion-requests/{request.id}")
+    request = call(
+        client.submit_deletion,
+        registered_model.id,
+        subject_ids=[subject],
+        method=args.method,
+        parameters=params,
+        idempotency_key=f"demo-{registered_model.id}",
+    )
+    print(
+        f"[3/5] request  POST /v1/deletion-requests  subject_ids=[{subject!r}]  →  202 Accepted, "
+        f"Location /v1/deletion-requests/{request.id}"
+    )
     print(f"      method {request.method}; due {request.due_at:%Y-%m-%d} (GDPR: one calendar month after receipt)")
     print("[4/5] waiting  (polling GET /v1/deletion-requests/{id})")
     request = wait_with_bar(client, request.id, timeout=900.0)
@@ -134,6 +160,7 @@ def _most_exposed_subject(model, dataset) -> tuple[str, float]:
     the most, so a membership-inference attacker singles them out.
     """
     import numpy as np
+
     from ltu_core.mia.verify import margin, mean_percentile_rank
     from ltu_core.models import predict
 
@@ -160,42 +187,61 @@ def _print_outcome(client, request, work: Path) -> None:
         if e.action.startswith("deletion_request."):
             extra = f"attempt {e.data['attempt']}" if "attempt" in e.data else ""
             print(f"    +{(e.occurred_at - start).total_seconds():6.1f} s  {e.action.split('.', 1)[1]:<10} {extra}")
-    before, after = request.metrics_before or {}, request.metrics_after or {}
-    if before:
+    # The API's JSON is the ledger's typed record (ledger.records): read it back as one.
+    before, after = (from_json(Metrics, m) if m else None for m in (request.metrics_before, request.metrics_after))
+    if before and after:
         print("\n  metrics (%)                         before    after")
-        rows = [("UA  forget-set error (↑ forgets)", "ua"), ("RA  retained-set accuracy", "ra"),
-                ("TA  test accuracy", "ta"), ("MIA forget called non-member (↑)", "mia")]
+        rows = [
+            ("UA  forget-set error (↑ forgets)", "ua"),
+            ("RA  retained-set accuracy", "ra"),
+            ("TA  test accuracy", "ta"),
+            ("MIA forget called non-member (↑)", "mia"),
+        ]
         for label, k in rows:
-            b, a = before.get(k), after.get(k)
-            print(f"    {label:<33} {_pct(b)}  {_pct(a)}")
-    verification = request.verification or {}
-    for when in ("before", "after"):
-        v = verification.get(when)
+            print(f"    {label:<33} {_pct(getattr(before, k))}  {_pct(getattr(after, k))}")
+    verification = from_json(Verification, request.verification) if request.verification else None
+    for when, v in (("before", verification and verification.before), ("after", verification and verification.after)):
         if v:
-            outcome = "passed" if v["passed"] else ("INCONCLUSIVE" if not v["conclusive"] else "FAILED")
-            print(f"  verdict {when:<6}  forget margins rank {v['forget_mean_rank']:.2f} among unseen data "
-                  f"(0.50 = looks unseen; pass ≤ {v['rank_threshold']:.2f}, n={v['n_forget']}); "
-                  f"TA {v['test_accuracy']:.1f} % → {outcome}")
-    if verification.get("fallback"):
-        fb = verification["fallback"]
-        print(f"  fallback        {fb['reason']}: the published model was retrained from scratch on D_r")
+            outcome = "passed" if v.passed else ("INCONCLUSIVE" if not v.conclusive else "FAILED")
+            print(
+                f"  verdict {when:<6}  forget margins rank {v.forget_mean_rank:.2f} among unseen data "
+                f"(0.50 = looks unseen; pass ≤ {v.rank_threshold:.2f}, n={v.n_forget}); "
+                f"TA {v.test_accuracy:.1f} % → {outcome}"
+            )
+    if verification and verification.fallback:
+        print(
+            f"  fallback        {verification.fallback.reason}: the published model was retrained from scratch on D_r"
+        )
     if request.result_version is not None:
-        path = call(client.download_weights, request.model_id, request.result_version,
-                    work / f"model-v{request.result_version}.safetensors")
-        print(f"\n  new version     {request.result_version} (parent {request.base_version}), "
-              f"sha256 {request.result_sha256}")
+        path = call(
+            client.download_weights,
+            request.model_id,
+            request.result_version,
+            work / f"model-v{request.result_version}.safetensors",
+        )
+        print(
+            f"\n  new version     {request.result_version} (parent {request.base_version}), "
+            f"sha256 {request.result_sha256}"
+        )
         print(f"                  downloaded to {path}, sha256 checked")
         samples = call(client.request_samples, request.id)
         erased = [s for s in samples if s.erased_by_request_id == request.id]
-        splits = ", ".join(f"{sum(s.split == sp for s in erased)} {sp}" for sp in ("train", "test", "holdout")
-                           if any(s.split == sp for s in erased))
-        print(f"  erased samples  {len(erased)} of the subject's samples are marked erased ({splits}); "
-              "no later run reads them")
+        splits = ", ".join(
+            f"{sum(s.split == sp for s in erased)} {sp}"
+            for sp in ("train", "test", "holdout")
+            if any(s.split == sp for s in erased)
+        )
+        print(
+            f"  erased samples  {len(erased)} of the subject's samples are marked erased ({splits}); "
+            "no later run reads them"
+        )
     print("\n  audit trail of the request")
     for e in events:
         data = {k: v for k, v in e.data.items() if k not in ("subject_hashes",)}
-        print(f"    {e.occurred_at:%H:%M:%S.%f}"[:-3]
-              + f"  {e.action:<32} {e.actor[:20]:<20} {json.dumps(data, default=str)[:90]}")
+        print(
+            f"    {e.occurred_at:%H:%M:%S.%f}"[:-3]
+            + f"  {e.action:<32} {e.actor[:20]:<20} {json.dumps(data, default=str)[:90]}"
+        )
 
 
 def _pct(value) -> str:

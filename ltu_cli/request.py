@@ -27,12 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = req.add_parser("submit", parents=[options], help="submit an erasure request (202)")
     r.add_argument("--model", required=True, help="model id")
     target = r.add_mutually_exclusive_group(required=True)
-    target.add_argument("--subject", action="append", dest="subjects", metavar="SUBJECT_ID",
-                        help="data subject id (repeatable)")
+    target.add_argument(
+        "--subject", action="append", dest="subjects", metavar="SUBJECT_ID", help="data subject id (repeatable)"
+    )
     target.add_argument("--sample", action="append", dest="samples", metavar="SAMPLE_ID", help="sample id (repeatable)")
     r.add_argument("--method", default=None, help="unlearning method (default ltu)")
-    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="method parameter; VALUE is JSON or text (repeatable)")
+    r.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method parameter; VALUE is JSON or text (repeatable)",
+    )
     r.add_argument("--idempotency-key", default=None, help="resubmitting with the same key returns the same request")
     r.add_argument("--wait", action="store_true", help="wait until the request finishes")
     r.set_defaults(handler=_request_submit)
@@ -47,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(handler=_request_wait)
 
     r = req.add_parser("list", parents=[options], help="list requests, newest first")
-    r.add_argument("--status", default=None,
-                   choices=("received", "queued", "running", "completed", "failed", "cancelled"))
+    r.add_argument(
+        "--status", default=None, choices=("received", "queued", "running", "completed", "failed", "cancelled")
+    )
     r.add_argument("--model", default=None, help="only this model's requests")
     r.add_argument("--limit", type=int, default=20)
     r.add_argument("--cursor", default=None, help="next_cursor of a previous page")
@@ -71,8 +78,14 @@ def wait_with_bar(client, request_id: str, *, timeout: float):
         if label != state["phase"]:
             if state["bar"] is not None:
                 state["bar"].close()
-            state["bar"] = tqdm(total=total, desc=f"{label:<28}", unit="step", leave=False, file=sys.stderr,
-                                bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}]")
+            state["bar"] = tqdm(
+                total=total,
+                desc=f"{label:<28}",
+                unit="step",
+                leave=False,
+                file=sys.stderr,
+                bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}]",
+            )
             state["phase"] = label
         bar = state["bar"]
         if bar.total != total:
@@ -106,8 +119,15 @@ def _print_request(request, as_json: bool) -> None:
 
 def _request_submit(args: argparse.Namespace) -> int:
     with build_client(args) as client:
-        request = call(client.submit_deletion, args.model, subject_ids=args.subjects, sample_ids=args.samples,
-                       method=args.method, parameters=parse_params(args.param), idempotency_key=args.idempotency_key)
+        request = call(
+            client.submit_deletion,
+            args.model,
+            subject_ids=args.subjects,
+            sample_ids=args.samples,
+            method=args.method,
+            parameters=parse_params(args.param),
+            idempotency_key=args.idempotency_key,
+        )
         if args.wait:
             request = wait_with_bar(client, request.id, timeout=3600.0)
     _print_request(request, args.json)
@@ -131,8 +151,13 @@ def _request_list(args: argparse.Namespace) -> int:
     with build_client(args) as client:
         page = call(client.list_requests, status=args.status, model_id=args.model, cursor=args.cursor, limit=args.limit)
     if args.json:
-        print(json.dumps({"items": [dataclasses.asdict(r) for r in page.items], "next_cursor": page.next_cursor},
-                         default=str, indent=2))
+        print(
+            json.dumps(
+                {"items": [dataclasses.asdict(r) for r in page.items], "next_cursor": page.next_cursor},
+                default=str,
+                indent=2,
+            )
+        )
         return 0
     for r in page.items:
         received = r.received_at.strftime("%Y-%m-%d %H:%M:%S") if r.received_at else "?"

@@ -28,15 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP API (embedded: SQLite + in-process runner under LTU_HOME)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--migrate", action="store_true",
-                   help="migrate the database first (always done for the embedded SQLite file)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="API processes (default 1); more than one needs LTU_BROKER_URL (jobs run in Celery workers)")
+    p.add_argument(
+        "--migrate", action="store_true", help="migrate the database first (always done for the embedded SQLite file)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes (default 1); more than one needs LTU_BROKER_URL (jobs run in Celery workers)",
+    )
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("worker", help="run a Celery worker for erasure jobs (needs LTU_BROKER_URL)")
-    p.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"),
-                   help="Celery pool (default prefork)")
+    p.add_argument(
+        "--pool", default="prefork", choices=("prefork", "solo", "threads"), help="Celery pool (default prefork)"
+    )
     p.add_argument("--concurrency", type=int, default=1, help="jobs at a time; one per GPU (default 1)")
     p.add_argument("--queue", default=None, help="queue to consume (default LTU_QUEUE or gpu)")
     p.add_argument("--loglevel", default="INFO")
@@ -51,12 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     k = keys.add_parser("create", help="create an API key (and its tenant if new); prints the secret once")
     k.add_argument("--tenant", default="default", help="tenant name (default: default)")
     k.add_argument("--name", default="cli", help="a label for the key")
-    k.add_argument("--scopes", default="submit,read",
-                   help="comma-separated: submit, read, audit, admin (default submit,read)")
+    k.add_argument(
+        "--scopes", default="submit,read", help="comma-separated: submit, read, audit, admin (default submit,read)"
+    )
     k.set_defaults(handler=_keys_create)
 
-    p = sub.add_parser("purge",
-                       help="delete superseded model weights past the grace period (LTU_PURGE_GRACE_HOURS), once")
+    p = sub.add_parser(
+        "purge", help="delete superseded model weights past the grace period (LTU_PURGE_GRACE_HOURS), once"
+    )
     p.set_defaults(handler=_purge)
 
 
@@ -120,38 +128,68 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise CLIError("--workers must be at least 1")
     if args.workers > 1 and settings.embedded_runner:
-        raise CLIError("--workers above 1 needs LTU_BROKER_URL: "
-                       "the embedded runner executes jobs inside the one API process")
+        raise CLIError(
+            "--workers above 1 needs LTU_BROKER_URL: the embedded runner executes jobs inside the one API process"
+        )
     if settings.dev_mode or args.migrate:
         migrate_db(settings)
     runner = "in-process runner" if settings.embedded_runner else f"Celery queue {settings.worker.queue!r}"
-    print(f"ltu serve: http://{args.host}:{args.port}  (ledger {redact(settings.ledger.database_url)}, {runner}, "
-          f"{args.workers} process{'es' if args.workers > 1 else ''})", file=sys.stderr)
+    print(
+        f"ltu serve: http://{args.host}:{args.port}  (ledger {redact(settings.ledger.database_url)}, {runner}, "
+        f"{args.workers} process{'es' if args.workers > 1 else ''})",
+        file=sys.stderr,
+    )
     if settings.dev_mode and not os.environ.get("LTU_ADMIN_API_KEY"):
         print(f"ltu serve: admin API key in {settings.ledger.home / ADMIN_KEY_FILE}", file=sys.stderr)
     # uvicorn's records go to the handler configure_logging installed (log_config=None keeps uvicorn's
     # own off); its access log is replaced by the API's, which names route templates, not raw URLs.
     if args.workers > 1:  # each process builds its own app from the same environment
-        uvicorn.run("ltu_cli.serve:app_from_env", factory=True, workers=args.workers, host=args.host,
-                    port=args.port, log_config=None, access_log=False)
+        uvicorn.run(
+            "ltu_cli.serve:app_from_env",
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            access_log=False,
+        )
     else:
-        uvicorn.run(build_app(settings, embedded_runner=settings.embedded_runner), host=args.host,
-                    port=args.port, log_config=None, access_log=False)
+        uvicorn.run(
+            build_app(settings, embedded_runner=settings.embedded_runner),
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            access_log=False,
+        )
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.ledger.broker_url:
-        raise CLIError("LTU_BROKER_URL is not set: "
-                       "without a broker `ltu serve` runs jobs in-process and needs no worker")
+        raise CLIError(
+            "LTU_BROKER_URL is not set: without a broker `ltu serve` runs jobs in-process and needs no worker"
+        )
     if args.queue:
         settings = settings.replace(queue=args.queue)
     from worker.celery_app import create_celery
 
     app = create_celery(settings, relay=not args.no_relay)
-    app.worker_main(["worker", "-Q", settings.worker.queue, "-P", args.pool, "-c", str(args.concurrency),
-                     "--loglevel", args.loglevel, "-n", f"ltu-{settings.worker.queue}@%h"])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            settings.worker.queue,
+            "-P",
+            args.pool,
+            "-c",
+            str(args.concurrency),
+            "--loglevel",
+            args.loglevel,
+            "-n",
+            f"ltu-{settings.worker.queue}@%h",
+        ]
+    )
     return 0
 
 
@@ -172,8 +210,13 @@ def _keys_create(args: argparse.Namespace) -> int:
     try:
         with database.transaction() as session:
             tenant = tenants.ensure_tenant(session, name=args.tenant, actor="cli")
-            _, secret = tenants.create_key(session, tenant_id=tenant.id, name=args.name,
-                                           scopes=[s.strip() for s in args.scopes.split(",") if s.strip()], actor="cli")
+            _, secret = tenants.create_key(
+                session,
+                tenant_id=tenant.id,
+                name=args.name,
+                scopes=[s.strip() for s in args.scopes.split(",") if s.strip()],
+                actor="cli",
+            )
     except LedgerError as exc:
         raise CLIError(str(exc)) from None
     finally:
@@ -192,12 +235,16 @@ def _purge(args: argparse.Namespace) -> int:
     ledger_settings = load_settings().ledger
     database = Database(ledger_settings.database_url)
     try:
-        purged = purge_due(database, ArtifactStore(ledger_settings.artifacts_dir),
-                           grace=timedelta(hours=ledger_settings.purge_grace_hours))
+        purged = purge_due(
+            database,
+            ArtifactStore(ledger_settings.artifacts_dir),
+            grace=timedelta(hours=ledger_settings.purge_grace_hours),
+        )
     finally:
         database.dispose()
     for p in purged:
         print(f"purged model {p.model_id} version {p.number} (sha256 {p.sha256})")
-    print(f"ltu purge: {len(purged)} version(s) purged (grace {ledger_settings.purge_grace_hours:g} h)",
-          file=sys.stderr)
+    print(
+        f"ltu purge: {len(purged)} version(s) purged (grace {ledger_settings.purge_grace_hours:g} h)", file=sys.stderr
+    )
     return 0

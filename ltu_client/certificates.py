@@ -65,8 +65,11 @@ def load_public_key(text: str) -> Ed25519PublicKey:
     """A public key from a JWK (as published by the service) or a PEM file; ValueError if it is neither."""
     if text.lstrip().startswith("{"):
         jwk = json.loads(text)
-        if not isinstance(jwk, dict) or (jwk.get("kty"), jwk.get("crv")) != ("OKP", "Ed25519") \
-                or not isinstance(jwk.get("x"), str):
+        if (
+            not isinstance(jwk, dict)
+            or (jwk.get("kty"), jwk.get("crv")) != ("OKP", "Ed25519")
+            or not isinstance(jwk.get("x"), str)
+        ):
             raise ValueError("the JWK is not an Ed25519 public key (kty OKP, crv Ed25519, x)")
         raw = base64.urlsafe_b64decode(jwk["x"] + "=" * (-len(jwk["x"]) % 4))
         return Ed25519PublicKey.from_public_bytes(raw)
@@ -92,11 +95,16 @@ def verify_certificate(document: bytes, public_key: Ed25519PublicKey) -> dict[st
         parsed = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise CertificateInvalid(f"not a certificate file: {exc}") from None
-    if not isinstance(parsed, dict) or set(parsed) != {"certificate", "signature"} \
-            or not isinstance(parsed["certificate"], dict) or not isinstance(parsed["signature"], dict) \
-            or set(parsed["signature"]) != {"alg", "key_id", "value"}:
+    if (
+        not isinstance(parsed, dict)
+        or set(parsed) != {"certificate", "signature"}
+        or not isinstance(parsed["certificate"], dict)
+        or not isinstance(parsed["signature"], dict)
+        or set(parsed["signature"]) != {"alg", "key_id", "value"}
+    ):
         raise CertificateInvalid(
-            "not a certificate file: expected the members certificate and signature (alg, key_id, value)")
+            "not a certificate file: expected the members certificate and signature (alg, key_id, value)"
+        )
     signature = parsed["signature"]
     if signature["alg"] != ALGORITHM:
         raise CertificateInvalid(f"unsupported signature algorithm {signature['alg']!r}")
@@ -116,8 +124,9 @@ def verify_certificate(document: bytes, public_key: Ed25519PublicKey) -> dict[st
     if not (text.startswith(_PREFIX) and text.endswith(suffix)):
         raise CertificateInvalid("the file is not in canonical form: it was altered after signing")
     try:
-        public_key.verify(raw, text[len(_PREFIX):-len(suffix)].encode())
+        public_key.verify(raw, text[len(_PREFIX) : -len(suffix)].encode())
     except InvalidSignature:
         raise CertificateInvalid(
-            "the signature does not match the certificate: it was altered or signed by another key") from None
+            "the signature does not match the certificate: it was altered or signed by another key"
+        ) from None
     return parsed["certificate"]

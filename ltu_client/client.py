@@ -18,7 +18,9 @@ from ltu_client.models import AuditEvent, Dataset, DeletionRequest, Model, Model
 class ApiError(Exception):
     """An error answer of the service (its problem document), or no answer at all (status 0)."""
 
-    def __init__(self, status: int, title: str, detail: str | None = None, problem: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str | None = None, problem: dict[str, Any] | None = None
+    ) -> None:
         self.status = status
         self.title = title
         self.detail = detail
@@ -57,7 +59,9 @@ class Client:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         """Send one request; ApiError for any answer outside 2xx."""
         try:
             response = self.http.request(method, path, headers={**self.headers, **(headers or {})}, **kwargs)
@@ -70,8 +74,9 @@ class Client:
                 problem = {}
             if not isinstance(problem, dict):
                 problem = {}
-            raise ApiError(response.status_code, problem.get("title") or response.reason_phrase,
-                           problem.get("detail"), problem)
+            raise ApiError(
+                response.status_code, problem.get("title") or response.reason_phrase, problem.get("detail"), problem
+            )
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -93,7 +98,11 @@ class Client:
         """Upload an ltu-dataset tar archive."""
         with open(archive, "rb") as f:
             data = {"name": name} if name else {}
-            return Dataset.from_json(self._json("POST", "/v1/datasets", files={"archive": (Path(archive).name, f, "application/x-tar")}, data=data))
+            return Dataset.from_json(
+                self._json(
+                    "POST", "/v1/datasets", files={"archive": (Path(archive).name, f, "application/x-tar")}, data=data
+                )
+            )
 
     def get_dataset(self, dataset_id: str) -> Dataset:
         """One dataset."""
@@ -107,7 +116,9 @@ class Client:
         if recipe is not None:
             data["recipe"] = json.dumps(recipe)
         with open(weights, "rb") as f:
-            body = self._json("POST", "/v1/models", files={"weights": (Path(weights).name, f, "application/octet-stream")}, data=data)
+            body = self._json(
+                "POST", "/v1/models", files={"weights": (Path(weights).name, f, "application/octet-stream")}, data=data
+            )
         return Model.from_json(body)
 
     def get_model(self, model_id: str) -> Model:
@@ -142,7 +153,11 @@ class Client:
                     f.write(chunk)
         if digest.hexdigest() != version.sha256:
             dest.unlink(missing_ok=True)
-            raise ApiError(0, "checksum mismatch", f"downloaded weights have sha256 {digest.hexdigest()}, expected {version.sha256}")
+            raise ApiError(
+                0,
+                "checksum mismatch",
+                f"downloaded weights have sha256 {digest.hexdigest()}, expected {version.sha256}",
+            )
         return dest
 
     # --- deletion requests -----------------------------------------------------------------------
@@ -195,7 +210,9 @@ class Client:
     def extend_deadline(self, request_id: str, *, months: int, reason: str) -> DeletionRequest:
         """Extend an open request's deadline once by 1 or 2 months, with the reason."""
         body = {"months": months, "reason": reason}
-        return DeletionRequest.from_json(self._json("POST", f"/v1/deletion-requests/{request_id}/deadline-extension", json=body))
+        return DeletionRequest.from_json(
+            self._json("POST", f"/v1/deletion-requests/{request_id}/deadline-extension", json=body)
+        )
 
     def certificate(self, request_id: str) -> bytes:
         """The signed erasure certificate of a completed request, byte for byte (verify it offline)."""
@@ -207,7 +224,10 @@ class Client:
 
     def request_samples(self, request_id: str) -> list[RequestSample]:
         """The samples a request names, with their erasure state."""
-        return [RequestSample.from_json(s) for s in self._json("GET", f"/v1/deletion-requests/{request_id}/samples")["items"]]
+        return [
+            RequestSample.from_json(s)
+            for s in self._json("GET", f"/v1/deletion-requests/{request_id}/samples")["items"]
+        ]
 
     def wait(
         self,
@@ -250,8 +270,9 @@ class Client:
 
         since/until: ISO 8601 times, [since, until); tenant_id: another tenant (the operator's admin keys only).
         """
-        params = _present(request_id=request_id, model_id=model_id, action=action, since=since, until=until,
-                          tenant_id=tenant_id)
+        params = _present(
+            request_id=request_id, model_id=model_id, action=action, since=since, until=until, tenant_id=tenant_id
+        )
         return [AuditEvent.from_json(e) for e in self._paged("/v1/audit/events", params)]
 
     def export_audit(
@@ -267,8 +288,15 @@ class Client:
         tenant_id: str | None = None,
     ) -> Path:
         """Stream every matching event to `dest` as csv or ndjson (the filters of audit_events)."""
-        params = _present(format=format, request_id=request_id, model_id=model_id, action=action, since=since,
-                          until=until, tenant_id=tenant_id)
+        params = _present(
+            format=format,
+            request_id=request_id,
+            model_id=model_id,
+            action=action,
+            since=since,
+            until=until,
+            tenant_id=tenant_id,
+        )
         dest = Path(dest)
         with self.http.stream("GET", "/v1/audit/events", params=params, headers=self.headers) as response:
             if response.status_code >= 400:

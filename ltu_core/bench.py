@@ -178,15 +178,25 @@ def run_bench(
 
             def row(label: str, ev: Evaluation, seconds: float, details: dict[str, Any]) -> Row:
                 return Row(
-                    method=label, scenario=scenario, seed=seed,
-                    ua=ev.ua, ra=ev.ra, ta=ev.ta, mia=ev.mia, avg_gap=avg_gap(ev, gold),
-                    seconds=seconds, rte_ratio=seconds / retrain.seconds,
-                    evaluation=ev.as_dict(), details=details,
+                    method=label,
+                    scenario=scenario,
+                    seed=seed,
+                    ua=ev.ua,
+                    ra=ev.ra,
+                    ta=ev.ta,
+                    mia=ev.mia,
+                    avg_gap=avg_gap(ev, gold),
+                    seconds=seconds,
+                    rte_ratio=seconds / retrain.seconds,
+                    evaluation=ev.as_dict(),
+                    details=details,
                 )
 
             rows.append(row(RETRAIN, gold, retrain.seconds, retrain.details))
             second = create_method("retrain").run(replace(task, seed=seed + SECOND_SEED_OFFSET))
-            rows.append(row(RETRAIN_2, evaluate(second.model, split, device=device, seed=seed), second.seconds, second.details))
+            rows.append(
+                row(RETRAIN_2, evaluate(second.model, split, device=device, seed=seed), second.seconds, second.details)
+            )
             progress(f"seed {seed} {scenario}: retrain (2nd seed)")
             rows.append(row(ORIGINAL, evaluate(original, split, device=device, seed=seed), 0.0, {}))
             for run in (*cfg.methods, *cfg.ablations):
@@ -213,7 +223,10 @@ def summarize(rows: list[Row], scenario: str, labels: list[str] | None = None) -
         group = [r for r in chosen if r.method == label]
         if not group:
             continue
-        stats = {k: _mean_std([getattr(r, k) for r in group]) for k in ("ua", "ra", "ta", "mia", "avg_gap", "seconds", "rte_ratio")}
+        stats = {
+            k: _mean_std([getattr(r, k) for r in group])
+            for k in ("ua", "ra", "ta", "mia", "avg_gap", "seconds", "rte_ratio")
+        }
         out.append({"method": label, "n": len(group), **stats})
     return out
 
@@ -225,6 +238,7 @@ def markdown_table(rows: list[Row], scenario: str, labels: list[str] | None = No
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in summarize(rows, scenario, labels):
+
         def fmt(key: str, digits: int = 2) -> str:
             mean, std = s[key]
             return f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -236,4 +250,3 @@ def markdown_table(rows: list[Row], scenario: str, labels: list[str] | None = No
             f"| {fmt('seconds', 1)} | {rte} |"
         )
     return "\n".join(lines)
-

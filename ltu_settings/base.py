@@ -100,12 +100,19 @@ def config_error(exc: ValidationError, model: type[BaseModel]) -> ConfigError:
 
 def requirement(field: FieldInfo) -> str:
     """What a field accepts, in words, from its type and bounds: 'a finite number >= 0 and <= 876000'."""
-    kind = {int: "an integer", float: "a finite number", bool: "true or false"}.get(
-        field.annotation, "a valid value")
-    words = {annotated_types.Ge: (">=", "ge"), annotated_types.Gt: (">", "gt"),
-             annotated_types.Le: ("<=", "le"), annotated_types.Lt: ("<", "lt")}
-    bounds = [f"{symbol} {_number(getattr(constraint, attr))}"
-              for constraint in field.metadata for cls, (symbol, attr) in words.items() if isinstance(constraint, cls)]
+    kind = {int: "an integer", float: "a finite number", bool: "true or false"}.get(field.annotation, "a valid value")
+    words = {
+        annotated_types.Ge: (">=", "ge"),
+        annotated_types.Gt: (">", "gt"),
+        annotated_types.Le: ("<=", "le"),
+        annotated_types.Lt: ("<", "lt"),
+    }
+    bounds = [
+        f"{symbol} {_number(getattr(constraint, attr))}"
+        for constraint in field.metadata
+        for cls, (symbol, attr) in words.items()
+        if isinstance(constraint, cls)
+    ]
     return " ".join([kind, " and ".join(bounds)]).strip()
 
 

@@ -60,15 +60,27 @@ class LedgerSettings(Section):
     home: Path = Field(Path(DEFAULT_HOME), description="state directory (embedded ledger, artifacts, generated keys)")
     database_url: str = Field(description="SQLAlchemy URL of the ledger; default: SQLite under LTU_HOME (embedded)")
     artifacts_dir: Path = Field(description="datasets and model weights; default: LTU_HOME/artifacts")
-    secret_key: str = Field("", repr=False,
-                            description="keys the subject-id hashes and dashboard sessions; embedded: generated")
+    secret_key: str = Field(
+        "", repr=False, description="keys the subject-id hashes and dashboard sessions; embedded: generated"
+    )
     broker_url: str | None = Field(None, description="Celery broker (Redis); unset: jobs run in the serving process")
     certificate_key_file: Path | None = Field(
-        None, description="Ed25519 PKCS#8 PEM signing erasure certificates; embedded: LTU_HOME/certificate-key.pem")
-    purge_grace_hours: float = Field(168.0, ge=0, le=MAX_GRACE_HOURS, allow_inf_nan=False,
-                                     description="superseded weights are deleted this long after their successor")
-    purge_interval: float = Field(3600.0, gt=0, le=MAX_PERIOD, allow_inf_nan=False,
-                                  description="seconds between purge passes of `ltu serve` and the workers")
+        None, description="Ed25519 PKCS#8 PEM signing erasure certificates; embedded: LTU_HOME/certificate-key.pem"
+    )
+    purge_grace_hours: float = Field(
+        168.0,
+        ge=0,
+        le=MAX_GRACE_HOURS,
+        allow_inf_nan=False,
+        description="superseded weights are deleted this long after their successor",
+    )
+    purge_interval: float = Field(
+        3600.0,
+        gt=0,
+        le=MAX_PERIOD,
+        allow_inf_nan=False,
+        description="seconds between purge passes of `ltu serve` and the workers",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -99,7 +111,8 @@ class LedgerSettings(Section):
             raise ValueError(
                 f"must be a random string of at least {MIN_SECRET_LENGTH} characters when the ledger is not the "
                 "embedded SQLite file (it keys the subject-id hashes); generate one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(48))'")
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
         if not secret:
             raise ValueError("must not be empty")
         return secret
@@ -125,20 +138,24 @@ class LedgerSettings(Section):
 class ApiSettings(Section):
     """Read only by the HTTP edge."""
 
-    admin_api_key: str | None = Field(None, repr=False,
-                                      description="registered at start-up as an admin key of the default tenant")
+    admin_api_key: str | None = Field(
+        None, repr=False, description="registered at start-up as an admin key of the default tenant"
+    )
     default_method: str = Field("ltu", description="unlearning method of a submission that names none")
-    due_soon_days: int = Field(7, ge=0, le=3650,
-                               description='"due soon" in reports: an open request this close to its deadline')
+    due_soon_days: int = Field(
+        7, ge=0, le=3650, description='"due soon" in reports: an open request this close to its deadline'
+    )
     retry_after_seconds: int = Field(2, ge=0, le=3600, description="Retry-After of 202 answers (poll period hint)")
     rate_limit_per_minute: int = Field(120, ge=1, le=1_000_000, description="erasure submissions per key and minute")
-    rate_limit_burst: int = Field(30, ge=1, le=1_000_000,
-                                  description="submissions a key may send at once before the rate applies")
+    rate_limit_burst: int = Field(
+        30, ge=1, le=1_000_000, description="submissions a key may send at once before the rate applies"
+    )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="JSON request bodies (uploads have their own limits)")
     max_dataset_bytes: int = Field(2 << 30, ge=1024, description="an uploaded ltu-dataset archive")
     max_weights_bytes: int = Field(1 << 30, ge=1024, description="an uploaded safetensors weights file")
-    max_subjects_per_request: int = Field(MAX_TARGETS, ge=1, le=MAX_TARGETS,
-                                          description="subject or sample ids of one erasure request")
+    max_subjects_per_request: int = Field(
+        MAX_TARGETS, ge=1, le=MAX_TARGETS, description="subject or sample ids of one erasure request"
+    )
 
     @field_validator("default_method")
     @classmethod
@@ -162,30 +179,51 @@ class WorkerSettings(Section):
     queue: str = Field("gpu", description="Celery queue of the erasure task")
     device: str = Field("auto", description="torch device of jobs: auto (CUDA when available), cpu, cuda[:N], mps")
     torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads per job process; 0: torch's default")
-    retain_fraction: float = Field(0.1, gt=0, le=1, allow_inf_nan=False,
-                                   description="ρ = |D̂_r| / |D_r|, the share of the retained data a job uses")
+    retain_fraction: float = Field(
+        0.1, gt=0, le=1, allow_inf_nan=False, description="ρ = |D̂_r| / |D_r|, the share of the retained data a job uses"
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the retained-data sample and the attackers")
     fallback_to_retrain: bool = Field(True, description="verification failed → exact retraining (given a recipe)")
-    verify_z: float = Field(2.0, ge=0, le=10, allow_inf_nan=False,
-                            description="one-sided z of the membership-inference forgetting test")
-    verify_max_test_drop: float = Field(5.0, ge=-100, le=100, allow_inf_nan=False,
-                                        description="test-accuracy points an unlearned model may lose")
+    verify_z: float = Field(
+        2.0, ge=0, le=10, allow_inf_nan=False, description="one-sided z of the membership-inference forgetting test"
+    )
+    verify_max_test_drop: float = Field(
+        5.0, ge=-100, le=100, allow_inf_nan=False, description="test-accuracy points an unlearned model may lose"
+    )
     max_attempts: int = Field(3, ge=1, le=100, description="executions of one request before it is failed")
-    lease_seconds: float = Field(300.0, gt=0, le=MAX_PERIOD, allow_inf_nan=False,
-                                 description="a running job silent this long may be taken over")
-    poll_interval: float = Field(0.5, gt=0, le=3600, allow_inf_nan=False,
-                                 description="seconds between outbox polls of the embedded runner and the relay")
-    visibility_timeout: int = Field(6 * 3600, ge=1, le=int(MAX_PERIOD),
-                                    description="Redis redelivers an unacknowledged job after this many seconds")
-    coalesce_window_seconds: float = Field(2.0, ge=0, le=3600, allow_inf_nan=False,
-                                           description="requests on one model queued this close run as one pass")
+    lease_seconds: float = Field(
+        300.0, gt=0, le=MAX_PERIOD, allow_inf_nan=False, description="a running job silent this long may be taken over"
+    )
+    poll_interval: float = Field(
+        0.5,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="seconds between outbox polls of the embedded runner and the relay",
+    )
+    visibility_timeout: int = Field(
+        6 * 3600, ge=1, le=int(MAX_PERIOD), description="Redis redelivers an unacknowledged job after this many seconds"
+    )
+    coalesce_window_seconds: float = Field(
+        2.0, ge=0, le=3600, allow_inf_nan=False, description="requests on one model queued this close run as one pass"
+    )
     coalesce_max_batch: int = Field(20, ge=1, le=MAX_TARGETS, description="requests one unlearning pass may take")
-    reconcile_interval: float = Field(30.0, gt=0, le=MAX_PERIOD, allow_inf_nan=False,
-                                      description="seconds between reconciler passes (requeue interrupted work)")
+    reconcile_interval: float = Field(
+        30.0,
+        gt=0,
+        le=MAX_PERIOD,
+        allow_inf_nan=False,
+        description="seconds between reconciler passes (requeue interrupted work)",
+    )
     # A request queued this long is presumed lost by the broker and dispatched again (duplicates are
     # no-ops); the same horizon after which Redis itself would redeliver an unacked message.
-    requeue_queued_after: float = Field(6 * 3600.0, gt=0, le=MAX_PERIOD, allow_inf_nan=False,
-                                        description="a request queued this long is dispatched again")
+    requeue_queued_after: float = Field(
+        6 * 3600.0,
+        gt=0,
+        le=MAX_PERIOD,
+        allow_inf_nan=False,
+        description="a request queued this long is dispatched again",
+    )
 
     @field_validator("queue")
     @classmethod

@@ -51,8 +51,10 @@ class Settings(BaseModel):
         # Across sections: the API's bootstrap key may be weak only where the secret may be (embedded mode).
         key = self.api.admin_api_key
         if key is not None and not self.ledger.dev_mode and weak(key):
-            raise ValueError(f"LTU_ADMIN_API_KEY must be a random string of at least {MIN_SECRET_LENGTH} characters "
-                             "when the ledger is not the embedded SQLite file")
+            raise ValueError(
+                f"LTU_ADMIN_API_KEY must be a random string of at least {MIN_SECRET_LENGTH} characters "
+                "when the ledger is not the embedded SQLite file"
+            )
         return self
 
     @property

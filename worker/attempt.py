@@ -112,12 +112,15 @@ class Attempt:
     def drop(self, request_id: str, to: str, code: str | None, message: str | None) -> None:
         """End one request of the run as failed or cancelled; the others go on."""
         with self.ctx.database.transaction() as session:
-            requests.finish(session, request_id=request_id, token=self.token, to=to, error_code=code,
-                            error_message=message)
+            requests.finish(
+                session, request_id=request_id, token=self.token, to=to, error_code=code, error_message=message
+            )
         self.request_ids.remove(request_id)
         log.info("request %s: %s%s (its coalesced run goes on)", request_id, to, f" ({code})" if code else "")
 
-    def finish(self, to: str, code: str | None, message: str | None, values: dict[str, Any] | None = None) -> JobOutcome:
+    def finish(
+        self, to: str, code: str | None, message: str | None, values: dict[str, Any] | None = None
+    ) -> JobOutcome:
         """End every request of the run as failed or cancelled (LEASE_LOST if one was not ours any more)."""
         with self.ctx.database.transaction() as session:
             if values:
@@ -126,7 +129,13 @@ class Attempt:
                 except LeaseLost:
                     return JobOutcome.LEASE_LOST
             # A list, not a generator: every request is finished, even after one that was lost.
-            done = all([requests.finish(session, request_id=r, token=self.token, to=to, error_code=code,
-                                        error_message=message) for r in self.request_ids])
+            done = all(
+                [
+                    requests.finish(
+                        session, request_id=r, token=self.token, to=to, error_code=code, error_message=message
+                    )
+                    for r in self.request_ids
+                ]
+            )
         log.info("request %s: %s%s", self.leader, to, f" ({code}: {message})" if code else "")
         return JobOutcome(to) if done else JobOutcome.LEASE_LOST

@@ -82,9 +82,12 @@ def celery_relay(settings: Settings, app: Celery, *, database: Database | None =
     def send(task_name: str, payload: dict[str, Any]) -> None:
         app.send_task(task_name, kwargs=payload, queue=settings.worker.queue)
 
-    return OutboxDispatcher(database or Database(settings.ledger.database_url), send,
-                            poll_interval=settings.worker.poll_interval,
-                            name="ltu-outbox-relay")
+    return OutboxDispatcher(
+        database or Database(settings.ledger.database_url),
+        send,
+        poll_interval=settings.worker.poll_interval,
+        name="ltu-outbox-relay",
+    )
 
 
 def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.StartStopStep]:
@@ -102,9 +105,13 @@ def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.Start
             self.loops += [ReconcileLoop(settings), PurgeLoop(settings)]
             for loop in self.loops:
                 loop.start()
-            log.info("outbox relay %s; reconciler every %.0f s; purge pass every %.0f s (queue %s)",
-                     "started" if relay else "disabled", settings.worker.reconcile_interval,
-                     settings.ledger.purge_interval, settings.worker.queue)
+            log.info(
+                "outbox relay %s; reconciler every %.0f s; purge pass every %.0f s (queue %s)",
+                "started" if relay else "disabled",
+                settings.worker.reconcile_interval,
+                settings.ledger.purge_interval,
+                settings.worker.queue,
+            )
 
         def stop(self, worker) -> None:
             for loop in reversed(self.loops):

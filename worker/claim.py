@@ -22,22 +22,39 @@ def claim(ctx: JobContext, request_id: str) -> Attempt | JobOutcome:
     """
     settings, token = ctx.settings.worker, str(uuid.uuid4())
     with ctx.database.transaction() as session:
-        leader = requests.claim(session, request_id=request_id, token=token, lease_seconds=settings.lease_seconds,
-                                max_attempts=settings.max_attempts)
-        siblings = [] if leader is None else requests.claim_siblings(
-            session, leader=leader, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-            limit=settings.coalesce_max_batch - 1)
+        leader = requests.claim(
+            session,
+            request_id=request_id,
+            token=token,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        siblings = (
+            []
+            if leader is None
+            else requests.claim_siblings(
+                session,
+                leader=leader,
+                lease_seconds=settings.lease_seconds,
+                max_attempts=settings.max_attempts,
+                limit=settings.coalesce_max_batch - 1,
+            )
+        )
         request_ids = [] if leader is None else [leader.id, *(s.id for s in siblings)]
     if request_ids:
         if len(request_ids) > 1:
-            log.info("request %s: coalesced with %d waiting request(s) on the same model", request_id,
-                     len(request_ids) - 1)
+            log.info(
+                "request %s: coalesced with %d waiting request(s) on the same model", request_id, len(request_ids) - 1
+            )
         return Attempt(ctx, request_ids, token)
     with ctx.database.session() as session:
         current = requests.load(session, request_id=request_id)
     if current is not None and current.status == RUNNING:
-        log.info("request %s: held by a live execution (batch %s); the reconciler requeues it if that dies",
-                 request_id, current.batch_id or request_id)
+        log.info(
+            "request %s: held by a live execution (batch %s); the reconciler requeues it if that dies",
+            request_id,
+            current.batch_id or request_id,
+        )
         return JobOutcome.HELD
     if current is not None and current.status in (RECEIVED, QUEUED):
         log.info("request %s: %s but the claim kept losing races; try again shortly", request_id, current.status)

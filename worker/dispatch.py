@@ -60,7 +60,7 @@ class OutboxDispatcher:
         assert token is not None
         try:
             self.handle(task_name, payload)
-        except Exception as exc:  # noqa: BLE001 - the row is retried, never lost
+        except Exception as exc:
             log.warning("hand-off of outbox row %s failed (%s); retrying later", message_id, exc)
             with self.database.transaction() as session:
                 outbox.release(session, message_id=message_id, token=token, error=repr(exc))

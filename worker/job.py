@@ -69,10 +69,11 @@ def execute(attempt: Attempt) -> JobOutcome:
         return attempt.finish(FAILED, exc.code, str(exc), values=exc.values)
     except LTUError as exc:
         return attempt.finish(FAILED, _error_code(exc), str(exc))
-    except Exception as exc:  # noqa: BLE001 - every failure must land in the ledger
+    except Exception as exc:
         log.exception("request %s failed unexpectedly", attempt.leader)
-        return attempt.finish(FAILED, "internal_error",
-                              f"internal error ({type(exc).__name__}); the worker log has the details")
+        return attempt.finish(
+            FAILED, "internal_error", f"internal error ({type(exc).__name__}); the worker log has the details"
+        )
 
 
 def _steps(attempt: Attempt) -> None:

@@ -24,9 +24,12 @@ log = logging.getLogger("ltu.reconciler")
 def reconcile_once(database: Database, settings: Settings) -> requests.Reconciled:
     """One pass: requeue interrupted requests, fail those out of attempts."""
     with database.transaction() as session:
-        outcome = requests.reconcile(session, lease_seconds=settings.worker.lease_seconds,
-                                     queued_after=settings.worker.requeue_queued_after,
-                                     max_attempts=settings.worker.max_attempts)
+        outcome = requests.reconcile(
+            session,
+            lease_seconds=settings.worker.lease_seconds,
+            queued_after=settings.worker.requeue_queued_after,
+            max_attempts=settings.worker.max_attempts,
+        )
     for request_id in outcome.requeued:
         log.warning("request %s: its work was interrupted; dispatched again", request_id)
     for request_id in outcome.failed:
@@ -39,5 +42,6 @@ class ReconcileLoop(PeriodicLoop):
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.database = database or Database(settings.ledger.database_url)
-        super().__init__("ltu-reconciler", settings.worker.reconcile_interval,
-                         lambda: reconcile_once(self.database, settings))
+        super().__init__(
+            "ltu-reconciler", settings.worker.reconcile_interval, lambda: reconcile_once(self.database, settings)
+        )

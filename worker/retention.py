@@ -37,8 +37,13 @@ def purge_due(database: Database, store: ArtifactStore, *, grace: timedelta) -> 
         with database.transaction() as session:
             if retention.mark_purged(session, candidate=candidate, gone=gone, kept_for=kept_for):
                 purged.append(candidate)
-                log.info("purged model %s version %d (sha256 %s, file %s)", candidate.model_id, candidate.number,
-                         candidate.sha256, "deleted" if gone else f"kept for {kept_for} other version(s)")
+                log.info(
+                    "purged model %s version %d (sha256 %s, file %s)",
+                    candidate.model_id,
+                    candidate.number,
+                    candidate.sha256,
+                    "deleted" if gone else f"kept for {kept_for} other version(s)",
+                )
     return purged
 
 
@@ -49,5 +54,6 @@ class PurgeLoop(PeriodicLoop):
         self.database = database or Database(settings.ledger.database_url)
         self.store = ArtifactStore(settings.ledger.artifacts_dir)
         self.grace = timedelta(hours=settings.ledger.purge_grace_hours)
-        super().__init__("ltu-purge", settings.ledger.purge_interval,
-                         lambda: purge_due(self.database, self.store, grace=self.grace))
+        super().__init__(
+            "ltu-purge", settings.ledger.purge_interval, lambda: purge_due(self.database, self.store, grace=self.grace)
+        )

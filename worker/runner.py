@@ -23,9 +23,13 @@ class EmbeddedRunner:
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.context = JobContext.from_settings(settings, database=database)
         # The claim lease outlives any job: this runner executes while it holds the claim.
-        self.dispatcher = OutboxDispatcher(self.context.database, self._execute,
-                                           poll_interval=settings.worker.poll_interval,
-                                           claim_seconds=settings.worker.lease_seconds, name="ltu-embedded-runner")
+        self.dispatcher = OutboxDispatcher(
+            self.context.database,
+            self._execute,
+            poll_interval=settings.worker.poll_interval,
+            claim_seconds=settings.worker.lease_seconds,
+            name="ltu-embedded-runner",
+        )
 
     def _execute(self, task_name: str, payload: dict) -> None:
         if task_name != outbox.ERASURE_TASK:

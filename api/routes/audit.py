@@ -34,12 +34,31 @@ from ledger.tables import ApiKey, utcnow
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
 EXPORT_CHUNK = 1000  # events per query of a streamed export: its memory does not grow with the export
-CSV_COLUMNS = ("seq", "occurred_at", "tenant_id", "actor", "action", "resource_type", "resource_id", "model_id",
-               "request_id", "data", "prev_hash", "hash")
+CSV_COLUMNS = (
+    "seq",
+    "occurred_at",
+    "tenant_id",
+    "actor",
+    "action",
+    "resource_type",
+    "resource_id",
+    "model_id",
+    "request_id",
+    "data",
+    "prev_hash",
+    "hash",
+)
 # Filter values are checked before an export starts streaming: afterwards an error can no longer be answered.
 FilterText = Annotated[str | None, Query(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
-TenantQuery = Annotated[str | None, Query(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$",
-                                          description="Another tenant's id (admin keys of the operator tenant only).")]
+TenantQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^\x00-\x1f]+$",
+        description="Another tenant's id (admin keys of the operator tenant only).",
+    ),
+]
 
 
 def audited_tenant(session: Session, key: ApiKey, tenant_id: str | None) -> str:
@@ -47,8 +66,12 @@ def audited_tenant(session: Session, key: ApiKey, tenant_id: str | None) -> str:
     if tenant_id is None or tenant_id == key.tenant_id:
         return key.tenant_id
     if not tenants.is_operator(session, key=key):
-        raise ProblemError(403, f"only admin keys of the operator tenant ({tenants.DEFAULT_TENANT!r}) may read another "
-                                "tenant's audit events", code="insufficient_scope")
+        raise ProblemError(
+            403,
+            f"only admin keys of the operator tenant ({tenants.DEFAULT_TENANT!r}) may read another "
+            "tenant's audit events",
+            code="insufficient_scope",
+        )
     tenants.get_tenant(session, tenant_id=tenant_id)
     return tenant_id
 
@@ -56,8 +79,13 @@ def audited_tenant(session: Session, key: ApiKey, tenant_id: str | None) -> str:
 @router.get(
     "/events",
     response_model=AuditEventPage,
-    responses={**problems(404), 200: {"content": {"application/x-ndjson": {}, "text/csv": {}},
-                                      "description": "A page (json) or the whole filtered log, streamed (ndjson, csv)."}},
+    responses={
+        **problems(404),
+        200: {
+            "content": {"application/x-ndjson": {}, "text/csv": {}},
+            "description": "A page (json) or the whole filtered log, streamed (ndjson, csv).",
+        },
+    },
 )
 def list_audit_events(
     session: SessionDep,
@@ -71,22 +99,37 @@ def list_audit_events(
     until: Annotated[datetime | None, Query(description="Events before this time.")] = None,
     cursor: Annotated[str | None, Query(description="next_cursor of a page: continue after it (exports too).")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size (json only).")] = 50,
-    format: Annotated[Literal["json", "ndjson", "csv"], Query(
-        description="json: one page; ndjson, csv: every matching event, streamed. An ndjson line minus its `hash` "
-                    "member is the chained body: its canonical JSON hashes to `hash`.")] = "json",
+    format: Annotated[
+        Literal["json", "ndjson", "csv"],
+        Query(
+            description="json: one page; ndjson, csv: every matching event, streamed. An ndjson line minus its `hash` "
+            "member is the chained body: its canonical JSON hashes to `hash`."
+        ),
+    ] = "json",
 ):
     """The tenant's events in chain order: a page, or a streamed export of all of them."""
-    where = audit.EventFilter(tenant_id=audited_tenant(session, key, tenant_id), model_id=model_id,
-                              request_id=request_id, action=action, since=aware(since), until=aware(until))
+    where = audit.EventFilter(
+        tenant_id=audited_tenant(session, key, tenant_id),
+        model_id=model_id,
+        request_id=request_id,
+        action=action,
+        since=aware(since),
+        until=aware(until),
+    )
     if format == "json":
         page = audit.list_events(session, where=where, cursor=cursor, limit=limit)
-        return AuditEventPage(items=[AuditEventRead.model_validate(e) for e in page.items], next_cursor=page.next_cursor)
+        return AuditEventPage(
+            items=[AuditEventRead.model_validate(e) for e in page.items], next_cursor=page.next_cursor
+        )
     after = audit.after_cursor(cursor) if cursor else 0
     upto = audit.head_seq(session)  # a consistent export: the chain as it was when it started
     if format == "ndjson":
         return StreamingResponse(_ndjson(database, where, after, upto), media_type="application/x-ndjson")
-    return StreamingResponse(_csv(database, where, after, upto), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": 'attachment; filename="audit-events.csv"'})
+    return StreamingResponse(
+        _csv(database, where, after, upto),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="audit-events.csv"'},
+    )
 
 
 def _chunks(database: Database, where: audit.EventFilter, after: int, upto: int) -> Iterator[list]:
@@ -124,15 +167,19 @@ def verify_audit_chain(
     session: SessionDep,
     key: AuditKey,
     from_seq: Annotated[int, Query(ge=1, le=audit.MAX_SEQ, description="First sequence number to check.")] = 1,
-    to_seq: Annotated[int | None, Query(ge=1, le=audit.MAX_SEQ,
-                                        description="Last sequence number to check (default: the newest).")] = None,
+    to_seq: Annotated[
+        int | None, Query(ge=1, le=audit.MAX_SEQ, description="Last sequence number to check (default: the newest).")
+    ] = None,
 ) -> ChainVerification:
     """Walk the deployment's hash chain and report the first broken link (sequence number and why)."""
     if to_seq is not None and to_seq < from_seq:
         raise ProblemError(422, f"to_seq ({to_seq}) is before from_seq ({from_seq})", code="validation_error")
     report = audit.verify_chain(session, from_seq=from_seq, to_seq=to_seq)
     return ChainVerification(
-        valid=report.valid, checked=report.checked, first_seq=report.first_seq, last_seq=report.last_seq,
+        valid=report.valid,
+        checked=report.checked,
+        first_seq=report.first_seq,
+        last_seq=report.last_seq,
         last_hash=report.last_hash,
         broken=BrokenLink(seq=report.broken_seq, reason=report.reason) if report.broken_seq is not None else None,
     )
@@ -140,15 +187,23 @@ def verify_audit_chain(
 
 @router.get("/summary", response_model=AuditSummary, responses=problems(404))
 def audit_summary(
-    session: SessionDep, key: AuditKey, settings: SettingsDep, tenant_id: TenantQuery = None, model_id: FilterText = None
+    session: SessionDep,
+    key: AuditKey,
+    settings: SettingsDep,
+    tenant_id: TenantQuery = None,
+    model_id: FilterText = None,
 ) -> AuditSummary:
     """Requests by status, overdue and due soon, receipt-to-completion p50/p95, verification pass rate; per model too."""
     tenant = audited_tenant(session, key, tenant_id)
     now = utcnow()
-    overall, per_model = reports.summarize(session, tenant_id=tenant, model_id=model_id, now=now,
-                                           due_soon=timedelta(days=settings.api.due_soon_days))
+    overall, per_model = reports.summarize(
+        session, tenant_id=tenant, model_id=model_id, now=now, due_soon=timedelta(days=settings.api.due_soon_days)
+    )
     return AuditSummary(
-        tenant_id=tenant, generated_at=now, due_soon_days=settings.api.due_soon_days, overall=figures(overall),
+        tenant_id=tenant,
+        generated_at=now,
+        due_soon_days=settings.api.due_soon_days,
+        overall=figures(overall),
         models=[ModelFigures(model_id=m, **figures(f).model_dump()) for m, f in per_model.items()],
     )
 
@@ -156,7 +211,12 @@ def audit_summary(
 def figures(f: Figures) -> RequestFigures:
     """Response body of a set of figures."""
     return RequestFigures(
-        total=f.total, by_status=f.statuses(), overdue=f.overdue, due_soon=f.due_soon, completed_late=f.completed_late,
+        total=f.total,
+        by_status=f.statuses(),
+        overdue=f.overdue,
+        due_soon=f.due_soon,
+        completed_late=f.completed_late,
         completion_seconds=CompletionTimes(p50=f.completion_percentile(50), p95=f.completion_percentile(95)),
-        verified=f.verified, verification_pass_rate=f.pass_rate,
+        verified=f.verified,
+        verification_pass_rate=f.pass_rate,
     )

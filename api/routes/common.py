@@ -29,5 +29,6 @@ def aware(moment: datetime | None) -> datetime | None:
     try:
         return moment.astimezone(UTC)
     except OverflowError:
-        raise ProblemError(422, f"{moment.isoformat()} lies outside the representable UTC range",
-                           code="validation_error") from None
+        raise ProblemError(
+            422, f"{moment.isoformat()} lies outside the representable UTC range", code="validation_error"
+        ) from None

@@ -52,8 +52,12 @@ def dashboard_key(
     if credentials is not None:
         key = tenants.authenticate(session, secret=credentials.credentials)
         if key is None:
-            raise ProblemError(401, "invalid or revoked API key", code="invalid_api_key",
-                               headers={"WWW-Authenticate": 'Bearer realm="ltu"'})
+            raise ProblemError(
+                401,
+                "invalid or revoked API key",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": 'Bearer realm="ltu"'},
+            )
     else:
         key = _cookie_key(session, settings.ledger.secret_key, request.cookies.get(COOKIE, ""))
     if key is not None and not {"audit", "admin"} & set(key.scopes):
@@ -81,8 +85,12 @@ def login_form(request: Request) -> Response:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, session: SessionDep, settings: SettingsDep,
-          api_key: Annotated[str, Form(min_length=1, max_length=500)]) -> Response:
+def login(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    api_key: Annotated[str, Form(min_length=1, max_length=500)],
+) -> Response:
     """Check the key and start a session (303 to the dashboard), or show the form again with why."""
     key = tenants.authenticate(session, secret=api_key.strip())
     error, status = None, 303
@@ -94,8 +102,15 @@ def login(request: Request, session: SessionDep, settings: SettingsDep,
         return request.app.state.templates.TemplateResponse(request, "login.html", {"error": error}, status_code=status)
     response = RedirectResponse("/dashboard", status_code=303)
     expires = int(time.time()) + SESSION_SECONDS
-    response.set_cookie(COOKIE, session_token(settings.ledger.secret_key, key.id, expires), max_age=SESSION_SECONDS,
-                        path="/dashboard", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE,
+        session_token(settings.ledger.secret_key, key.id, expires),
+        max_age=SESSION_SECONDS,
+        path="/dashboard",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
@@ -108,24 +123,44 @@ def logout() -> Response:
 
 
 @router.get("", response_class=HTMLResponse)
-def overview(request: Request, session: SessionDep, settings: SettingsDep, key: DashboardKey,
-             deadline: Deadline | None = None, cursor: str | None = None) -> Response:
+def overview(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: DashboardKey,
+    deadline: Deadline | None = None,
+    cursor: str | None = None,
+) -> Response:
     """Figures, the overdue list, and the requests with status, progress and deadline."""
     if key is None:
         return RedirectResponse(LOGIN, status_code=303)
     now = utcnow()
     due_soon = timedelta(days=settings.api.due_soon_days)
-    view = reports.overview(session, tenant_id=key.tenant_id, now=now, due_soon=due_soon,
-                            deadline=deadline, cursor=cursor)
-    return request.app.state.templates.TemplateResponse(request, "overview.html", {
-        "tenant": view.tenant, "overall": view.overall, "per_model": view.per_model, "names": view.model_names,
-        "page": view.page, "overdue": view.overdue, "shown": deadline, "now": now, "active": ACTIVE_STATUSES,
-        "due_soon_days": settings.api.due_soon_days,
-    })
+    view = reports.overview(
+        session, tenant_id=key.tenant_id, now=now, due_soon=due_soon, deadline=deadline, cursor=cursor
+    )
+    return request.app.state.templates.TemplateResponse(
+        request,
+        "overview.html",
+        {
+            "tenant": view.tenant,
+            "overall": view.overall,
+            "per_model": view.per_model,
+            "names": view.model_names,
+            "page": view.page,
+            "overdue": view.overdue,
+            "shown": deadline,
+            "now": now,
+            "active": ACTIVE_STATUSES,
+            "due_soon_days": settings.api.due_soon_days,
+        },
+    )
 
 
 @router.get("/requests/{request_id}", response_class=HTMLResponse)
-def request_page(request_id: str, request: Request, session: SessionDep, settings: SettingsDep, key: DashboardKey) -> Response:
+def request_page(
+    request_id: str, request: Request, session: SessionDep, settings: SettingsDep, key: DashboardKey
+) -> Response:
     """One request: lifecycle, deadline, member-score plots before and after, accuracy, audit trail."""
     if key is None:
         return RedirectResponse(LOGIN, status_code=303)
@@ -136,15 +171,26 @@ def request_page(request_id: str, request: Request, session: SessionDep, setting
         before, after = erasure.details.scores.before, erasure.details.scores.after
         verdict = erasure.verification.after if erasure.verification else None
         x_range = plots.score_range(before, after)
-        figures = {"before": plots.score_plot(before, phase="before", x_range=x_range),
-                   "after": plots.score_plot(after, phase="after", x_range=x_range),
-                   "ranks": plots.rank_plot(before, after, threshold=verdict.rank_threshold if verdict else None)}
+        figures = {
+            "before": plots.score_plot(before, phase="before", x_range=x_range),
+            "after": plots.score_plot(after, phase="after", x_range=x_range),
+            "ranks": plots.rank_plot(before, after, threshold=verdict.rank_threshold if verdict else None),
+        }
     if erasure.metrics_before and erasure.metrics_after:
         figures["metrics"] = plots.metrics_plot(erasure.metrics_before, erasure.metrics_after)
-    return request.app.state.templates.TemplateResponse(request, "request.html", {
-        "r": erasure, "model": report.model, "events": report.events, "figures": figures, "now": utcnow(),
-        "active": ACTIVE_STATUSES, "due_soon_days": settings.api.due_soon_days,
-    })
+    return request.app.state.templates.TemplateResponse(
+        request,
+        "request.html",
+        {
+            "r": erasure,
+            "model": report.model,
+            "events": report.events,
+            "figures": figures,
+            "now": utcnow(),
+            "active": ACTIVE_STATUSES,
+            "due_soon_days": settings.api.due_soon_days,
+        },
+    )
 
 
 @router.get("/requests/{request_id}/certificate")
@@ -153,5 +199,8 @@ def certificate(request_id: str, session: SessionDep, key: DashboardKey, signer:
     if key is None:
         return RedirectResponse(LOGIN, status_code=303)
     content = certificates.certificate_content(session, tenant_id=key.tenant_id, request_id=request_id)
-    return Response(signer.sign(content), media_type="application/json",
-                    headers={"Content-Disposition": f'attachment; filename="erasure-certificate-{request_id}.json"'})
+    return Response(
+        signer.sign(content),
+        media_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="erasure-certificate-{request_id}.json"'},
+    )

@@ -29,7 +29,9 @@ def dataset_read(session, dataset: Dataset) -> DatasetRead:
 
 @router.post("", status_code=201, response_model=DatasetRead, responses=problems(400, 413, 415))
 def register_dataset(
-    archive: Annotated[UploadFile, File(description="An uncompressed tar of manifest.json, samples.csv, images.u8 (ltu-dataset v1).")],
+    archive: Annotated[
+        UploadFile, File(description="An uncompressed tar of manifest.json, samples.csv, images.u8 (ltu-dataset v1).")
+    ],
     session: SessionDep,
     key: AdminKey,
     settings: SettingsDep,
@@ -48,14 +50,24 @@ def register_dataset(
     except TooLarge as exc:
         raise ProblemError(413, str(exc), code="payload_too_large") from None
     except UploadError as exc:
-        raise ProblemError(exc.status, str(exc), code="unsupported_media_type" if exc.status == 415 else "invalid_dataset") from None
+        raise ProblemError(
+            exc.status, str(exc), code="unsupported_media_type" if exc.status == 415 else "invalid_dataset"
+        ) from None
     finally:
         store.discard(staged)
         store.discard(folder)
     dataset = datasets.create_dataset(
-        session, tenant_id=key.tenant_id, dataset_id=dataset_id, name=name or upload.name or "dataset",
-        format_version=FORMAT_VERSION, num_classes=upload.num_classes, image_shape=upload.image_shape,
-        archive_sha256=archive_sha, storage_key=storage_key, samples=upload.samples, actor=actor(key),
+        session,
+        tenant_id=key.tenant_id,
+        dataset_id=dataset_id,
+        name=name or upload.name or "dataset",
+        format_version=FORMAT_VERSION,
+        num_classes=upload.num_classes,
+        image_shape=upload.image_shape,
+        archive_sha256=archive_sha,
+        storage_key=storage_key,
+        samples=upload.samples,
+        actor=actor(key),
     )
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"
     return DatasetRead.model_validate(dataset)

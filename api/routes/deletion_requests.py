@@ -39,15 +39,31 @@ def request_reads(session: Session, rows: list[DeletionRequest]) -> list[Deletio
 
 def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRead:
     return DeletionRequestRead(
-        id=r.id, model_id=r.model_id, status=r.status,  # type: ignore[arg-type]
+        id=r.id,
+        model_id=r.model_id,
+        status=r.status,  # type: ignore[arg-type]
         progress=Progress(phase=r.phase, step=r.progress_step, total=r.progress_total),
-        cancel_requested=r.cancel_requested, attempts=r.attempts, target_kind=r.target_kind,  # type: ignore[arg-type]
-        num_targets=r.num_targets, subject_hashes=r.subject_hashes, method=r.method, parameters=r.parameters,
-        received_at=r.received_at, due_at=r.due_at, overdue=r.status in ACTIVE_STATUSES and r.due_at < utcnow(),
-        extension=DeadlineExtension.model_validate(r.extension) if r.extension else None, queued_at=r.queued_at,
-        started_at=r.started_at, finished_at=r.finished_at, base_version=r.base_version,
-        result_version=version.number if version else None, result_sha256=version.sha256 if version else None,
-        metrics_before=r.metrics_before, metrics_after=r.metrics_after, verification=r.verification, details=r.details,
+        cancel_requested=r.cancel_requested,
+        attempts=r.attempts,
+        target_kind=r.target_kind,  # type: ignore[arg-type]
+        num_targets=r.num_targets,
+        subject_hashes=r.subject_hashes,
+        method=r.method,
+        parameters=r.parameters,
+        received_at=r.received_at,
+        due_at=r.due_at,
+        overdue=r.status in ACTIVE_STATUSES and r.due_at < utcnow(),
+        extension=DeadlineExtension.model_validate(r.extension) if r.extension else None,
+        queued_at=r.queued_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        base_version=r.base_version,
+        result_version=version.number if version else None,
+        result_sha256=version.sha256 if version else None,
+        metrics_before=r.metrics_before,
+        metrics_after=r.metrics_after,
+        verification=r.verification,
+        details=r.details,
         error=RequestError(code=r.error_code, message=r.error_message) if r.error_code else None,
     )
 
@@ -69,8 +85,12 @@ def create_deletion_request(
     response: Response,
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", min_length=1, max_length=255,
-               description="Same key + same body returns the same request; same key + another body is a 422."),
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Same key + same body returns the same request; same key + another body is a 422.",
+        ),
     ] = None,
 ) -> DeletionRequestRead:
     """Accept an erasure request; poll the Location until it is completed, failed or cancelled.
@@ -81,14 +101,24 @@ def create_deletion_request(
     # The schema's MAX_TARGETS is the ceiling every deployment accepts; an operator may set a lower one.
     limit = settings.api.max_subjects_per_request
     if len(body.subject_ids or body.sample_ids or ()) > limit:
-        raise ProblemError(422, f"at most {limit} subject or sample ids per request (LTU_MAX_SUBJECTS_PER_REQUEST)",
-                           code="validation_error")
+        raise ProblemError(
+            422,
+            f"at most {limit} subject or sample ids per request (LTU_MAX_SUBJECTS_PER_REQUEST)",
+            code="validation_error",
+        )
     request, created = requests.submit(
-        session, tenant_id=key.tenant_id, api_key_id=key.id, model_id=body.model_id,
-        target=_target(body, settings.ledger.secret_key), method=body.method or settings.api.default_method,
-        parameters=body.parameters, idempotency_key=idempotency_key,
-        body_hash=body_hash(settings.ledger.secret_key, body.model_dump(mode="json")), actor=actor(key),
-        per_minute=settings.api.rate_limit_per_minute, burst=settings.api.rate_limit_burst,
+        session,
+        tenant_id=key.tenant_id,
+        api_key_id=key.id,
+        model_id=body.model_id,
+        target=_target(body, settings.ledger.secret_key),
+        method=body.method or settings.api.default_method,
+        parameters=body.parameters,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash(settings.ledger.secret_key, body.model_dump(mode="json")),
+        actor=actor(key),
+        per_minute=settings.api.rate_limit_per_minute,
+        burst=settings.api.rate_limit_burst,
     )
     response.headers["Location"] = f"/v1/deletion-requests/{request.id}"
     response.headers["Retry-After"] = str(settings.api.retry_after_seconds)
@@ -106,22 +136,33 @@ def list_deletion_requests(
     model_id: str | None = None,
     received_after: datetime | None = None,
     received_before: datetime | None = None,
-    deadline: Annotated[Deadline | None, Query(
-        description="overdue: open past the deadline; due_soon: open, deadline within LTU_DUE_SOON_DAYS (7).")] = None,
+    deadline: Annotated[
+        Deadline | None,
+        Query(description="overdue: open past the deadline; due_soon: open, deadline within LTU_DUE_SOON_DAYS (7)."),
+    ] = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> DeletionRequestPage:
     """The tenant's requests, newest first."""
     page = requests.list_requests(
-        session, tenant_id=key.tenant_id, status=status, model_id=model_id, received_after=aware(received_after),
-        received_before=aware(received_before), deadline=deadline, due_soon=timedelta(days=settings.api.due_soon_days),
-        cursor=cursor, limit=limit,
+        session,
+        tenant_id=key.tenant_id,
+        status=status,
+        model_id=model_id,
+        received_after=aware(received_after),
+        received_before=aware(received_before),
+        deadline=deadline,
+        due_soon=timedelta(days=settings.api.due_soon_days),
+        cursor=cursor,
+        limit=limit,
     )
     return DeletionRequestPage(items=request_reads(session, page.items), next_cursor=page.next_cursor)
 
 
 @router.get("/{request_id}", response_model=DeletionRequestRead, responses=problems(404))
-def get_deletion_request(request_id: str, session: SessionDep, key: PollKey, settings: SettingsDep, response: Response) -> DeletionRequestRead:
+def get_deletion_request(
+    request_id: str, session: SessionDep, key: PollKey, settings: SettingsDep, response: Response
+) -> DeletionRequestRead:
     """One request; while it is active, Retry-After says when to poll again."""
     request = requests.get_request(session, tenant_id=key.tenant_id, request_id=request_id)
     if request.status in ACTIVE_STATUSES:
@@ -140,18 +181,26 @@ def cancel_deletion_request(request_id: str, session: SessionDep, key: SubmitKey
 def list_request_samples(request_id: str, session: SessionDep, key: PollKey) -> RequestSamplePage:
     """The samples the request names and whether each has been erased (and by which request)."""
     request = requests.get_request(session, tenant_id=key.tenant_id, request_id=request_id)
-    return RequestSamplePage(items=[RequestSampleRead.model_validate(s) for s in requests.request_samples(session, request_id=request.id)])
+    return RequestSamplePage(
+        items=[RequestSampleRead.model_validate(s) for s in requests.request_samples(session, request_id=request.id)]
+    )
 
 
-@router.post("/{request_id}/deadline-extension", response_model=DeletionRequestRead,
-             responses=problems(400, 404, 409, 413))
+@router.post(
+    "/{request_id}/deadline-extension", response_model=DeletionRequestRead, responses=problems(400, 404, 409, 413)
+)
 def extend_deadline(
     request_id: str, body: DeadlineExtensionCreate, session: SessionDep, key: SubmitKey, settings: SettingsDep
 ) -> DeletionRequestRead:
     """Extend an open request's deadline once by one or two months (GDPR Art. 12(3)), within a month of receipt."""
     request = requests.extend_deadline(
-        session, tenant_id=key.tenant_id, request_id=request_id, months=body.months, reason=body.reason,
-        reason_hash=body_hash(settings.ledger.secret_key, {"deadline_extension_reason": body.reason}), actor=actor(key),
+        session,
+        tenant_id=key.tenant_id,
+        request_id=request_id,
+        months=body.months,
+        reason=body.reason,
+        reason_hash=body_hash(settings.ledger.secret_key, {"deadline_extension_reason": body.reason}),
+        actor=actor(key),
     )
     return request_reads(session, [request])[0]
 
@@ -159,11 +208,19 @@ def extend_deadline(
 @router.get(
     "/{request_id}/certificate",
     response_class=Response,
-    responses={**problems(404, 409, 503), 200: {"content": {"application/json": {}},
-                                                "description": "The signed certificate (one line of canonical JSON)."}},
+    responses={
+        **problems(404, 409, 503),
+        200: {
+            "content": {"application/json": {}},
+            "description": "The signed certificate (one line of canonical JSON).",
+        },
+    },
 )
 def get_certificate(request_id: str, session: SessionDep, key: CertificateKey, signer: SignerDep) -> Response:
     """The signed erasure certificate of a completed request; check it with `ltu certificate verify`."""
     content = certificates.certificate_content(session, tenant_id=key.tenant_id, request_id=request_id)
-    return Response(signer.sign(content), media_type="application/json",
-                    headers={"Content-Disposition": f'inline; filename="erasure-certificate-{request_id}.json"'})
+    return Response(
+        signer.sign(content),
+        media_type="application/json",
+        headers={"Content-Disposition": f'inline; filename="erasure-certificate-{request_id}.json"'},
+    )

@@ -28,12 +28,22 @@ def readyz(request: Request, settings: SettingsDep) -> Health:
         database.ping()
         current = migrate.current_revision(database.engine)
     except Exception:  # any database failure means "not ready", never a 500
-        raise ProblemError(503, "the ledger database is unavailable", code="database_unavailable", headers=retry) from None
+        raise ProblemError(
+            503, "the ledger database is unavailable", code="database_unavailable", headers=retry
+        ) from None
     state = request.app.state
     if getattr(state, "head_revision", None) is None:
         state.head_revision = migrate.head_revision()
     if current != state.head_revision:
-        raise ProblemError(503, f"the ledger schema is at {current}, expected {state.head_revision}: run `ltu migrate`",
-                           code="schema_outdated", headers=retry)
-    return Health(status="ok", database=database.engine.dialect.name, schema_revision=current,
-                  runner="embedded" if settings.embedded_runner else "celery")
+        raise ProblemError(
+            503,
+            f"the ledger schema is at {current}, expected {state.head_revision}: run `ltu migrate`",
+            code="schema_outdated",
+            headers=retry,
+        )
+    return Health(
+        status="ok",
+        database=database.engine.dialect.name,
+        schema_revision=current,
+        runner="embedded" if settings.embedded_runner else "celery",
+    )

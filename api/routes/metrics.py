@@ -36,16 +36,25 @@ def operator_key(
         key = get_current_key(session, credentials)
         tenant = session.get(Tenant, key.tenant_id)
     if not {"audit", "admin"} & set(key.scopes) or tenant is None or tenant.name != tenants.DEFAULT_TENANT:
-        raise ProblemError(403, f"metrics cover every tenant: they need an audit or admin key of the operator tenant "
-                                f"({tenants.DEFAULT_TENANT!r})", code="insufficient_scope")
+        raise ProblemError(
+            403,
+            f"metrics cover every tenant: they need an audit or admin key of the operator tenant "
+            f"({tenants.DEFAULT_TENANT!r})",
+            code="insufficient_scope",
+        )
     return key
 
 
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={**problems(), 200: {"content": {"text/plain": {}, "application/openmetrics-text": {}},
-                                   "description": "Prometheus text format (OpenMetrics when the Accept header asks)."}},
+    responses={
+        **problems(),
+        200: {
+            "content": {"text/plain": {}, "application/openmetrics-text": {}},
+            "description": "Prometheus text format (OpenMetrics when the Accept header asks).",
+        },
+    },
 )
 def metrics(request: Request, key: Annotated[ApiKey, Depends(operator_key)]) -> Response:
     """HTTP requests and latencies of this process; requests by status, queue depth, job phase durations and

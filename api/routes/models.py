@@ -27,10 +27,18 @@ VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="The version
 def version_read(model: Model, version: ModelVersion, parent_number: int | None) -> ModelVersionRead:
     """Response body of a model version."""
     return ModelVersionRead(
-        id=version.id, model_id=model.id, number=version.number, parent_number=parent_number,
-        producing_request_id=version.producing_request_id, sha256=version.sha256, size_bytes=version.size_bytes,
-        state=version.state, current=version.number == model.current_version, metrics=version.metrics,
-        created_at=version.created_at, weights_url=f"/v1/models/{model.id}/versions/{version.number}/weights",
+        id=version.id,
+        model_id=model.id,
+        number=version.number,
+        parent_number=parent_number,
+        producing_request_id=version.producing_request_id,
+        sha256=version.sha256,
+        size_bytes=version.size_bytes,
+        state=version.state,
+        current=version.number == model.current_version,
+        metrics=version.metrics,
+        created_at=version.created_at,
+        weights_url=f"/v1/models/{model.id}/versions/{version.number}/weights",
     )
 
 
@@ -44,13 +52,18 @@ def _check_fits(arch: dict, dataset: Dataset) -> None:
     if "img_size" in arch and height == width and arch["img_size"] != height:
         wrong.append(f"img_size {arch['img_size']} (dataset images are {height}×{width})")
     if wrong:
-        raise ProblemError(422, "the checkpoint's architecture does not fit the dataset: " + "; ".join(wrong),
-                           code="architecture_mismatch")
+        raise ProblemError(
+            422,
+            "the checkpoint's architecture does not fit the dataset: " + "; ".join(wrong),
+            code="architecture_mismatch",
+        )
 
 
 @router.post("", status_code=201, response_model=ModelRead, responses=problems(400, 404, 413, 415))
 def register_model(
-    weights: Annotated[UploadFile, File(description="Initial weights: a safetensors file written by ltu_core.models.save_model.")],
+    weights: Annotated[
+        UploadFile, File(description="Initial weights: a safetensors file written by ltu_core.models.save_model.")
+    ],
     dataset_id: Annotated[str, Form(min_length=1, max_length=255)],
     session: SessionDep,
     key: AdminKey,
@@ -58,7 +71,9 @@ def register_model(
     store: StoreDep,
     response: Response,
     name: Annotated[str, Form(min_length=1, max_length=200)] = "model",
-    recipe: Annotated[str | None, Form(description="JSON training recipe (TrainRecipeCreate); needed for the Retrain fallback.")] = None,
+    recipe: Annotated[
+        str | None, Form(description="JSON training recipe (TrainRecipeCreate); needed for the Retrain fallback.")
+    ] = None,
 ) -> ModelRead:
     """Register a model trained on a registered dataset; its weights become version 1."""
     dataset = datasets.get_dataset(session, tenant_id=key.tenant_id, dataset_id=dataset_id)
@@ -77,12 +92,22 @@ def register_model(
     except TooLarge as exc:
         raise ProblemError(413, str(exc), code="payload_too_large") from None
     except UploadError as exc:
-        raise ProblemError(exc.status, str(exc), code="unsupported_media_type" if exc.status == 415 else "invalid_checkpoint") from None
+        raise ProblemError(
+            exc.status, str(exc), code="unsupported_media_type" if exc.status == 415 else "invalid_checkpoint"
+        ) from None
     finally:
         store.discard(staged)
     model, _ = registry.create_model(
-        session, tenant_id=key.tenant_id, name=name, dataset_id=dataset.id, architecture=header.architecture,
-        recipe=recipe_fields, sha256=blob.sha256, size_bytes=blob.size, storage_key=blob.key, actor=actor(key),
+        session,
+        tenant_id=key.tenant_id,
+        name=name,
+        dataset_id=dataset.id,
+        architecture=header.architecture,
+        recipe=recipe_fields,
+        sha256=blob.sha256,
+        size_bytes=blob.size,
+        storage_key=blob.key,
+        actor=actor(key),
     )
     response.headers["Location"] = f"/v1/models/{model.id}"
     return ModelRead.model_validate(model)
@@ -117,16 +142,23 @@ def get_model_version(model_id: str, number: VersionNumber, session: SessionDep,
     """One version of a model."""
     model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
     version = registry.get_version(session, model_id=model.id, number=number)
-    parent = next((v.number for v in registry.list_versions(session, model_id=model.id) if v.id == version.parent_id), None)
+    parent = next(
+        (v.number for v in registry.list_versions(session, model_id=model.id) if v.id == version.parent_id), None
+    )
     return version_read(model, version, parent)
 
 
 @router.get(
     "/{model_id}/versions/{number}/weights",
     response_class=FileResponse,
-    responses={**problems(404, 410), 200: {"content": {"application/octet-stream": {}}, "description": "safetensors weights"}},
+    responses={
+        **problems(404, 410),
+        200: {"content": {"application/octet-stream": {}}, "description": "safetensors weights"},
+    },
 )
-def download_weights(model_id: str, number: VersionNumber, session: SessionDep, key: ReadKey, store: StoreDep) -> FileResponse:
+def download_weights(
+    model_id: str, number: VersionNumber, session: SessionDep, key: ReadKey, store: StoreDep
+) -> FileResponse:
     """The version's safetensors file; ETag and Repr-Digest carry its sha256."""
     model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
     version = registry.get_version(session, model_id=model.id, number=number)
@@ -135,6 +167,8 @@ def download_weights(model_id: str, number: VersionNumber, session: SessionDep, 
         raise ProblemError(410, f"the weights of version {number} are no longer stored", code="weights_purged")
     digest = base64.b64encode(bytes.fromhex(version.sha256)).decode()
     return FileResponse(
-        path, media_type="application/octet-stream", filename=f"{model.name}-v{number}.safetensors",
+        path,
+        media_type="application/octet-stream",
+        filename=f"{model.name}-v{number}.safetensors",
         headers={"ETag": f'"{version.sha256}"', "Repr-Digest": f"sha-256=:{digest}:"},
     )

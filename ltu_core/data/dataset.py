@@ -45,17 +45,14 @@ class UnlearningDataset:
             )
         for field_name in ("images", "sample_ids", "subject_ids", "splits"):
             if len(getattr(self, field_name)) != n:
-                raise DatasetFormatError(
-                    f"{field_name} has {len(getattr(self, field_name))} rows, labels has {n}"
-                )
+                raise DatasetFormatError(f"{field_name} has {len(getattr(self, field_name))} rows, labels has {n}")
         if n == 0:
             raise DatasetFormatError("the dataset has no samples")
         if self.num_classes < 2:
             raise DatasetFormatError(f"num_classes must be at least 2, got {self.num_classes}")
         if self.labels.min() < 0 or self.labels.max() >= self.num_classes:
             raise DatasetFormatError(
-                f"labels must lie in [0, {self.num_classes - 1}], found "
-                f"[{self.labels.min()}, {self.labels.max()}]"
+                f"labels must lie in [0, {self.num_classes - 1}], found [{self.labels.min()}, {self.labels.max()}]"
             )
         unknown = set(np.unique(self.splits)) - set(SPLITS)
         if unknown:

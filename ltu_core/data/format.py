@@ -74,8 +74,7 @@ def read_manifest(folder: Path) -> dict:
         raise DatasetFormatError(f"{path}: 'format' must be {FORMAT_NAME!r}")
     if manifest.get("version") != FORMAT_VERSION:
         raise DatasetFormatError(
-            f"{path}: unsupported version {manifest.get('version')!r}; this reader knows "
-            f"version {FORMAT_VERSION}"
+            f"{path}: unsupported version {manifest.get('version')!r}; this reader knows version {FORMAT_VERSION}"
         )
     shape = manifest.get("image_shape")
     if (
@@ -107,9 +106,7 @@ def _read_index(path: Path, num_samples: int) -> tuple[np.ndarray, ...]:
                 if len(row) != 4:
                     raise DatasetFormatError(f"{path}:{lineno}: expected 4 fields, got {len(row)}")
                 if row[3] not in SPLITS:
-                    raise DatasetFormatError(
-                        f"{path}:{lineno}: split {row[3]!r} is not one of {', '.join(SPLITS)}"
-                    )
+                    raise DatasetFormatError(f"{path}:{lineno}: split {row[3]!r} is not one of {', '.join(SPLITS)}")
                 try:
                     labels.append(int(row[2]))
                 except ValueError as exc:
@@ -122,9 +119,7 @@ def _read_index(path: Path, num_samples: int) -> tuple[np.ndarray, ...]:
     except csv.Error as exc:
         raise DatasetFormatError(f"{path}: malformed CSV ({exc})") from exc
     if len(labels) != num_samples:
-        raise DatasetFormatError(
-            f"{path}: {len(labels)} rows but the manifest says num_samples={num_samples}"
-        )
+        raise DatasetFormatError(f"{path}: {len(labels)} rows but the manifest says num_samples={num_samples}")
     return (
         np.asarray(sample_ids, dtype=str),
         np.asarray(subject_ids, dtype=str),
@@ -181,7 +176,7 @@ def unpack_dataset(archive: str | os.PathLike, folder: str | os.PathLike) -> Pat
     """
     folder = Path(folder)
     try:
-        tar = tarfile.open(archive, "r:")
+        tar = tarfile.open(archive, "r:")  # noqa: SIM115 - the `with tar:` below closes it
     except (tarfile.TarError, OSError) as exc:
         raise DatasetFormatError(f"{archive}: not an uncompressed tar archive ({exc})") from exc
     with tar:
@@ -207,4 +202,3 @@ def unpack_dataset(archive: str | os.PathLike, folder: str | os.PathLike) -> Pat
                     dst.write(chunk)
     read_dataset(folder)
     return folder
-

@@ -87,9 +87,7 @@ def select_forget(dataset: UnlearningDataset, spec: ForgetSpec, *, exclude: np.n
         wanted = np.asarray(spec.ids, dtype=dataset.subject_ids.dtype)
         chosen = train[np.isin(dataset.subject_ids[train], wanted)]
         if len(chosen) == 0:
-            raise ForgetSetError(
-                f"none of the {len(spec.ids)} subject(s) has a training sample in {dataset.name!r}"
-            )
+            raise ForgetSetError(f"none of the {len(spec.ids)} subject(s) has a training sample in {dataset.name!r}")
     elif spec.kind == "samples":
         if not spec.ids:
             raise ForgetSetError("the forget spec names no samples")
@@ -100,8 +98,7 @@ def select_forget(dataset: UnlearningDataset, spec: ForgetSpec, *, exclude: np.n
         if missing:
             example = sorted(missing)[:3]
             raise ForgetSetError(
-                f"{len(missing)} sample id(s) are not training samples of {dataset.name!r}, "
-                f"e.g. {example}"
+                f"{len(missing)} sample id(s) are not training samples of {dataset.name!r}, e.g. {example}"
             )
     elif spec.kind == "random":
         n = spec.count if spec.count > 0 else int(round(spec.fraction * len(train)))
@@ -113,9 +110,7 @@ def select_forget(dataset: UnlearningDataset, spec: ForgetSpec, *, exclude: np.n
         chosen = rng.choice(train, size=n, replace=False)
     elif spec.kind == "class":
         if not 0 <= spec.label < dataset.num_classes:
-            raise ForgetSetError(
-                f"class {spec.label} does not exist; labels run from 0 to {dataset.num_classes - 1}"
-            )
+            raise ForgetSetError(f"class {spec.label} does not exist; labels run from 0 to {dataset.num_classes - 1}")
         chosen = train[dataset.labels[train] == spec.label]
         if len(chosen) == 0:
             raise ForgetSetError(f"class {spec.label} has no training samples")
@@ -123,9 +118,7 @@ def select_forget(dataset: UnlearningDataset, spec: ForgetSpec, *, exclude: np.n
         raise ForgetSetError(f"unknown forget spec kind {spec.kind!r}")
     chosen = np.sort(chosen)
     if len(chosen) == len(train):
-        raise ForgetSetError(
-            "the forget set is the whole training set; retrain from scratch on new data instead"
-        )
+        raise ForgetSetError("the forget set is the whole training set; retrain from scratch on new data instead")
     return chosen
 
 
@@ -190,8 +183,7 @@ def make_split(
     if len(holdout) == 0:
         if len(test) < 2:
             raise ForgetSetError(
-                "the dataset needs a 'holdout' split or at least two 'test' samples to draw "
-                "non-member references from"
+                "the dataset needs a 'holdout' split or at least two 'test' samples to draw non-member references from"
             )
         perm = rng.permutation(test)
         holdout, test = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])

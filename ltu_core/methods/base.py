@@ -90,7 +90,12 @@ class UnlearningResult:
 
     def record(self) -> dict[str, Any]:
         """JSON-ready record (no model)."""
-        return {"method": self.method, "config": self.config, "seconds": round(self.seconds, 4), "details": self.details}
+        return {
+            "method": self.method,
+            "config": self.config,
+            "seconds": round(self.seconds, 4),
+            "details": self.details,
+        }
 
 
 class UnlearningMethod(ABC):

@@ -258,8 +258,14 @@ class LTU(UnlearningMethod):
             if len(q_r) == 0:
                 q_r = s_r
             g_r, g_f = self._task_gradients(
-                model, params, support_critic, critic,
-                (x_r[s_r], y_r[s_r]), (x_r[q_r], y_r[q_r]), (x_f[s_f], y_f[s_f]), (x_f[q_f], y_f[q_f]),
+                model,
+                params,
+                support_critic,
+                critic,
+                (x_r[s_r], y_r[s_r]),
+                (x_r[q_r], y_r[q_r]),
+                (x_f[s_f], y_f[s_f]),
+                (x_f[q_f], y_f[q_f]),
             )
             g_r, g_f, n_conflicts = harmonize(g_r, g_f, cfg.harmonization)
             conflicts += n_conflicts

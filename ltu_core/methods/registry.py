@@ -65,9 +65,7 @@ def build_config(config_cls: type, params: Mapping[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(params) - set(fields))
     if unknown:
-        raise MethodConfigError(
-            f"unknown parameter(s) {unknown} for {config_cls.__name__}; valid: {sorted(fields)}"
-        )
+        raise MethodConfigError(f"unknown parameter(s) {unknown} for {config_cls.__name__}; valid: {sorted(fields)}")
     defaults = config_cls()
     values = {}
     for key, value in params.items():

@@ -46,7 +46,11 @@ class Retrain(UnlearningMethod):
         model = build_model(task.arch, seed=init_seed).to(task.device)
         assert task.retain_full is not None  # guaranteed by reads_full_retain
         train_model(
-            model, task.retain_full, recipe, seed=task.seed, device=task.device,
+            model,
+            task.retain_full,
+            recipe,
+            seed=task.seed,
+            device=task.device,
             progress=lambda _phase, step, total: hooks.progress("retraining", step, total),
             should_cancel=hooks.should_cancel,
         )

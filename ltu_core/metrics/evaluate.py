@@ -50,11 +50,16 @@ def evaluate(
     model: nn.Module, split: UnlearningSplit, *, device: torch.device | str = "cpu", seed: int = 0
 ) -> Evaluation:
     """Evaluate `model` on every set of `split` with the shared protocol."""
-    return evaluate_posteriors(predict_split(model, split, names=("forget", "retain", "test"), device=device), split, seed=seed)
+    return evaluate_posteriors(
+        predict_split(model, split, names=("forget", "retain", "test"), device=device), split, seed=seed
+    )
 
 
 def evaluate_posteriors(
-    post: dict[str, Posteriors], split: UnlearningSplit, *, seed: int = 0,
+    post: dict[str, Posteriors],
+    split: UnlearningSplit,
+    *,
+    seed: int = 0,
     attackers: Mapping[str, SvcAttacker] | None = None,
 ) -> Evaluation:
     """The protocol on posteriors already computed (keys forget, retain, test; see predict_split).

@@ -36,7 +36,9 @@ class SvcAttacker:
     """An RBF SVC fit once on balanced members vs non-members by one feature; it then scores any
     number of target sets (the union's D_f, each request's share of it, the control set)."""
 
-    def __init__(self, members: Posteriors, nonmembers: Posteriors, *, feature: str = "confidence", seed: int = 0) -> None:
+    def __init__(
+        self, members: Posteriors, nonmembers: Posteriors, *, feature: str = "confidence", seed: int = 0
+    ) -> None:
         if min(len(members), len(nonmembers)) < 2:
             raise ValueError("the SVC needs at least two members and two non-members")
         self.feature = feature

@@ -10,4 +10,14 @@ from ltu_core.models.factory import (
 )
 from ltu_core.models.inference import Posteriors, predict, predict_split
 
-__all__ = ["ArchConfig", "Posteriors", "predict", "predict_split", "build_model", "count_parameters", "load_model", "read_checkpoint", "save_model"]
+__all__ = [
+    "ArchConfig",
+    "Posteriors",
+    "build_model",
+    "count_parameters",
+    "load_model",
+    "predict",
+    "predict_split",
+    "read_checkpoint",
+    "save_model",
+]

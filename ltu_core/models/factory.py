@@ -74,7 +74,9 @@ def build_model(arch: ArchConfig, *, seed: int = 0) -> nn.Module:
 def _create(arch: ArchConfig) -> nn.Module:
     common = dict(pretrained=False, num_classes=arch.num_classes, in_chans=arch.in_chans)
     if arch.name == "vit_micro":
-        return timm.create_model("vit_tiny_patch16_224", img_size=arch.img_size, **common, **{**_VIT_MICRO, **arch.kwargs})
+        return timm.create_model(
+            "vit_tiny_patch16_224", img_size=arch.img_size, **common, **{**_VIT_MICRO, **arch.kwargs}
+        )
     if arch.name.startswith("resnet"):
         channels = tuple(max(1, int(round(c * arch.width))) for c in (64, 128, 256, 512))
         model = timm.create_model(arch.name, channels=channels, **common, **arch.kwargs)
@@ -113,7 +115,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], A
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
     if meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta:

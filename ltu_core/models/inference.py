@@ -27,13 +27,15 @@ class Posteriors:
             return 0.0
         return float((self.probs.argmax(1) == self.labels).float().mean()) * 100.0
 
-    def subset(self, positions: torch.Tensor) -> "Posteriors":
+    def subset(self, positions: torch.Tensor) -> Posteriors:
         """The rows at `positions`."""
         return Posteriors(self.probs[positions], self.labels[positions])
 
 
 @torch.no_grad()
-def predict(model: nn.Module, samples: SampleSet, *, device: torch.device | str = "cpu", batch_size: int = 512) -> Posteriors:
+def predict(
+    model: nn.Module, samples: SampleSet, *, device: torch.device | str = "cpu", batch_size: int = 512
+) -> Posteriors:
     """Softmax outputs of `model` (in eval mode) on every sample, in set order."""
     was_training = model.training
     model.eval()

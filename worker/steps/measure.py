@@ -49,7 +49,9 @@ class Measured:
     @property
     def passed(self) -> bool:
         """The union passed, and so did every request whose own sample count makes its test conclusive."""
-        return self.union.verdict.passed and all(n.verdict.passed or not n.verdict.conclusive for n in self.own.values())
+        return self.union.verdict.passed and all(
+            n.verdict.passed or not n.verdict.conclusive for n in self.own.values()
+        )
 
     def failing_verdict(self) -> records.Verdict:
         """The verdict that failed, to explain a fallback: the union's, else the first failing request's."""
@@ -66,16 +68,25 @@ def run(attempt: Attempt, prepared: Prepared, model: nn.Module, *, original_ta: 
     thresholds = VerificationThresholds(z=settings.verify_z, max_test_drop=settings.verify_max_test_drop)
 
     def numbers(forget: Posteriors) -> Numbers:
-        evaluation = evaluate_posteriors({**post, "forget": forget}, prepared.split, seed=settings.seed,
-                                         attackers=attackers)
+        evaluation = evaluate_posteriors(
+            {**post, "forget": forget}, prepared.split, seed=settings.seed, attackers=attackers
+        )
         verdict = verify_forgetting(
-            retain=post["retain"], test=post["test"], forget=forget, control=post["reference"],
+            retain=post["retain"],
+            test=post["test"],
+            forget=forget,
+            control=post["reference"],
             original_test_accuracy=evaluation.ta if original_ta is None else original_ta,
-            thresholds=thresholds, seed=settings.seed, attacker=attackers["confidence"],
+            thresholds=thresholds,
+            seed=settings.seed,
+            attacker=attackers["confidence"],
         )
         scores = score_summary(forget, post["reference"], points=SCORE_POINTS, bins=HISTOGRAM_BINS)
-        return Numbers(record(records.Metrics, evaluation.as_dict()), record(records.Verdict, verdict.as_dict()),
-                       record(records.ScoreSummary, scores))
+        return Numbers(
+            record(records.Metrics, evaluation.as_dict()),
+            record(records.Verdict, verdict.as_dict()),
+            record(records.ScoreSummary, scores),
+        )
 
     own = {}
     if len(prepared.own_rows) > 1:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from ledger import registry, requests
 from ledger import datasets as ledger_datasets
+from ledger import registry, requests
 from ledger.tables import FAILED, Dataset, Model
 from ltu_core.data import ForgetSpec, UnlearningSplit, make_split, read_dataset
 from ltu_core.methods import UnlearningMethod, UnlearningTask, create_method, method_entry
@@ -40,8 +40,9 @@ class Prepared:
 
     def task(self, model: nn.Module | None = None) -> UnlearningTask:
         """The ltu_core task over this run's split (θ_o unless another model is given)."""
-        return UnlearningTask.from_split(model or self.model, self.arch, self.split, self.recipe, seed=self.seed,
-                                         device=self.device)
+        return UnlearningTask.from_split(
+            model or self.model, self.arch, self.split, self.recipe, seed=self.seed, device=self.device
+        )
 
 
 def run(attempt: Attempt, *, device: str) -> Prepared:
@@ -78,23 +79,38 @@ def run(attempt: Attempt, *, device: str) -> Prepared:
     entry = method_entry(method_name)  # UnknownMethodError → failed, with the list of methods
     method = create_method(method_name, **parameters)  # MethodConfigError → failed
     if entry.cls.reads_full_retain and recipe_fields is None:
-        raise JobFailed("no_recipe", f"method {method_name!r} retrains from scratch and needs the model's training "
-                        "recipe; register the model with one")
+        raise JobFailed(
+            "no_recipe",
+            f"method {method_name!r} retrains from scratch and needs the model's training "
+            "recipe; register the model with one",
+        )
 
     dataset = read_dataset(attempt.ctx.store.path(dataset_key))
     rows = np.asarray([s.row for s in forget])
     named = np.asarray([s.sample_id for s in forget], dtype=dataset.sample_ids.dtype)
     if not np.array_equal(dataset.sample_ids[rows], named):
         raise JobFailed("dataset_mismatch", "the stored dataset files do not match the ledger's sample index")
-    split = make_split(dataset, ForgetSpec(kind="samples", ids=tuple(s.sample_id for s in forget)),
-                       retain_fraction=settings.retain_fraction, seed=settings.seed,
-                       exclude=np.asarray(excluded, dtype=np.int64))
+    split = make_split(
+        dataset,
+        ForgetSpec(kind="samples", ids=tuple(s.sample_id for s in forget)),
+        retain_fraction=settings.retain_fraction,
+        seed=settings.seed,
+        exclude=np.asarray(excluded, dtype=np.int64),
+    )
     model, arch = load_model(attempt.ctx.store.path(base_key))
     return Prepared(
-        model_id=model_id, base_id=base_id, base_number=base_number, base_sha256=base_sha256,
-        model=model.to(device).eval(), arch=arch, split=split,
+        model_id=model_id,
+        base_id=base_id,
+        base_number=base_number,
+        base_sha256=base_sha256,
+        model=model.to(device).eval(),
+        arch=arch,
+        split=split,
         recipe=TrainRecipe(**recipe_fields) if recipe_fields is not None else TrainRecipe(),
-        has_recipe=recipe_fields is not None, method=method,
+        has_recipe=recipe_fields is not None,
+        method=method,
         own_rows={r: np.asarray([s.row for s in samples]) for r, samples in own.items()},
-        excluded_erased=len(excluded), device=device, seed=settings.seed,
+        excluded_erased=len(excluded),
+        device=device,
+        seed=settings.seed,
     )

@@ -18,8 +18,16 @@ log = logging.getLogger("ltu.worker")
 def outcomes(attempt: Attempt, prepared: Prepared, before: Measured, verified: Verified) -> dict[str, requests.Outcome]:
     """Each request's record (leader first): its own metrics and verdicts, the run's shared details."""
     after, result = verified.after, verified.result
-    batch = records.Batch(size=len(attempt.request_ids), leader=attempt.leader, verdict_after=after.union.verdict,
-                          forget_samples=len(prepared.split.forget)) if len(attempt.request_ids) > 1 else None
+    batch = (
+        records.Batch(
+            size=len(attempt.request_ids),
+            leader=attempt.leader,
+            verdict_after=after.union.verdict,
+            forget_samples=len(prepared.split.forget),
+        )
+        if len(attempt.request_ids) > 1
+        else None
+    )
     split = record(records.SplitInfo, prepared.split.info)
     run = record(records.MethodRun, result.record())
     phase_seconds = {k: round(v, 3) for k, v in attempt.phase_seconds.items()}
@@ -27,13 +35,23 @@ def outcomes(attempt: Attempt, prepared: Prepared, before: Measured, verified: V
     for request_id in attempt.request_ids:
         mine_before, mine_after = before.of(request_id), after.of(request_id)
         verification = records.Verification(
-            passed=after.passed, exact=result.method == "retrain", before=mine_before.verdict,
-            after=mine_after.verdict, fallback=verified.fallback, batch=batch,
+            passed=after.passed,
+            exact=result.method == "retrain",
+            before=mine_before.verdict,
+            after=mine_after.verdict,
+            fallback=verified.fallback,
+            batch=batch,
         )
         details = records.RunDetails(
-            split=split, forget_samples=len(prepared.split.forget), excluded_erased_samples=prepared.excluded_erased,
-            base_version=prepared.base_number, base_sha256=prepared.base_sha256, run=run, device=prepared.device,
-            phase_seconds=phase_seconds, scores=records.Scores(before=mine_before.scores, after=mine_after.scores),
+            split=split,
+            forget_samples=len(prepared.split.forget),
+            excluded_erased_samples=prepared.excluded_erased,
+            base_version=prepared.base_number,
+            base_sha256=prepared.base_sha256,
+            run=run,
+            device=prepared.device,
+            phase_seconds=phase_seconds,
+            scores=records.Scores(before=mine_before.scores, after=mine_after.scores),
             own_forget_samples=len(prepared.own_rows[request_id]),
         )
         out[request_id] = requests.Outcome(mine_before.metrics, mine_after.metrics, verification, details)
@@ -51,10 +69,17 @@ def run(attempt: Attempt, prepared: Prepared, before: Measured, verified: Verifi
     store = attempt.ctx.store
     staged = store.staging_file(".safetensors")
     try:
-        save_model(verified.result.model.cpu(), prepared.arch, staged, metadata={
-            "model_id": prepared.model_id, "parent_sha256": prepared.base_sha256,
-            "request_id": attempt.leader, "method": verified.result.method,
-        })
+        save_model(
+            verified.result.model.cpu(),
+            prepared.arch,
+            staged,
+            metadata={
+                "model_id": prepared.model_id,
+                "parent_sha256": prepared.base_sha256,
+                "request_id": attempt.leader,
+                "method": verified.result.method,
+            },
+        )
         blob = store.put_model(staged)
     finally:
         store.discard(staged)
@@ -62,9 +87,22 @@ def run(attempt: Attempt, prepared: Prepared, before: Measured, verified: Verifi
         model_row = session.get(Model, prepared.model_id)
         base = session.get(ModelVersion, prepared.base_id)
         assert model_row is not None and base is not None
-        version = requests.complete(session, token=attempt.token, model=model_row, base=base, outcomes=results,
-                                    sha256=blob.sha256, size_bytes=blob.size, storage_key=blob.key)
-    log.info("request %s: completed%s; model %s version %d (sha256 %s)", attempt.leader,
-             f" with {len(results) - 1} coalesced request(s)" if len(results) > 1 else "",
-             prepared.model_id, version.number, blob.sha256)
+        version = requests.complete(
+            session,
+            token=attempt.token,
+            model=model_row,
+            base=base,
+            outcomes=results,
+            sha256=blob.sha256,
+            size_bytes=blob.size,
+            storage_key=blob.key,
+        )
+    log.info(
+        "request %s: completed%s; model %s version %d (sha256 %s)",
+        attempt.leader,
+        f" with {len(results) - 1} coalesced request(s)" if len(results) > 1 else "",
+        prepared.model_id,
+        version.number,
+        blob.sha256,
+    )
     return version.number

@@ -40,8 +40,9 @@ def run(attempt: Attempt, prepared: Prepared, result: UnlearningResult, before: 
     verdict = after.failing_verdict()
     failed = []
     if not verdict.forgetting_passed:
-        failed.append("forgetting" if verdict.conclusive
-                      else "forgetting (too few samples to verify by membership inference)")
+        failed.append(
+            "forgetting" if verdict.conclusive else "forgetting (too few samples to verify by membership inference)"
+        )
     if not verdict.utility_passed:
         failed.append("utility")
     reason = " and ".join(failed)
@@ -61,8 +62,11 @@ def run(attempt: Attempt, prepared: Prepared, result: UnlearningResult, before: 
     attempt.progress("verifying", 0, 1)
     retrained = measure.run(attempt, prepared, retrain.model, original_ta=verdict.original_test_accuracy)
     attempt.progress("verifying", 1, 1)
-    first = records.FirstAttempt(method=result.method, verdict=verdict,
-                                 run=measure.record(records.MethodRun, result.record()))
-    return Verified(retrain, retrained,
-                    records.Fallback(method="retrain", reason=f"{result.method} failed the {reason} check",
-                                     first_attempt=first))
+    first = records.FirstAttempt(
+        method=result.method, verdict=verdict, run=measure.record(records.MethodRun, result.record())
+    )
+    return Verified(
+        retrain,
+        retrained,
+        records.Fallback(method="retrain", reason=f"{result.method} failed the {reason} check", first_attempt=first),
+    )
