@@ -47,28 +47,9 @@ class Section(BaseSettings):
         return (init_settings,)
 
 
-class EnvironSource(PydanticBaseSettingsSource):
-    """The `LTU_<FIELD>` values of one mapping (os.environ or a test's dict); an empty value counts as unset."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        super().__init__(settings_cls)
-        self.environ = environ
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self.environ.get(env_name(field_name)) or None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        values = {}
-        for name, field in self.settings_cls.model_fields.items():
-            value, key, _ = self.get_field_value(field, name)
-            if value is not None:
-                values[key] = value
-        return values
-
-
 def read_environ(section: type[Section], environ: Mapping[str, str]) -> dict[str, str]:
-    """The section's values set in `environ`, as strings keyed by field name (validated by the caller)."""
-    return EnvironSource(section, environ)()
+    """The section's `LTU_<FIELD>` values set in `environ`, keyed by field name (an empty value counts as unset)."""
+    return {name: environ[env_name(name)] for name in section.model_fields if environ.get(env_name(name))}
 
 
 def validated(model: type[BaseModel], values: Mapping[str, Any]) -> Any:
