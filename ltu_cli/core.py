@@ -120,10 +120,10 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from ltu_core.audit import verify_model
     from ltu_core.data import ForgetSpec, make_split
     from ltu_core.methods import RunHooks, UnlearningTask, create_method
     from ltu_core.metrics import avg_gap, evaluate
-    from ltu_core.mia import verify_model
     from ltu_core.models import load_model, read_checkpoint, save_model
     from ltu_core.train import TrainRecipe
 
@@ -156,7 +156,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
 
             result = method.run(task, RunHooks(progress=progress))
         after = evaluate(result.model, split, seed=args.seed)
-        verdict = verify_model(result.model, split, original_test_accuracy=before.ta, seed=args.seed)
+        verdict = verify_model(result.model, split, original_test_accuracy=before.ta, audit_seed=args.seed)
         save_model(result.model, arch, args.out, metadata={"recipe": asdict(recipe), "parent": str(args.checkpoint)})
     record = {
         "checkpoint": str(args.checkpoint),

@@ -25,10 +25,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def synthetic():
-    """160 seeded noisy 1×8×8 images in 4 classes (120 train, 40 test): hard enough to memorise."""
+    """160 seeded noisy 1×8×8 images in 4 classes (120 train, 40 test), hard enough to memorise, and 400
+    holdout images: D_ref, and a few hundred D_audit controls, enough to audit a handful of subjects."""
     from ltu_core.data import make_synthetic
 
-    return make_synthetic(num_samples=160, num_classes=4, image_size=8, noise=100.0, seed=0)
+    return make_synthetic(num_samples=160, num_classes=4, image_size=8, noise=100.0, extra_holdout=400)
 
 
 @pytest.fixture(scope="session")
@@ -154,6 +155,9 @@ def embedded_settings(root: Path, **overrides):
             "poll_interval": 0.1,
             "retry_after_seconds": 1,
             "coalesce_window_seconds": 0.0,  # waiting requests still coalesce; nobody waits for more
+            # No reference-model training behind every registration: the tests that need the
+            # likelihood-ratio tier opt in (tests/worker/test_references.py).
+            "audit_reference_models": 0,
             **overrides,
         }
     )
@@ -392,6 +396,7 @@ def celery_stack(tmp_path_factory, postgres_url, redis_url):
         broker_url=redis_url,
         admin_api_key=ADMIN_KEY,
         queue=queue,
+        audit_reference_models=0,  # nothing lands on a shared audit queue no test worker consumes
         device="cpu",
         torch_threads=1,
         poll_interval=0.2,

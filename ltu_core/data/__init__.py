@@ -11,6 +11,8 @@ from ltu_core.data.loaders import (
 from ltu_core.data.selection import (
     ForgetSpec,
     UnlearningSplit,
+    audit_rows,
+    draw_control,
     make_split,
     select_forget,
     select_partial_retain,
@@ -23,6 +25,8 @@ __all__ = [
     "SampleSet",
     "UnlearningDataset",
     "UnlearningSplit",
+    "audit_rows",
+    "draw_control",
     "load_digits",
     "load_mnist5k",
     "make_split",

@@ -124,21 +124,46 @@ def make_synthetic(
     channels: int = 1,
     noise: float = 60.0,
     test_size: int | None = None,
+    extra_holdout: int = 0,
     samples_per_subject: int = 3,
     seed: int = 0,
 ) -> UnlearningDataset:
-    """Seeded class-prototype images plus Gaussian noise: learnable in seconds, for tests."""
+    """Seeded class-prototype images plus Gaussian noise: learnable in seconds, for tests.
+
+    `num_samples` split into test and train; `extra_holdout` more samples of the same distribution
+    are appended as the holdout split (never-trained data for the attackers and the audit), with
+    subjects of their own, leaving the first `num_samples` exactly as they are without them.
+    """
     rng = np.random.Generator(np.random.PCG64(seed))
     prototypes = rng.uniform(0, 255, size=(num_classes, channels, image_size, image_size))
-    labels = np.arange(num_samples) % num_classes
-    images = prototypes[labels] + rng.normal(0, noise, size=(num_samples, channels, image_size, image_size))
-    return _from_arrays(
+    total = num_samples + extra_holdout
+    labels = np.arange(total) % num_classes
+    # One noise draw for all samples: numpy fills it in order, so the first num_samples do not change.
+    images = np.clip(np.rint(prototypes[labels] + rng.normal(0, noise, size=(total, *prototypes.shape[1:]))), 0, 255)
+    base = _from_arrays(
         "synthetic",
-        np.clip(np.rint(images), 0, 255),
-        labels,
+        images[:num_samples],
+        labels[:num_samples],
         test_size=num_samples // 4 if test_size is None else test_size,
         train_size=None,
         samples_per_subject=samples_per_subject,
+    )
+    if not extra_holdout:
+        return base
+    extra = np.asarray([f"synthetic-holdout-{i:06d}" for i in range(extra_holdout)], dtype=str)
+    return UnlearningDataset(
+        name=base.name,
+        images=np.ascontiguousarray(images, dtype=np.uint8),
+        labels=labels.astype(np.int64),
+        sample_ids=np.concatenate([base.sample_ids, extra]),
+        subject_ids=np.concatenate(
+            [
+                base.subject_ids,
+                assign_subjects(extra, prefix="synthetic-holdout", samples_per_subject=samples_per_subject),
+            ]
+        ),
+        splits=np.concatenate([base.splits, np.full(extra_holdout, "holdout", dtype=base.splits.dtype)]),
+        num_classes=num_classes,
     )
 
 

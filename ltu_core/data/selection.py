@@ -2,7 +2,9 @@
 
 D_f (forget set) is chosen by a `ForgetSpec`; D_r = train \\ D_f; D̂_r ⊂ D_r is the partial
 retained subset (fraction ρ, seeded) that every method may read; D_ref is the non-member
-reference slice the MI attackers are trained against; D_test is for reporting only. The same
+reference slice the MI attackers are trained against; D_test is for reporting only. The rest of
+the never-trained pool is D_audit (`audit_rows`): only the verifier reads it, and the split a
+method is given does not carry it, so no method can be tuned against its own judge. The same
 (dataset, spec, ρ, seed) always gives the same sets, on any machine: selection uses numpy's
 PCG64 generator, whose stream numpy keeps stable across releases.
 """
@@ -170,7 +172,8 @@ def make_split(
 
     D_ref comes from the `holdout` split when the dataset has one; otherwise the `test` split is
     cut in two halves (seeded) so that reported test numbers never use the attackers' references.
-    `reference_size` caps D_ref (default: as many as D̂_r has, at least 64). Rows in `exclude`
+    `reference_size` caps D_ref (default: as many as D̂_r has, at least 64), and D_ref never takes
+    more than half of that never-trained pool: the rest is D_audit (`audit_rows`). Rows in `exclude`
     (samples erased by earlier requests) belong to no set: nothing reads them again.
     """
     forget = select_forget(dataset, spec, exclude=exclude)
@@ -190,7 +193,7 @@ def make_split(
     if len(test) == 0:
         raise ForgetSetError("the dataset has no 'test' samples to report on")
     size = reference_size or max(64, len(retain_subset))
-    reference = np.sort(rng.choice(holdout, size=min(size, len(holdout)), replace=False))
+    reference = np.sort(rng.choice(holdout, size=min(size, max(1, len(holdout) // 2)), replace=False))
     info = {
         "forget_spec": spec.describe(),
         "retain_fraction": retain_fraction,
@@ -204,3 +207,21 @@ def make_split(
         },
     }
     return UnlearningSplit(dataset, forget, retain, retain_subset, reference, test, info)
+
+
+def audit_rows(split: UnlearningSplit) -> np.ndarray:
+    """D_audit: the never-trained pool (holdout, or the test half not reported on) minus D_ref, sorted.
+
+    Only the verifier reads these rows; no method's task carries them.
+    """
+    dataset = split.dataset
+    pool = np.union1d(dataset.split_indices("holdout"), dataset.split_indices("test"))
+    return np.setdiff1d(pool, np.union1d(split.test, split.reference))
+
+
+def draw_control(rows: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A seeded draw of at most `size` rows (all of them, when there are fewer), sorted."""
+    if size <= 0 or size >= len(rows):
+        return np.sort(rows)
+    rng = np.random.Generator(np.random.PCG64([seed, 11]))
+    return np.sort(rng.choice(rows, size=size, replace=False))

@@ -1,4 +1,7 @@
-"""Membership inference: posterior features, the SVC efficacy protocol, differentiable attackers."""
+"""Membership inference: posterior features, the SVC efficacy protocol, differentiable attackers.
+
+The erasure audit that decides a verdict lives in `ltu_core.audit`.
+"""
 
 from ltu_core.mia.attackers import (
     ATTACKER_FEATURES,
@@ -10,13 +13,6 @@ from ltu_core.mia.attackers import (
 )
 from ltu_core.mia.features import FEATURES
 from ltu_core.mia.svc import MIA_DIRECTION, MIA_FEATURES, SvcAttacker, fit_svc_attackers, svc_mia_efficacy
-from ltu_core.mia.verify import (
-    Verdict,
-    VerificationThresholds,
-    score_summary,
-    verify_forgetting,
-    verify_model,
-)
 
 __all__ = [
     "ATTACKER_FEATURES",
@@ -26,14 +22,9 @@ __all__ = [
     "MIA_FEATURES",
     "Attacker",
     "SvcAttacker",
-    "Verdict",
-    "VerificationThresholds",
     "attacker_accuracy",
     "attacker_scores",
     "fit_svc_attackers",
-    "score_summary",
     "svc_mia_efficacy",
     "train_attackers",
-    "verify_forgetting",
-    "verify_model",
 ]

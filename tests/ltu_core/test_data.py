@@ -10,6 +10,7 @@ import pytest
 
 from ltu_core.data import (
     ForgetSpec,
+    audit_rows,
     load_digits,
     make_split,
     make_synthetic,
@@ -122,8 +123,17 @@ def test_split_sets_are_disjoint_and_cover_train(synthetic):
     ref, test = set(split.reference), set(split.test)
     assert not f & r and f | r == set(synthetic.split_indices("train").tolist())
     assert rs <= r and len(rs) == round(0.5 * len(r))
-    # No holdout split here: D_ref and D_test are disjoint halves of the test split.
-    assert not ref & test and (ref | test) <= set(synthetic.split_indices("test").tolist())
+    # D_ref comes from the holdout, at most half of it; the rest is D_audit; D_test is the test split.
+    holdout = set(synthetic.split_indices("holdout").tolist())
+    assert ref <= holdout and len(ref) <= len(holdout) // 2 and test == set(synthetic.split_indices("test").tolist())
+    assert set(audit_rows(split).tolist()) == holdout - ref
+    # Without a holdout split, D_ref and D_test are disjoint halves of the test split, and D_audit
+    # is what D_ref leaves of its half.
+    bare = make_synthetic(num_samples=160, num_classes=4, seed=0)
+    halved = make_split(bare, ForgetSpec(kind="random", count=10, seed=0), seed=0)
+    ref, test, audit = set(halved.reference), set(halved.test), set(audit_rows(halved).tolist())
+    assert not ref & test and not audit & (ref | test)
+    assert ref | test | audit == set(bare.split_indices("test").tolist()) and len(audit) >= len(ref)
     sets = split.sets()
     assert len(sets["retain_unseen"]) == len(r) - len(rs)
 
