@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ledger import references
 from ledger.records import Metrics, RunDetails, Verification
 from ledger.tables import REQUEST_STATUSES, SCOPES
 
@@ -125,6 +126,14 @@ class TrainRecipeCreate(BaseModel):
     augment: bool = False
 
 
+AuditStatus = Literal["none", "queued", "running", "ready", "failed", "cancelled"]
+AuditTier = Literal["likelihood_ratio", "rank"]
+ReferenceSetStatus = Literal["queued", "running", "ready", "failed", "cancelled", "superseded"]
+MAX_REFERENCE_MODELS = 64
+assert set(ReferenceSetStatus.__args__) == set(references.STATUSES)  # type: ignore[attr-defined]
+assert MAX_REFERENCE_MODELS == references.MAX_COUNT
+
+
 class ModelRead(BaseModel):
     """A registered model; `current_version` only moves forward."""
 
@@ -137,6 +146,13 @@ class ModelRead(BaseModel):
     recipe: dict[str, Any] | None
     current_version: int
     created_at: datetime
+    audit_status: AuditStatus = Field(
+        "none", description="Status of the model's newest training of audit reference models (none: never queued)."
+    )
+    audit_tier: AuditTier = Field(
+        "rank",
+        description="The audit tier its erasures get now: likelihood_ratio once a reference set is ready, else rank.",
+    )
 
 
 class ModelPage(BaseModel):
@@ -144,6 +160,79 @@ class ModelPage(BaseModel):
 
     items: list[ModelRead]
     next_cursor: str | None = None
+
+
+class AuditReferencesCreate(BaseModel):
+    """Train a new set of the model's audit reference models (the likelihood-ratio tier)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int | None = Field(
+        default=None,
+        ge=2,
+        le=MAX_REFERENCE_MODELS,
+        description="Reference models, even (they train in complementary pairs); default LTU_AUDIT_REFERENCE_MODELS "
+        "(4 when that is 0).",
+    )
+
+    @field_validator("count")
+    @classmethod
+    def _even(cls, count: int | None) -> int | None:
+        if count is not None and count % 2:
+            raise ValueError("must be even (the reference models train in complementary pairs)")
+        return count
+
+
+class ReferenceSetProgress(BaseModel):
+    """Where a training is: phase (preparing, references, storing) and step of total (reference models trained)."""
+
+    phase: str | None
+    step: int
+    total: int
+
+
+class ReferenceSetError(BaseModel):
+    """Why a training failed (no_recipe, dataset_mismatch, attempts_exhausted, internal_error, ...)."""
+
+    code: str
+    message: str | None
+
+
+class ReferenceSetRead(BaseModel):
+    """One training of K reference models: its lifecycle, and what it trained on once started."""
+
+    id: str
+    status: ReferenceSetStatus
+    reason: Literal["registration", "on_demand", "refresh"]
+    count: int = Field(description="K, the number of reference models.")
+    seed: int
+    progress: ReferenceSetProgress
+    cancel_requested: bool
+    attempts: int
+    trained_on_version: int | None = Field(description="The model version current when training started.")
+    train_samples: int | None = Field(description="Training samples the reference models drew their halves from.")
+    erased_samples: int | None = Field(
+        description="Samples of the dataset erased when training started: none of them was trained on."
+    )
+    sha256: str | None = Field(description="SHA-256 of the stored scores file (ready sets).")
+    size_bytes: int | None
+    seconds: float | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: ReferenceSetError | None
+
+
+class AuditReferencesRead(BaseModel):
+    """A model's audit reference models: the newest training, the ready set its audits read, and the tier."""
+
+    model_id: str
+    audit_status: AuditStatus
+    audit_tier: AuditTier
+    latest: ReferenceSetRead | None = Field(description="The newest training, whatever its status.")
+    in_use: ReferenceSetRead | None = Field(
+        description="The ready set the model's erasure audits read (none: rank tier)."
+    )
 
 
 class ModelVersionRead(BaseModel):

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from ledger.tables import OutboxMessage, utcnow
 
 ERASURE_TASK = "ltu.erasure.run"
+AUDIT_REFERENCES_TASK = "ltu.audit_references.train"  # the likelihood-ratio tier's reference models
 
 
 def enqueue(session: Session, *, task_name: str, payload: dict[str, Any]) -> OutboxMessage:

@@ -9,6 +9,11 @@ never purged (it is never superseded), and the current pointer never moves back
 
 Weights are stored by sha256, so two versions can share one file (the same weights uploaded
 twice): the file is deleted only when no other unpurged version references it.
+
+Reference sets of the likelihood-ratio audit tier (ledger.references) follow the same rule: a set
+superseded by a newer ready set of its model was trained on data erased since (refreshing is what
+retires it), so after the same grace its scores file is deleted and its `purged_at` is set, with a
+`audit_reference_set.purged` event.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ledger import audit
-from ledger.tables import Model, ModelVersion
+from ledger.tables import AuditReferenceSet, Model, ModelVersion
 
 SUPERSEDED, PURGED = "superseded", "purged"
 
@@ -105,5 +110,86 @@ def mark_purged(session: Session, *, candidate: Candidate, gone: bool, kept_for:
             "gone": gone,
             "kept_for_other_versions": kept_for,
         },
+    )
+    return True
+
+
+# --- reference sets of the likelihood-ratio audit tier ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferenceCandidate:
+    """A superseded reference set whose scores file is due for deletion."""
+
+    set_id: str
+    tenant_id: str
+    model_id: str
+    sha256: str
+    storage_key: str
+
+
+def references_due_for_purge(session: Session, *, now: datetime, grace: timedelta) -> list[ReferenceCandidate]:
+    """Superseded reference sets with a stored file, superseded longer than `grace` ago."""
+    rows = session.execute(
+        select(
+            AuditReferenceSet.id,
+            AuditReferenceSet.tenant_id,
+            AuditReferenceSet.model_id,
+            AuditReferenceSet.sha256,
+            AuditReferenceSet.storage_key,
+        )
+        .where(
+            AuditReferenceSet.status == SUPERSEDED,
+            AuditReferenceSet.purged_at.is_(None),
+            AuditReferenceSet.storage_key.is_not(None),
+            AuditReferenceSet.updated_at <= now - grace,  # a superseded set changes only when it is purged
+        )
+        .order_by(AuditReferenceSet.updated_at)
+    ).all()
+    return [ReferenceCandidate(*row) for row in rows]
+
+
+def other_reference_users(session: Session, *, candidate: ReferenceCandidate) -> int:
+    """How many other unpurged reference sets use the candidate's file."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(AuditReferenceSet)
+            .where(
+                AuditReferenceSet.storage_key == candidate.storage_key,
+                AuditReferenceSet.id != candidate.set_id,
+                AuditReferenceSet.purged_at.is_(None),
+            )
+        )
+        or 0
+    )
+
+
+def mark_reference_purged(
+    session: Session, *, candidate: ReferenceCandidate, gone: bool, kept_for: int, now: datetime, actor: str = "system"
+) -> bool:
+    """Record a superseded set's file as deleted, with its audit event; False if another purger was first."""
+    changed = session.execute(
+        update(AuditReferenceSet)
+        .where(
+            AuditReferenceSet.id == candidate.set_id,
+            AuditReferenceSet.status == SUPERSEDED,
+            AuditReferenceSet.purged_at.is_(None),
+        )
+        .values(purged_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != 1:
+        return False
+    audit.record(
+        session,
+        tenant_id=candidate.tenant_id,
+        actor=actor,
+        action="audit_reference_set.purged",
+        resource_type="audit_reference_set",
+        resource_id=candidate.set_id,
+        model_id=candidate.model_id,
+        now=now,
+        data={"sha256": candidate.sha256, "gone": gone, "kept_for_other_sets": kept_for},
     )
     return True

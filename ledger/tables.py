@@ -349,3 +349,46 @@ class AuditEvent(Base):
     def data(self) -> dict[str, Any]:
         """The event's data, read from the chained body."""
         return json.loads(self.body)["data"]
+
+
+class AuditReferenceSet(Base):
+    """K reference models of the likelihood-ratio audit tier for one model lineage (ledger.references).
+
+    Lifecycle: queued → running → ready | failed | cancelled; a ready set becomes superseded when a
+    newer set of the model is ready. Only the reference models' scores are stored (`storage_key`,
+    an `ltu-audit-references` safetensors file), never their weights. `erased_samples` counts the
+    dataset's erased samples when training started, all left out of its training data; a set is
+    refreshed once enough further samples are erased, which retires the older ones.
+    """
+
+    __tablename__ = "audit_reference_sets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    reason: Mapped[str] = mapped_column(String(16))  # registration | on_demand | refresh
+    count: Mapped[int]  # K, even
+    seed: Mapped[int]
+    phase: Mapped[str | None] = mapped_column(String(32))
+    progress_step: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    requeues: Mapped[int] = mapped_column(default=0)  # times the reconciler dispatched it again
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_token: Mapped[str | None] = mapped_column(String(36))  # the execution allowed to write
+    heartbeat_at: Mapped[datetime | None]
+    trained_on_version: Mapped[int | None]  # the model's current version when training started
+    train_samples: Mapped[int | None]
+    erased_samples: Mapped[int | None]
+    storage_key: Mapped[str | None] = mapped_column(String(500))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    purged_at: Mapped[datetime | None]  # a superseded set's file was deleted (ledger.retention)

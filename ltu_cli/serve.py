@@ -39,12 +39,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=_serve)
 
-    p = sub.add_parser("worker", help="run a Celery worker for erasure jobs (needs LTU_BROKER_URL)")
+    p = sub.add_parser(
+        "worker", help="run a Celery worker for erasure and audit reference-model jobs (needs LTU_BROKER_URL)"
+    )
     p.add_argument(
         "--pool", default="prefork", choices=("prefork", "solo", "threads"), help="Celery pool (default prefork)"
     )
     p.add_argument("--concurrency", type=int, default=1, help="jobs at a time; one per GPU (default 1)")
-    p.add_argument("--queue", default=None, help="queue to consume (default LTU_QUEUE or gpu)")
+    p.add_argument("--queue", default=None, help="queue of erasure jobs (default LTU_QUEUE or gpu)")
+    p.add_argument(
+        "--audit-queue", default=None, help="queue of audit reference-model jobs (default LTU_AUDIT_QUEUE or audit)"
+    )
+    p.add_argument(
+        "--consume",
+        default="all",
+        choices=("all", "erasures", "audit"),
+        help="which queues this worker takes jobs from (default all; one job at a time, so a worker of its own "
+        "for `audit` keeps long reference trainings from delaying erasures)",
+    )
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this worker")
     p.set_defaults(handler=_worker)
@@ -172,6 +184,14 @@ def _worker(args: argparse.Namespace) -> int:
         )
     if args.queue:
         settings = settings.replace(queue=args.queue)
+    if args.audit_queue:
+        settings = settings.replace(audit_queue=args.audit_queue)
+    queues = {
+        "all": [settings.worker.queue, settings.worker.audit_queue],
+        "erasures": [settings.worker.queue],
+        "audit": [settings.worker.audit_queue],
+    }[args.consume]
+    queues = list(dict.fromkeys(queues))
     from worker.celery_app import create_celery
 
     app = create_celery(settings, relay=not args.no_relay)
@@ -179,7 +199,7 @@ def _worker(args: argparse.Namespace) -> int:
         [
             "worker",
             "-Q",
-            settings.worker.queue,
+            ",".join(queues),
             "-P",
             args.pool,
             "-c",
@@ -187,7 +207,7 @@ def _worker(args: argparse.Namespace) -> int:
             "--loglevel",
             args.loglevel,
             "-n",
-            f"ltu-{settings.worker.queue}@%h",
+            f"ltu-{'-'.join(queues)}@%h",
         ]
     )
     return 0
@@ -230,21 +250,23 @@ def _purge(args: argparse.Namespace) -> int:
 
     from ledger.artifacts import ArtifactStore
     from ledger.db import Database
-    from worker.retention import purge_due
+    from worker.retention import purge_due, purge_references_due
 
     ledger_settings = load_settings().ledger
     database = Database(ledger_settings.database_url)
+    store, grace = ArtifactStore(ledger_settings.artifacts_dir), timedelta(hours=ledger_settings.purge_grace_hours)
     try:
-        purged = purge_due(
-            database,
-            ArtifactStore(ledger_settings.artifacts_dir),
-            grace=timedelta(hours=ledger_settings.purge_grace_hours),
-        )
+        purged = purge_due(database, store, grace=grace)
+        references = purge_references_due(database, store, grace=grace)
     finally:
         database.dispose()
     for p in purged:
         print(f"purged model {p.model_id} version {p.number} (sha256 {p.sha256})")
+    for r in references:
+        print(f"purged the superseded audit reference scores {r.storage_key} of model {r.model_id}")
     print(
-        f"ltu purge: {len(purged)} version(s) purged (grace {ledger_settings.purge_grace_hours:g} h)", file=sys.stderr
+        f"ltu purge: {len(purged)} version(s) and {len(references)} reference set(s) purged "
+        f"(grace {ledger_settings.purge_grace_hours:g} h)",
+        file=sys.stderr,
     )
     return 0

@@ -15,6 +15,7 @@ from ltu_client.certificates import CertificateInvalid, load_public_key, verify_
 from ltu_client.client import ApiError, Client
 from ltu_client.models import (
     AuditEvent,
+    AuditReferences,
     Dataset,
     DeletionRequest,
     Model,
@@ -26,6 +27,7 @@ from ltu_client.models import (
 __all__ = [
     "ApiError",
     "AuditEvent",
+    "AuditReferences",
     "CertificateInvalid",
     "Client",
     "Dataset",

@@ -12,7 +12,16 @@ from typing import Any
 
 import httpx
 
-from ltu_client.models import AuditEvent, Dataset, DeletionRequest, Model, ModelVersion, Page, RequestSample
+from ltu_client.models import (
+    AuditEvent,
+    AuditReferences,
+    Dataset,
+    DeletionRequest,
+    Model,
+    ModelVersion,
+    Page,
+    RequestSample,
+)
 
 
 class ApiError(Exception):
@@ -136,6 +145,44 @@ class Client:
     def get_version(self, model_id: str, number: int) -> ModelVersion:
         """One version of a model."""
         return ModelVersion.from_json(self._json("GET", f"/v1/models/{model_id}/versions/{number}"))
+
+    def get_audit_references(self, model_id: str) -> AuditReferences:
+        """Where the model's audit reference models stand (newest training, the set in use, the audit tier)."""
+        return AuditReferences.from_json(self._json("GET", f"/v1/models/{model_id}/audit-references"))
+
+    def train_audit_references(self, model_id: str, *, count: int | None = None) -> AuditReferences:
+        """Queue a training of the model's reference models (admin); the one queued or running is kept if any."""
+        body = {"count": count} if count is not None else {}
+        return AuditReferences.from_json(self._json("POST", f"/v1/models/{model_id}/audit-references", json=body))
+
+    def cancel_audit_references(self, model_id: str) -> AuditReferences:
+        """Cancel the model's queued or running reference training (admin)."""
+        return AuditReferences.from_json(self._json("POST", f"/v1/models/{model_id}/audit-references/cancel"))
+
+    def wait_audit_references(
+        self,
+        model_id: str,
+        *,
+        timeout: float = 3600.0,
+        poll: float = 1.0,
+        on_update: Callable[[AuditReferences], None] | None = None,
+    ) -> AuditReferences:
+        """Poll until no reference training of the model is queued or running; TimeoutError after `timeout` seconds.
+
+        The answer's `audit_tier` says whether the likelihood-ratio tier is now available.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.get_audit_references(model_id)
+            if on_update is not None:
+                on_update(status)
+            if status.done:
+                return status
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"the reference models of model {model_id} are still {status.audit_status} after {timeout:.0f} s"
+                )
+            time.sleep(max(0.05, min(poll, deadline - time.monotonic())))
 
     def download_weights(self, model_id: str, number: int, dest: str | os.PathLike) -> Path:
         """Download a version's safetensors file and check its sha256 against the version record."""

@@ -58,6 +58,8 @@ class Model(_FromJSON):
     current_version: int
     recipe: dict[str, Any] | None = None
     created_at: datetime | None = None
+    audit_status: str = "none"  # the newest audit reference-set training: none | queued | running | ready | ...
+    audit_tier: str = "rank"  # likelihood_ratio once a reference set is ready
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,25 @@ class AuditEvent(_FromJSON):
     data: dict[str, Any] = field(default_factory=dict)
     prev_hash: str = ""
     hash: str = ""
+
+
+@dataclass(frozen=True)
+class AuditReferences(_FromJSON):
+    """A model's audit reference models: the newest training (`latest`), the ready set in use, the tier.
+
+    `latest` and `in_use` are the service's reference-set objects (status, count, progress, error, ...).
+    """
+
+    model_id: str
+    audit_status: str
+    audit_tier: str
+    latest: dict[str, Any] | None = None
+    in_use: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        """True when no training is queued or running."""
+        return self.audit_status not in ("queued", "running")
 
 
 @dataclass(frozen=True)

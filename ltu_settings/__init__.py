@@ -2,8 +2,8 @@
 
     from ltu_settings import ConfigError, Settings
     settings = Settings.from_env()            # the one reader of LTU_* variables (processes' entry points)
-    settings = Settings.build(home=tmp, secret_key=..., verify_z=3.0)   # tests: explicit values only
-    settings.ledger.database_url, settings.api.max_body_bytes, settings.worker.verify_z
+    settings = Settings.build(home=tmp, secret_key=..., audit_alpha=0.01)   # tests: explicit values only
+    settings.ledger.database_url, settings.api.max_body_bytes, settings.worker.audit_alpha
 
 Sections (ltu_settings.sections) are split by who reads them: `LedgerSettings` every process,
 `ApiSettings` the HTTP edge, `WorkerSettings` job execution. Every field is the variable

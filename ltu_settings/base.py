@@ -24,7 +24,7 @@ UNECHOED = frozenset({"secret_key", "admin_api_key", "database_url", "broker_url
 
 
 def env_name(field_name: str) -> str:
-    """The environment variable of a field: `verify_z` → `LTU_VERIFY_Z`."""
+    """The environment variable of a field: `audit_alpha` → `LTU_AUDIT_ALPHA`."""
     return ENV_PREFIX + field_name.upper()
 
 

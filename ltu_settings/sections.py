@@ -156,6 +156,20 @@ class ApiSettings(Section):
     max_subjects_per_request: int = Field(
         MAX_TARGETS, ge=1, le=MAX_TARGETS, description="subject or sample ids of one erasure request"
     )
+    audit_reference_models: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="reference models of the likelihood-ratio audit tier, trained when a model with a recipe is "
+        "registered (even; 0: rank tier only)",
+    )
+
+    @field_validator("audit_reference_models")
+    @classmethod
+    def _even(cls, count: int) -> int:
+        if count % 2:
+            raise ValueError("must be even (the reference models train in complementary pairs)")
+        return count
 
     @field_validator("default_method")
     @classmethod
@@ -177,6 +191,7 @@ class WorkerSettings(Section):
     """Read only by job execution (worker/), wherever it runs."""
 
     queue: str = Field("gpu", description="Celery queue of the erasure task")
+    audit_queue: str = Field("audit", description="Celery queue of the audit's reference-model training task")
     device: str = Field("auto", description="torch device of jobs: auto (CUDA when available), cpu, cuda[:N], mps")
     torch_threads: int = Field(0, ge=0, le=1024, description="CPU threads per job process; 0: torch's default")
     retain_fraction: float = Field(
@@ -184,8 +199,22 @@ class WorkerSettings(Section):
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the retained-data sample and the attackers")
     fallback_to_retrain: bool = Field(True, description="verification failed → exact retraining (given a recipe)")
-    verify_z: float = Field(
-        2.0, ge=0, le=10, allow_inf_nan=False, description="one-sided z of the membership-inference forgetting test"
+    audit_alpha: float = Field(
+        0.05,
+        gt=0,
+        le=0.5,
+        allow_inf_nan=False,
+        description="family-wise level of the erasure audit: its measured false-failure rate on Retrains",
+    )
+    audit_combine: str = Field("simes", description="per-subject combination of sample p-values: simes or bonferroni")
+    audit_control_size: int = Field(
+        1000, ge=20, le=1_000_000, description="D_audit control samples drawn per request (all, when fewer exist)"
+    )
+    audit_refresh_after_erasures: int = Field(
+        100, ge=1, le=10_000_000, description="erased samples after which a model's reference models are retrained"
+    )
+    audit_calibration_file: str = Field(
+        "", description="the audit calibration table quoted by verdicts; empty: bench/results/audit-calibration.json"
     )
     verify_max_test_drop: float = Field(
         5.0, ge=-100, le=100, allow_inf_nan=False, description="test-accuracy points an unlearned model may lose"
@@ -225,12 +254,19 @@ class WorkerSettings(Section):
         description="a request queued this long is dispatched again",
     )
 
-    @field_validator("queue")
+    @field_validator("queue", "audit_queue")
     @classmethod
     def _queue(cls, queue: str) -> str:
         if not _QUEUE.match(queue):
             raise ValueError("must be a queue name of letters, digits and . _ : @ - (at most 200)")
         return queue
+
+    @field_validator("audit_combine")
+    @classmethod
+    def _combine(cls, combine: str) -> str:
+        if combine not in ("simes", "bonferroni"):
+            raise ValueError("must be simes or bonferroni")
+        return combine
 
     @field_validator("device")
     @classmethod

@@ -1,7 +1,9 @@
-"""The Celery app factory and its thin task.
+"""The Celery app factory and its thin tasks.
 
 `create_celery(settings)` builds an app for the Redis broker with the settings long GPU jobs need
-(SERVICE.md): late acks, rejection on worker loss, prefetch 1, a dedicated queue, a visibility
+(SERVICE.md): late acks, rejection on worker loss, prefetch 1, a dedicated queue per kind of job
+(erasures on `settings.worker.queue`, the audit's reference-model trainings on
+`settings.worker.audit_queue`, so a long training never holds up an erasure), a visibility
 timeout above the longest job, no result backend (status lives only in the ledger). The worker
 process also runs the outbox relay, the reconciler and the purge loop (a bootstep), so no extra
 process is needed to move requests from Postgres to Redis, to requeue interrupted work or to
@@ -33,7 +35,7 @@ BUSY_RETRY_SECONDS = 2
 
 
 def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
-    """A Celery app whose task `ltu.erasure.run` executes the erasure job."""
+    """A Celery app whose tasks `ltu.erasure.run` and `ltu.audit_references.train` execute the two jobs."""
     if not settings.ledger.broker_url:
         raise ValueError("create_celery needs settings.ledger.broker_url (LTU_BROKER_URL)")
     app = Celery("ltu", broker=settings.ledger.broker_url, set_as_current=False)
@@ -43,7 +45,7 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
         worker_prefetch_multiplier=1,
         worker_concurrency=1,  # one job per GPU
         task_default_queue=settings.worker.queue,
-        task_routes={outbox.ERASURE_TASK: {"queue": settings.worker.queue}},
+        task_routes=task_routes(settings),
         task_ignore_result=True,
         result_backend=None,
         task_serializer="json",
@@ -68,6 +70,14 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
             raise self.retry(countdown=BUSY_RETRY_SECONDS)
         return outcome
 
+    @app.task(name=outbox.AUDIT_REFERENCES_TASK, bind=True, ignore_result=True)
+    def train_audit_references_task(self, reference_set_id: str) -> str:
+        """Train one set of reference models of the audit's likelihood-ratio tier (all state is in the ledger)."""
+        from worker.references import run_reference_training
+
+        with bind(task_id=self.request.id):
+            return run_reference_training(context.get(), reference_set_id)
+
     app.steps["worker"].add(_background_step(settings, relay=relay))
     return app
 
@@ -76,11 +86,22 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
     configure_logging_from_env(default_level=loglevel or "INFO")  # LTU_LOG_LEVEL wins over --loglevel
 
 
+def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
+    """The queue of each task: erasures and reference trainings never share one."""
+    return {
+        outbox.ERASURE_TASK: {"queue": settings.worker.queue},
+        outbox.AUDIT_REFERENCES_TASK: {"queue": settings.worker.audit_queue},
+    }
+
+
 def celery_relay(settings: Settings, app: Celery, *, database: Database | None = None) -> OutboxDispatcher:
     """An outbox dispatcher that enqueues each row on the broker by task name."""
 
+    routes = task_routes(settings)
+
     def send(task_name: str, payload: dict[str, Any]) -> None:
-        app.send_task(task_name, kwargs=payload, queue=settings.worker.queue)
+        queue = routes.get(task_name, {"queue": settings.worker.queue})["queue"]
+        app.send_task(task_name, kwargs=payload, queue=queue)
 
     return OutboxDispatcher(
         database or Database(settings.ledger.database_url),
@@ -106,11 +127,12 @@ def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.Start
             for loop in self.loops:
                 loop.start()
             log.info(
-                "outbox relay %s; reconciler every %.0f s; purge pass every %.0f s (queue %s)",
+                "outbox relay %s; reconciler every %.0f s; purge pass every %.0f s (queues %s, %s)",
                 "started" if relay else "disabled",
                 settings.worker.reconcile_interval,
                 settings.ledger.purge_interval,
                 settings.worker.queue,
+                settings.worker.audit_queue,
             )
 
         def stop(self, worker) -> None:

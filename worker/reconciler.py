@@ -7,13 +7,15 @@ nothing on disk). Every Celery worker and `ltu serve` run a pass every `reconcil
 seconds; `requests.reconcile` dispatches each such request again through the outbox, at most
 `max_attempts` times, then fails it with the reason. Concurrent passes are harmless: each
 requeue is a compare-and-set, and a duplicate message finds the request claimed and does nothing.
+The audit's reference-model trainings are reconciled the same way (`references.reconcile`) in the
+same pass.
 """
 
 from __future__ import annotations
 
 import logging
 
-from ledger import requests
+from ledger import references, requests
 from ledger.db import Database
 from ltu_settings import Settings
 from worker.periodic import PeriodicLoop
@@ -37,11 +39,32 @@ def reconcile_once(database: Database, settings: Settings) -> requests.Reconcile
     return outcome
 
 
+def reconcile_references_once(database: Database, settings: Settings) -> requests.Reconciled:
+    """One pass over reference sets: requeue interrupted trainings, fail those out of attempts."""
+    with database.transaction() as session:
+        outcome = references.reconcile(
+            session,
+            lease_seconds=settings.worker.lease_seconds,
+            queued_after=settings.worker.requeue_queued_after,
+            max_attempts=settings.worker.max_attempts,
+        )
+    for set_id in outcome.requeued:
+        log.warning("reference set %s: its training was interrupted; dispatched again", set_id)
+    for set_id in outcome.failed:
+        log.error("reference set %s: interrupted %d times; failed", set_id, settings.worker.max_attempts)
+    return outcome
+
+
 class ReconcileLoop(PeriodicLoop):
-    """`reconcile_once` every `settings.worker.reconcile_interval` seconds in a daemon thread."""
+    """`reconcile_once` and `reconcile_references_once` every `settings.worker.reconcile_interval` seconds in a
+    daemon thread."""
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.database = database or Database(settings.ledger.database_url)
-        super().__init__(
-            "ltu-reconciler", settings.worker.reconcile_interval, lambda: reconcile_once(self.database, settings)
-        )
+        self.settings = settings
+        super().__init__("ltu-reconciler", settings.worker.reconcile_interval, self.reconcile_pass)
+
+    def reconcile_pass(self) -> None:
+        """Deletion requests first (they have deadlines), then reference sets."""
+        reconcile_once(self.database, self.settings)
+        reconcile_references_once(self.database, self.settings)

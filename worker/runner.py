@@ -1,12 +1,17 @@
-"""The embedded runner: executes jobs in the serving process, one at a time, from the same outbox.
+"""The embedded runner: executes jobs in the serving process from the same outbox, one lane per kind of job.
 
-With no broker configured (`LTU_BROKER_URL` unset) `ltu serve` starts this beside the API. It
-polls the outbox in a background thread and calls the same `run_erasure` the Celery task calls.
+With no broker configured (`LTU_BROKER_URL` unset) `ltu serve` starts this beside the API. Two
+background threads poll the outbox, each for its own task names: one calls the same `run_erasure`
+the Celery task `ltu.erasure.run` calls, one the same `run_reference_training` the task
+`ltu.audit_references.train` calls. Reference models train for much longer than an erasure takes,
+so on one thread they would hold up erasure requests, which have a legal deadline.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 
 from ledger import outbox
 from ledger.db import Database
@@ -17,21 +22,79 @@ from worker.dispatch import OutboxDispatcher, mark_handed_over
 log = logging.getLogger("ltu.runner")
 
 
+class TaskDispatcher(OutboxDispatcher):
+    """An outbox dispatcher that claims only rows of `task_names` (the others are another lane's).
+
+    Once `stopping()` is True it claims nothing more: a job put back in the outbox at shutdown waits
+    there for the next start instead of being taken again by the same drain.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        handle: Callable[[str, dict], None],
+        *,
+        task_names: tuple[str, ...],
+        stopping: Callable[[], bool] = lambda: False,
+        **kwargs,
+    ) -> None:
+        super().__init__(database, handle, **kwargs)
+        self.task_names = task_names
+        self.stopping = stopping
+
+    def dispatch_one(self) -> bool:
+        """Hand on one pending row of this lane; False when there was none (or the runner is stopping)."""
+        if self.stopping():
+            return False
+        with self.database.transaction() as session:
+            message = outbox.claim_next(session, lease_seconds=self.claim_seconds, task_names=self.task_names)
+            if message is None:
+                return False
+            message_id, token = message.id, message.claim_token
+            task_name, payload = message.task_name, dict(message.payload)
+        assert token is not None
+        try:
+            self.handle(task_name, payload)
+        except Exception as exc:
+            log.warning("hand-off of outbox row %s failed (%s); retrying later", message_id, exc)
+            with self.database.transaction() as session:
+                outbox.release(session, message_id=message_id, token=token, error=repr(exc))
+            return False
+        with self.database.transaction() as session:
+            if outbox.mark_dispatched(session, message_id=message_id, token=token):
+                mark_handed_over(session, task_name=task_name, payload=payload)
+        return True
+
+
 class EmbeddedRunner:
     """Start/stop object for `api.app.create_app(background=[...])`."""
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.context = JobContext.from_settings(settings, database=database)
+        self._stopping = threading.Event()
         # The claim lease outlives any job: this runner executes while it holds the claim.
-        self.dispatcher = OutboxDispatcher(
-            self.context.database,
-            self._execute,
+        lane = dict(
             poll_interval=settings.worker.poll_interval,
             claim_seconds=settings.worker.lease_seconds,
-            name="ltu-embedded-runner",
+            stopping=self._stopping.is_set,
+        )
+        self.erasures = TaskDispatcher(
+            self.context.database, self._execute, task_names=(outbox.ERASURE_TASK,), name="ltu-embedded-runner", **lane
+        )
+        self.references = TaskDispatcher(
+            self.context.database,
+            self._execute,
+            task_names=(outbox.AUDIT_REFERENCES_TASK,),
+            name="ltu-embedded-references",
+            **lane,
         )
 
     def _execute(self, task_name: str, payload: dict) -> None:
+        if task_name == outbox.AUDIT_REFERENCES_TASK:
+            from worker.references import run_reference_training
+
+            run_reference_training(self.context, payload["reference_set_id"], stopping=self._stopping.is_set)
+            return
         if task_name != outbox.ERASURE_TASK:
             log.warning("embedded runner: no handler for task %s; skipping", task_name)
             return
@@ -42,13 +105,21 @@ class EmbeddedRunner:
         run_erasure(self.context, payload["request_id"])
 
     def run_pending(self) -> int:
-        """Execute every pending job now, in this thread (tests, one-shot use)."""
-        return self.dispatcher.drain()
+        """Execute every pending erasure job now, in this thread (tests, one-shot use); reference jobs stay queued."""
+        return self.erasures.drain()
+
+    def run_pending_references(self) -> int:
+        """Execute every pending reference-training job now, in this thread."""
+        return self.references.drain()
 
     def start(self) -> None:
-        """Start the background thread."""
-        self.dispatcher.start()
+        """Start both background threads."""
+        self._stopping.clear()
+        self.erasures.start()
+        self.references.start()
 
     def stop(self) -> None:
-        """Stop after the current job."""
-        self.dispatcher.stop(timeout=None)
+        """Stop after the current erasure job; a reference training in progress is put back in the queue."""
+        self._stopping.set()
+        self.erasures.stop(timeout=None)
+        self.references.stop(timeout=None)

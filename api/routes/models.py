@@ -1,23 +1,37 @@
-"""Models and their versions: register with initial safetensors weights (admin), list, read, download."""
+"""Models and their versions: register with initial safetensors weights (admin), list, read, download; the
+model's audit reference models (the likelihood-ratio tier): status, train on demand, cancel."""
 
 from __future__ import annotations
 
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Body, File, Form, Path, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StoreDep, actor
 from api.errors import ProblemError
 from api.routes.common import problems
-from api.schemas import ModelPage, ModelRead, ModelVersionPage, ModelVersionRead, TrainRecipeCreate
+from api.schemas import (
+    AuditReferencesCreate,
+    AuditReferencesRead,
+    ModelPage,
+    ModelRead,
+    ModelVersionPage,
+    ModelVersionRead,
+    ReferenceSetError,
+    ReferenceSetProgress,
+    ReferenceSetRead,
+    TrainRecipeCreate,
+)
 from api.uploads import TooLarge, UploadError, read_safetensors_header, save_stream
-from ledger import datasets, registry
-from ledger.tables import Dataset, Model, ModelVersion
+from ledger import datasets, references, registry
+from ledger.tables import AuditReferenceSet, Dataset, Model, ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+
+DEFAULT_REFERENCE_MODELS = 4  # an on-demand set's count when LTU_AUDIT_REFERENCE_MODELS is 0 (none at registration)
 
 # Versions count from 1; the bound keeps a path value inside the INTEGER column (a larger one is a 422,
 # not a database error).
@@ -39,6 +53,49 @@ def version_read(model: Model, version: ModelVersion, parent_number: int | None)
         metrics=version.metrics,
         created_at=version.created_at,
         weights_url=f"/v1/models/{model.id}/versions/{version.number}/weights",
+    )
+
+
+def model_read(model: Model, status: references.ReferenceStatus) -> ModelRead:
+    """Response body of a model, with where its audit reference models stand."""
+    read = ModelRead.model_validate(model)
+    return read.model_copy(update={"audit_status": status.audit_status, "audit_tier": status.tier})
+
+
+def reference_set_read(ref: AuditReferenceSet | None) -> ReferenceSetRead | None:
+    """Response body of one reference set."""
+    if ref is None:
+        return None
+    return ReferenceSetRead(
+        id=ref.id,
+        status=ref.status,  # type: ignore[arg-type]
+        reason=ref.reason,  # type: ignore[arg-type]
+        count=ref.count,
+        seed=ref.seed,
+        progress=ReferenceSetProgress(phase=ref.phase, step=ref.progress_step, total=ref.progress_total),
+        cancel_requested=ref.cancel_requested,
+        attempts=ref.attempts,
+        trained_on_version=ref.trained_on_version,
+        train_samples=ref.train_samples,
+        erased_samples=ref.erased_samples,
+        sha256=ref.sha256,
+        size_bytes=ref.size_bytes,
+        seconds=ref.seconds,
+        created_at=ref.created_at,
+        started_at=ref.started_at,
+        finished_at=ref.finished_at,
+        error=ReferenceSetError(code=ref.error_code, message=ref.error_message) if ref.error_code else None,
+    )
+
+
+def audit_references_read(model: Model, status: references.ReferenceStatus) -> AuditReferencesRead:
+    """Response body of a model's audit reference models."""
+    return AuditReferencesRead(
+        model_id=model.id,
+        audit_status=status.audit_status,  # type: ignore[arg-type]
+        audit_tier=status.tier,  # type: ignore[arg-type]
+        latest=reference_set_read(status.latest),
+        in_use=reference_set_read(status.in_use),
     )
 
 
@@ -109,8 +166,17 @@ def register_model(
         storage_key=blob.key,
         actor=actor(key),
     )
+    if recipe_fields is not None and settings.api.audit_reference_models > 0:
+        # In the registration's transaction: the model and its first reference training exist together or not at all.
+        references.queue(
+            session,
+            model=model,
+            count=settings.api.audit_reference_models,
+            reason=references.REGISTRATION,
+            actor=actor(key),
+        )
     response.headers["Location"] = f"/v1/models/{model.id}"
-    return ModelRead.model_validate(model)
+    return model_read(model, references.status(session, model_id=model.id))
 
 
 @router.get("", response_model=ModelPage, responses=problems())
@@ -119,13 +185,59 @@ def list_models(
 ) -> ModelPage:
     """The tenant's models, newest first."""
     page = registry.list_models(session, tenant_id=key.tenant_id, cursor=cursor, limit=limit)
-    return ModelPage(items=[ModelRead.model_validate(m) for m in page.items], next_cursor=page.next_cursor)
+    status = references.statuses(session, model_ids=[m.id for m in page.items])
+    return ModelPage(items=[model_read(m, status[m.id]) for m in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{model_id}", response_model=ModelRead, responses=problems(404))
 def get_model(model_id: str, session: SessionDep, key: ReadKey) -> ModelRead:
     """One model."""
-    return ModelRead.model_validate(registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id))
+    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
+    return model_read(model, references.status(session, model_id=model.id))
+
+
+@router.get("/{model_id}/audit-references", response_model=AuditReferencesRead, responses=problems(404))
+def get_audit_references(model_id: str, session: SessionDep, key: ReadKey) -> AuditReferencesRead:
+    """The model's audit reference models: the newest training with its progress, the ready set in use, the tier."""
+    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
+    return audit_references_read(model, references.status(session, model_id=model.id))
+
+
+@router.post(
+    "/{model_id}/audit-references",
+    status_code=202,
+    response_model=AuditReferencesRead,
+    responses=problems(400, 404, 409, 413),
+)
+def train_audit_references(
+    model_id: str,
+    session: SessionDep,
+    key: AdminKey,
+    settings: SettingsDep,
+    response: Response,
+    body: Annotated[AuditReferencesCreate | None, Body()] = None,
+) -> AuditReferencesRead:
+    """Queue a training of the model's audit reference models; while one is queued or running, that one is answered.
+
+    409 (no_recipe) for a model registered without its training recipe. When the set is ready, the
+    model's erasures are audited with the likelihood-ratio tier and older sets are superseded.
+    """
+    count = (body.count if body else None) or settings.api.audit_reference_models or DEFAULT_REFERENCE_MODELS
+    ref, _ = references.queue_on_demand(
+        session, tenant_id=key.tenant_id, model_id=model_id, count=count, actor=actor(key)
+    )
+    response.headers["Location"] = f"/v1/models/{ref.model_id}/audit-references"
+    response.headers["Retry-After"] = str(settings.api.retry_after_seconds)
+    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=ref.model_id)
+    return audit_references_read(model, references.status(session, model_id=model.id))
+
+
+@router.post("/{model_id}/audit-references/cancel", response_model=AuditReferencesRead, responses=problems(404, 409))
+def cancel_audit_references(model_id: str, session: SessionDep, key: AdminKey) -> AuditReferencesRead:
+    """Cancel the queued training now, or ask the running one to stop at its next check (409: nothing to cancel)."""
+    ref = references.cancel(session, tenant_id=key.tenant_id, model_id=model_id, actor=actor(key))
+    model = registry.get_model(session, tenant_id=key.tenant_id, model_id=ref.model_id)
+    return audit_references_read(model, references.status(session, model_id=model.id))
 
 
 @router.get("/{model_id}/versions", response_model=ModelVersionPage, responses=problems(404))

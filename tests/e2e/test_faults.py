@@ -172,6 +172,7 @@ class Stack:
             "LTU_ADMIN_API_KEY": ADMIN_KEY,
             "LTU_CERTIFICATE_KEY_FILE": str(key),
             "LTU_QUEUE": "gpu",
+            "LTU_AUDIT_REFERENCE_MODELS": "0",
             "LTU_DEVICE": "cpu",
             "LTU_TORCH_THREADS": "1",
             "LTU_LEASE_SECONDS": str(LEASE_SECONDS),

@@ -39,12 +39,18 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "LTU_MAX_WEIGHTS_BYTES": ("16384", 16384),
     "LTU_MAX_SUBJECTS_PER_REQUEST": ("50", 50),
     "LTU_QUEUE": ("gpu-2", None),
+    "LTU_AUDIT_QUEUE": ("audit-2", None),
     "LTU_DEVICE": ("cuda:1", None),
     "LTU_TORCH_THREADS": ("4", 4),
     "LTU_RETAIN_FRACTION": ("0.25", 0.25),
     "LTU_SEED": ("17", 17),
     "LTU_FALLBACK_TO_RETRAIN": ("false", False),
-    "LTU_VERIFY_Z": ("3.5", 3.5),
+    "LTU_AUDIT_ALPHA": ("0.01", 0.01),
+    "LTU_AUDIT_COMBINE": ("bonferroni", None),
+    "LTU_AUDIT_CONTROL_SIZE": ("500", 500),
+    "LTU_AUDIT_REFRESH_AFTER_ERASURES": ("10", 10),
+    "LTU_AUDIT_REFERENCE_MODELS": ("8", 8),
+    "LTU_AUDIT_CALIBRATION_FILE": ("/srv/ltu/calibration.json", None),
     "LTU_VERIFY_MAX_TEST_DROP": ("1.5", 1.5),
     "LTU_MAX_ATTEMPTS": ("5", 5),
     "LTU_LEASE_SECONDS": ("120", 120.0),
@@ -174,13 +180,15 @@ def test_embedded_mode_needs_no_configuration(tmp_path, monkeypatch):
 
 def test_build_and_replace_take_flat_names_validate_and_read_no_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("LTU_QUEUE", "from-the-shell")
-    monkeypatch.setenv("LTU_VERIFY_Z", "inf")
-    settings = Settings.build(home=tmp_path, secret_key="s" * 40, verify_z=3.0, max_body_bytes=4096)
-    assert settings.worker.queue == "gpu" and settings.worker.verify_z == 3.0 and settings.api.max_body_bytes == 4096
+    monkeypatch.setenv("LTU_AUDIT_ALPHA", "inf")
+    settings = Settings.build(home=tmp_path, secret_key="s" * 40, audit_alpha=0.01, max_body_bytes=4096)
+    assert (
+        settings.worker.queue == "gpu" and settings.worker.audit_alpha == 0.01 and settings.api.max_body_bytes == 4096
+    )
     assert settings.ledger.database_url == f"sqlite:///{tmp_path / 'ledger.db'}"
     assert not (tmp_path / "secret.key").exists(), "build creates nothing"
     changed = settings.replace(queue="other", purge_grace_hours=0.0)
-    assert (changed.worker.queue, changed.ledger.purge_grace_hours, changed.worker.verify_z) == ("other", 0.0, 3.0)
+    assert (changed.worker.queue, changed.ledger.purge_grace_hours, changed.worker.audit_alpha) == ("other", 0.0, 0.01)
     assert settings.worker.queue == "gpu"
     with pytest.raises(ConfigError, match=r"^LTU_LEASE_SECONDS must be a finite number > 0"):
         settings.replace(lease_seconds=math.inf)
