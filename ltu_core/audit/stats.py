@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats as _stats
 
 COMBINATIONS = ("simes", "bonferroni")
 
@@ -77,9 +76,11 @@ def smallest_attainable(n_control: int, family: int) -> float:
 
 def clopper_pearson(failures: int, trials: int, level: float = 0.95) -> tuple[float, float]:
     """Exact two-sided binomial confidence interval of failures / trials."""
+    from scipy.stats import beta  # scipy.stats takes seconds to import; only the benchmark and tests need it
+
     if trials <= 0:
         return 0.0, 1.0
     tail = (1.0 - level) / 2.0
-    low = 0.0 if failures == 0 else float(_stats.beta.ppf(tail, failures, trials - failures + 1))
-    high = 1.0 if failures == trials else float(_stats.beta.ppf(1.0 - tail, failures + 1, trials - failures))
+    low = 0.0 if failures == 0 else float(beta.ppf(tail, failures, trials - failures + 1))
+    high = 1.0 if failures == trials else float(beta.ppf(1.0 - tail, failures + 1, trials - failures))
     return low, high
