@@ -4,7 +4,7 @@
   the unseen control's histogram, and a mark per forget sample. Before unlearning a memorised
   forget set sits to the right of the control; after it, inside.
 - `rank_plot`: each forget sample's percentile rank among the control, before and after, with
-  the mean and the pass threshold (1/2 looks unseen).
+  the mean (1/2 looks unseen).
 - `metrics_plot`: UA, RA, TA and MIA-efficacy before and after, in percent.
 """
 
@@ -107,20 +107,16 @@ def score_plot(distribution: ScoreSummary, *, phase: str, x_range: tuple[float, 
     return _svg("plot-scores", title, body, phase=phase, mean_rank=distribution.mean_rank)
 
 
-def rank_plot(before: ScoreSummary, after: ScoreSummary, *, threshold: float | None) -> Markup:
-    """Percentile ranks of the forget samples among unseen data, before and after, with mean and threshold."""
+def rank_plot(before: ScoreSummary, after: ScoreSummary) -> Markup:
+    """Percentile ranks of the forget samples among unseen data, before and after, with their mean.
+
+    No pass line: the verdict is per subject (p-values in the request's record), not a mean-rank cut.
+    """
     x = Axis(0.0, 1.0, LEFT + 40, WIDTH - RIGHT)
     body = [
         f'<line class="reference" x1="{x(0.5):.1f}" y1="{TOP + 10}" x2="{x(0.5):.1f}" y2="{HEIGHT - BOTTOM}"/>'
         f'<text class="legend" x="{x(0.5) + 4:.1f}" y="{TOP + 20}">0.5 looks unseen</text>'
     ]
-    if threshold is not None and threshold <= 1:
-        anchor, dx = ("end", -4) if threshold > 0.8 else ("start", 4)  # keep the label inside the plot
-        body.append(
-            f'<line class="threshold" x1="{x(threshold):.1f}" y1="{TOP + 10}" x2="{x(threshold):.1f}" '
-            f'y2="{HEIGHT - BOTTOM}"/><text class="legend threshold-label" x="{x(threshold) + dx:.1f}" '
-            f'y="{TOP + 34}" text-anchor="{anchor}">pass ≤ {threshold:.2f}</text>'
-        )
     for row, (phase, distribution) in enumerate((("before", before), ("after", after))):
         y = TOP + 60 + 60 * row
         body.append(f'<text class="row-label" x="{LEFT - 8}" y="{y + 4}">{phase}</text>')

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 from ledger import registry, requests
 from ledger.canonical import canonical_json
 from ledger.errors import Conflict
-from ledger.records import to_json
+from ledger.records import Verdict, to_json
 from ledger.tables import COMPLETED, AuditEvent, DeletionRequest
 
-FORMAT = "ltu-erasure-certificate/1"
+FORMAT = "ltu-erasure-certificate/2"  # 2: the audit statement (tier, test, per-subject p-values, calibration)
 COMPLETION_ACTION = "deletion_request.completed"
 
 
@@ -77,7 +77,7 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
         "verification": {
             "passed": verification.passed,
             "exact": verification.exact,
-            "thresholds": to_json(after.thresholds) if after else None,
+            "audit": audit_statement(after) if after else None,
             "before": to_json(verification.before),
             "after": to_json(after),
             "fallback": {"method": fallback.method, "reason": fallback.reason} if fallback else None,
@@ -92,6 +92,31 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
             else None,
         },
         "audit": _covered_events(session, request),
+    }
+
+
+def audit_statement(verdict: Verdict) -> dict[str, Any]:
+    """What the erasure audit of the published model claims, and the measured error rates behind the claim."""
+    calibration = verdict.calibration
+    return {
+        "outcome": verdict.outcome,
+        "tier": verdict.tier,
+        "tier_reason": verdict.tier_reason,
+        "test": verdict.test,
+        "alpha": verdict.alpha,
+        "samples": verdict.n_forget,
+        "subjects": verdict.n_subjects,
+        "control_samples": verdict.n_control,
+        "family_size": verdict.family_size,
+        "conclusive": verdict.conclusive,
+        "over_forgetting": verdict.over_forgetting,
+        "audit_seed": verdict.audit_seed,
+        "subject_p_values": [
+            {"subject": s.subject, "samples": s.samples, "p": s.p_remembered, "holm_adjusted_p": s.adjusted_remembered}
+            for s in verdict.subjects
+        ],
+        "measured": to_json(calibration) if calibration else None,
+        "max_test_drop": verdict.max_test_drop,
     }
 
 

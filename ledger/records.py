@@ -12,7 +12,7 @@ unknown key is ignored, so a record can grow without a data migration. Floats ar
 (a rate on an empty set); JSON has no NaN.
 
 - `Metrics`: the evaluation protocol's numbers of one model (percent).
-- `Verdict`: the membership-inference verdict of one model and every number behind it.
+- `Verdict`: the erasure audit of one model (tier, test, per-subject p-values, calibration).
 - `Verification`: before/after verdicts, the Retrain fallback, the coalesced batch.
 - `RunDetails`: the run itself: split sizes, the method's record, timings, member scores.
 """
@@ -47,30 +47,60 @@ class Metrics:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """The verdict's parameters: one-sided z of the forgetting test, allowed TA loss in points."""
+class SubjectEvidence:
+    """One data subject's audit evidence: combined p-values of both tails, Holm-adjusted over the family."""
 
-    z: float
-    max_test_drop: float
+    subject: str  # the first 16 hex characters of the subject's keyed hash
+    samples: int
+    p_remembered: float
+    p_over_forgotten: float
+    adjusted_remembered: float
+    adjusted_over_forgotten: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The committed calibration table's measurement nearest the verdict's n (bench/audit_calibration.py)."""
+
+    table_sha256: str
+    n: int  # samples per subject of the quoted row
+    trials: int
+    false_failure_rate: float  # how often the audit failed models that never saw the samples
+    ci_low: float
+    ci_high: float
+    power: float | None  # how often it caught the original model
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One model's membership-inference verdict (see ltu_core.mia.verify)."""
+    """One model's erasure audit (see ltu_core.audit.verdict): outcome, test, and every number behind it."""
 
     passed: bool
     forgetting_passed: bool
     utility_passed: bool
-    conclusive: bool  # False: D_f too small for the forgetting test to fail at all
-    forget_mean_rank: float  # mean percentile of D_f's margins among the control's, in [0, 1]
-    rank_threshold: float  # pass at or below
+    conclusive: bool  # False: too few controls for this family of subjects to fail at all
     n_forget: int
     n_control: int
-    forget_nonmember_rate: float | None  # SVC attacker, information only
-    control_nonmember_rate: float | None
     test_accuracy: float
     original_test_accuracy: float
-    thresholds: Thresholds
+    outcome: str = ""  # forgotten | over_forgotten | remembered | inconclusive
+    over_forgetting: bool = False  # some subject scored significantly less member-like than unseen data
+    tier: str = "rank"  # rank | likelihood_ratio
+    tier_reason: str = ""  # why this tier (e.g. the model's reference models are not ready)
+    test: str = ""
+    alpha: float | None = None
+    combine: str = ""
+    n_subjects: int = 0
+    family_size: int = 0  # subjects Holm's procedure ran over (a coalesced run's, for one of its requests)
+    smallest_attainable_p: float | None = None  # family / (m + 1): above alpha nothing can fail
+    min_adjusted_p: float | None = None
+    subjects: list[SubjectEvidence] = field(default_factory=list)
+    audit_seed: int | None = None  # seed of the request's D_audit control draw
+    calibration: Calibration | None = None
+    forget_mean_rank: float | None = None  # Mann–Whitney AUC of D_f's margins among the controls' (0.5: unseen)
+    forget_nonmember_rate: float | None = None  # SVC attacker, information only
+    control_nonmember_rate: float | None = None
+    max_test_drop: float | None = None
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,8 @@ def _demo_scenario(client, args: argparse.Namespace, settings) -> None:
     )
     print(f"      registered model {registered_model.id}, version 1 sha256 {v1.sha256[:16]}…")
 
+    _wait_for_references(client, registered_model.id)
+
     subject, exposure = _most_exposed_subject(model, dataset)
     print(
         f"      most exposed data subject: {subject}, whose {DEMO_SUBJECT_SAMPLES} training samples' margins rank "
@@ -153,6 +155,32 @@ def _demo_scenario(client, args: argparse.Namespace, settings) -> None:
     _print_outcome(client, request, work)
 
 
+def _wait_for_references(client, model_id: str) -> None:
+    """Wait for the reference models the service queued at registration: the audit's likelihood-ratio tier.
+
+    A request does not have to wait (it would be audited by the rank tier and say so); the demo
+    waits to show the stronger tier.
+    """
+    t0 = time.monotonic()
+    status = call(client.get_audit_references, model_id)
+    if status.latest is None:
+        print("      no reference models queued (LTU_AUDIT_REFERENCE_MODELS=0): the audit uses the rank tier")
+        return
+    count = status.latest["count"]
+    print(f"      audit    the service trains {count} reference models on halves of the training data…", flush=True)
+
+    def show(update) -> None:
+        progress = (update.latest or {}).get("progress") or {}
+        step, total = progress.get("step", 0), progress.get("total", 0) or count
+        print(f"\r      audit    reference models {step}/{total} ({time.monotonic() - t0:.0f} s)", end="", flush=True)
+
+    status = call(client.wait_audit_references, model_id, timeout=900.0, poll=0.5, on_update=show)
+    print(
+        f"\r      audit    {count} reference models {status.audit_status} in {time.monotonic() - t0:.0f} s: "
+        f"verdicts use the {status.audit_tier.replace('_', '-')} tier"
+    )
+
+
 def _most_exposed_subject(model, dataset) -> tuple[str, float]:
     """The subject (all samples in train) whose margins rank highest among holdout samples.
 
@@ -161,7 +189,7 @@ def _most_exposed_subject(model, dataset) -> tuple[str, float]:
     """
     import numpy as np
 
-    from ltu_core.mia.verify import margin, mean_percentile_rank
+    from ltu_core.audit import margin, mean_percentile_rank
     from ltu_core.models import predict
 
     train = dataset.split_indices("train")
@@ -202,12 +230,22 @@ def _print_outcome(client, request, work: Path) -> None:
     verification = from_json(Verification, request.verification) if request.verification else None
     for when, v in (("before", verification and verification.before), ("after", verification and verification.after)):
         if v:
-            outcome = "passed" if v.passed else ("INCONCLUSIVE" if not v.conclusive else "FAILED")
+            subject = v.subjects[0] if v.subjects else None
+            p = f"subject p = {subject.adjusted_remembered:.4f}, " if subject else ""
             print(
-                f"  verdict {when:<6}  forget margins rank {v.forget_mean_rank:.2f} among unseen data "
-                f"(0.50 = looks unseen; pass ≤ {v.rank_threshold:.2f}, n={v.n_forget}); "
-                f"TA {v.test_accuracy:.1f} % → {outcome}"
+                f"  audit {when:<6}  {v.outcome.replace('_', ' ').upper()}: {v.tier.replace('_', '-')} tier, "
+                f"{p}α = {v.alpha}, n = {v.n_forget} samples of {v.n_subjects} subject(s) against {v.n_control} "
+                f"D_audit controls{' (over-forgetting flagged)' if v.over_forgetting else ''}; TA {v.test_accuracy:.1f} %"
             )
+            if when == "after" and v.calibration:
+                c = v.calibration
+                power = f", power on the original {100 * c.power:.0f} %" if c.power is not None else ""
+                print(
+                    f"                 measured at n = {c.n}: false-failure rate {100 * c.false_failure_rate:.1f} % "
+                    f"[{100 * c.ci_low:.1f}, {100 * c.ci_high:.1f}]{power} (calibration table {c.table_sha256[:12]}…)"
+                )
+            if when == "after" and v.tier_reason:
+                print(f"                 tier: {v.tier_reason}")
     if verification and verification.fallback:
         print(
             f"  fallback        {verification.fallback.reason}: the published model was retrained from scratch on D_r"

@@ -169,12 +169,11 @@ def request_page(
     figures = {}
     if erasure.details is not None:
         before, after = erasure.details.scores.before, erasure.details.scores.after
-        verdict = erasure.verification.after if erasure.verification else None
         x_range = plots.score_range(before, after)
         figures = {
             "before": plots.score_plot(before, phase="before", x_range=x_range),
             "after": plots.score_plot(after, phase="after", x_range=x_range),
-            "ranks": plots.rank_plot(before, after, threshold=verdict.rank_threshold if verdict else None),
+            "ranks": plots.rank_plot(before, after),
         }
     if erasure.metrics_before and erasure.metrics_after:
         figures["metrics"] = plots.metrics_plot(erasure.metrics_before, erasure.metrics_after)

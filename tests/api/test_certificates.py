@@ -25,7 +25,7 @@ def test_a_certificate_states_what_was_erased_and_verifies(certificate):
     completed, document, jwk = certificate
     client, request = completed.client, completed.request
     content = verify_certificate(document, load_public_key(json.dumps(jwk)))
-    assert content["format"] == "ltu-erasure-certificate/1"
+    assert content["format"] == "ltu-erasure-certificate/2"
     assert content["request"]["id"] == request.id and content["request"]["completed_on_time"] is True
     assert content["subjects"]["subject_hashes"] == request.subject_hashes
     samples = client.request_samples(request.id)
@@ -41,7 +41,15 @@ def test_a_certificate_states_what_was_erased_and_verifies(certificate):
     assert content["method"]["requested"] == "ltu" and content["method"]["parameters"] == completed.service.tiny_ltu
     assert content["method"]["executed"] == request.details["run"]["method"] and content["method"]["config"]
     assert {"ua", "ra", "ta", "mia"} <= set(content["metrics"]["before"]) & set(content["metrics"]["after"])
-    assert content["verification"]["thresholds"] == {"z": 2, "max_test_drop": 5}
+    statement, after = content["verification"]["audit"], request.verification["after"]
+    assert statement["tier"] == after["tier"] == "rank" and statement["alpha"] == 0.05 and statement["test"]
+    assert statement["outcome"] == after["outcome"] and statement["control_samples"] == after["n_control"] > 0
+    assert statement["samples"] == after["n_forget"] and statement["subjects"] == after["n_subjects"] >= 1
+    assert [s["p"] for s in statement["subject_p_values"]] == [s["p_remembered"] for s in after["subjects"]]
+    assert statement["audit_seed"] == after["audit_seed"] is not None and statement["max_test_drop"] == 5
+    measured = statement["measured"]  # quoted from the committed calibration table
+    assert measured is not None and len(measured["table_sha256"]) == 64
+    assert 0 <= measured["ci_low"] <= measured["false_failure_rate"] <= measured["ci_high"] <= 1
     assert content["verification"]["after"]["forget_mean_rank"] == request.verification["after"]["forget_mean_rank"]
     # The audit events it covers end with the completion, whose chain hash anchors the certificate.
     events = {e.seq: e for e in client.audit_events(request_id=request.id)}
@@ -192,7 +200,7 @@ def test_the_service_signs_what_an_integrator_verifies(tmp_path):
 
     signer = Signer(Ed25519PrivateKey.generate())
     content = {
-        "format": "ltu-erasure-certificate/1",
+        "format": "ltu-erasure-certificate/2",
         "subject": "Zoë €",
         "metrics": {"ta": 97.25, "mia": 1e-7},
         "audit": {"sequence_numbers": [1, 2, 3]},

@@ -73,6 +73,10 @@ def test_the_image_copies_every_package_the_project_installs():
     pyproject = (REPO / "pyproject.toml").read_text()
     packages = re.findall(r'"(\w+)\*"', re.search(r"include = \[(.*?)\]", pyproject).group(1))
     assert packages and [p for p in packages if f"COPY {p} {p}" not in dockerfile] == []
+    # Verdicts quote the committed calibration table (ltu_core.audit.calibration), which the image needs.
+    table = "bench/results/audit-calibration.json"
+    assert f"COPY {table} {table}" in dockerfile and (REPO / table).is_file()
+    assert f"!{table}" in (REPO / ".dockerignore").read_text().split(), "the build context must keep the table"
 
 
 def test_certificate_key_is_a_mounted_secret_of_the_api():

@@ -345,7 +345,9 @@ def test_a_worker_killed_while_unlearning_is_replaced_and_the_request_completes_
     assert done.attempts == 2
     assert versions_of(stack, model.id) == [2, 1]  # exactly one new version
     actions = [e.action for e in client.audit_events(request_id=request.id)]
-    assert actions.count("deletion_request.requeued") == 1 and actions.count("deletion_request.completed") == 1
+    # The reconciler requeues once per lease (6 s) while the replacement worker starts (torch imports take
+    # about that long on 2 cores), so the count of requeues is timing; exactly one completion is not.
+    assert actions.count("deletion_request.requeued") >= 1 and actions.count("deletion_request.completed") == 1
     requeued = next(e for e in client.audit_events(request_id=request.id) if e.action == "deletion_request.requeued")
     assert requeued.data["reason"] == "worker_lost"
 

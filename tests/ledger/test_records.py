@@ -6,23 +6,46 @@ import math
 
 import pytest
 
-from ledger.records import Metrics, Thresholds, Verdict, Verification, from_json, to_json
+from ledger.records import Calibration, Metrics, SubjectEvidence, Verdict, Verification, from_json, to_json
 
 VERDICT = Verdict(
     passed=True,
     forgetting_passed=True,
     utility_passed=True,
     conclusive=True,
-    forget_mean_rank=0.52,
-    rank_threshold=0.81,
     n_forget=4,
-    n_control=90,
-    forget_nonmember_rate=None,
-    control_nonmember_rate=50.0,
+    n_control=900,
     test_accuracy=90.0,
     original_test_accuracy=91.0,
-    thresholds=Thresholds(z=2.0, max_test_drop=5.0),
+    outcome="forgotten",
+    tier="rank",
+    alpha=0.05,
+    subjects=[SubjectEvidence("ab12", 4, 0.4, 0.6, 0.4, 0.6)],
+    calibration=Calibration("0" * 64, 4, 400, 0.045, 0.027, 0.07, 0.2),
+    forget_mean_rank=0.52,
+    forget_nonmember_rate=None,
+    control_nonmember_rate=50.0,
 )
+
+
+def test_a_verdict_written_before_the_audit_records_still_loads():
+    old = {
+        "passed": True,
+        "forgetting_passed": True,
+        "utility_passed": True,
+        "conclusive": True,
+        "forget_mean_rank": 0.52,
+        "rank_threshold": 0.81,
+        "n_forget": 4,
+        "n_control": 90,
+        "forget_nonmember_rate": None,
+        "control_nonmember_rate": 50.0,
+        "test_accuracy": 90.0,
+        "original_test_accuracy": 91.0,
+        "thresholds": {"z": 2.0, "max_test_drop": 5.0},
+    }
+    verdict = from_json(Verdict, old)
+    assert verdict.forget_mean_rank == 0.52 and verdict.subjects == [] and verdict.calibration is None
 
 
 def test_a_record_survives_a_json_round_trip():

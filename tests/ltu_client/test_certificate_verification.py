@@ -13,7 +13,7 @@ from ltu_client import CertificateInvalid, load_public_key, verify_certificate
 from ltu_client.certificates import key_id, public_jwk, signed_document
 
 CONTENT = {
-    "format": "ltu-erasure-certificate/1",
+    "format": "ltu-erasure-certificate/2",
     "model": {"id": "m-1", "new_version": {"number": 2}},
     "request": {"id": "r-1"},
     "verification": {"passed": True},

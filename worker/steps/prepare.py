@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
 
 from ledger import datasets as ledger_datasets
+from ledger import references as reference_sets
 from ledger import registry, requests
 from ledger.tables import FAILED, Dataset, Model
-from ltu_core.data import ForgetSpec, UnlearningSplit, make_split, read_dataset
+from ltu_core.audit import ReferenceScores
+from ltu_core.data import ForgetSpec, UnlearningSplit, audit_rows, make_split, read_dataset
 from ltu_core.methods import UnlearningMethod, UnlearningTask, create_method, method_entry
 from ltu_core.models import ArchConfig, load_model
 from ltu_core.train import TrainRecipe
 from worker.attempt import Attempt, JobFailed
+
+log = logging.getLogger("ltu.worker")
 
 ALREADY_ERASED = "every training sample this request names was already erased from the model by an earlier request"
 
@@ -37,6 +43,10 @@ class Prepared:
     excluded_erased: int  # samples erased by earlier requests, left out of every set
     device: str
     seed: int
+    audit_rows: np.ndarray  # D_audit: never trained on, never given to a method; the verifier's controls
+    audit_seeds: dict[str, int]  # request id → seed of its control draw from D_audit
+    references: ReferenceScores | None  # the likelihood-ratio tier's reference scores, when ready
+    tier_reason: str  # why the audit uses the tier it uses
 
     def task(self, model: nn.Module | None = None) -> UnlearningTask:
         """The ltu_core task over this run's split (θ_o unless another model is given)."""
@@ -66,6 +76,8 @@ def run(attempt: Attempt, *, device: str) -> Prepared:
         method_name, parameters, recipe_fields = leader.method, dict(leader.parameters), model_row.recipe
         dataset_key, model_id = dataset_row.storage_key, model_row.id
         base_id, base_number, base_sha256, base_key = base.id, base.number, base.sha256, base.storage_key
+        reference_set = reference_sets.ready_set(session, model_id=model_row.id)
+        reference_key = reference_set.storage_key if reference_set is not None else None
 
     for request_id in [r for r, samples in own.items() if not samples and len(own) > 1]:
         attempt.drop(request_id, FAILED, "already_erased", ALREADY_ERASED)
@@ -98,6 +110,7 @@ def run(attempt: Attempt, *, device: str) -> Prepared:
         exclude=np.asarray(excluded, dtype=np.int64),
     )
     model, arch = load_model(attempt.ctx.store.path(base_key))
+    scores, tier_reason = _references(attempt, reference_key, len(dataset))
     return Prepared(
         model_id=model_id,
         base_id=base_id,
@@ -113,4 +126,27 @@ def run(attempt: Attempt, *, device: str) -> Prepared:
         excluded_erased=len(excluded),
         device=device,
         seed=settings.seed,
+        audit_rows=audit_rows(split),
+        audit_seeds={r: audit_seed(r) for r in own},
+        references=scores,
+        tier_reason=tier_reason,
     )
+
+
+def audit_seed(request_id: str) -> int:
+    """The seed of a request's D_audit control draw: fixed by its id, so anyone can redraw it."""
+    return int.from_bytes(hashlib.sha256(f"audit:{request_id}".encode()).digest()[:4], "big")
+
+
+def _references(attempt: Attempt, key: str | None, dataset_size: int) -> tuple[ReferenceScores | None, str]:
+    """The model's ready reference scores, or None and why the audit falls back to the rank tier."""
+    if key is None:
+        return None, "the model's reference models are not ready (none trained yet, or training)"
+    try:
+        scores = ReferenceScores.load(attempt.ctx.store.path(key))
+    except (OSError, ValueError) as exc:
+        log.warning("request %s: reference scores %s unreadable (%s); rank tier", attempt.leader, key, exc)
+        return None, "the model's reference scores could not be read"
+    if scores.phi.shape[1] != dataset_size:
+        return None, "the model's reference scores do not match its dataset"
+    return scores, f"{scores.count} reference models are ready"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ledger import records, requests
+from ledger import references as reference_sets
 from ledger.tables import Model, ModelVersion
 from ltu_core.models import save_model
 from worker.attempt import Attempt
@@ -97,6 +98,12 @@ def run(attempt: Attempt, prepared: Prepared, before: Measured, verified: Verifi
             size_bytes=blob.size,
             storage_key=blob.key,
         )
+        # The erased samples are marked in this transaction: the refresh check sees them.
+        refresh = reference_sets.queue_refresh_if_due(
+            session, model_id=prepared.model_id, threshold=attempt.ctx.settings.worker.audit_refresh_after_erasures
+        )
+    if refresh is not None:
+        log.info("model %s: reference models queued for retraining without the erased samples", prepared.model_id)
     log.info(
         "request %s: completed%s; model %s version %d (sha256 %s)",
         attempt.leader,

@@ -41,7 +41,9 @@ def run(attempt: Attempt, prepared: Prepared, result: UnlearningResult, before: 
     failed = []
     if not verdict.forgetting_passed:
         failed.append(
-            "forgetting" if verdict.conclusive else "forgetting (too few samples to verify by membership inference)"
+            "forgetting"
+            if verdict.conclusive
+            else f"forgetting (too few audit controls to test {verdict.family_size} subject(s) at alpha {verdict.alpha})"
         )
     if not verdict.utility_passed:
         failed.append("utility")
