@@ -169,14 +169,17 @@ def _wait_for_references(client, model_id: str) -> None:
     count = status.latest["count"]
     print(f"      audit    the service trains {count} reference models on halves of the training data…", flush=True)
 
+    shown = [0]
+
     def show(update) -> None:
-        progress = (update.latest or {}).get("progress") or {}
-        step, total = progress.get("step", 0), progress.get("total", 0) or count
-        print(f"\r      audit    reference models {step}/{total} ({time.monotonic() - t0:.0f} s)", end="", flush=True)
+        step = ((update.latest or {}).get("progress") or {}).get("step", 0)
+        if step > shown[0]:
+            shown[0] = step
+            print(f"      audit    reference model {step}/{count} trained ({time.monotonic() - t0:.0f} s)", flush=True)
 
     status = call(client.wait_audit_references, model_id, timeout=900.0, poll=0.5, on_update=show)
     print(
-        f"\r      audit    {count} reference models {status.audit_status} in {time.monotonic() - t0:.0f} s: "
+        f"      audit    {count} reference models {status.audit_status} in {time.monotonic() - t0:.0f} s: "
         f"verdicts use the {status.audit_tier.replace('_', '-')} tier"
     )
 
