@@ -30,7 +30,11 @@ def mark_handed_over(session: Session, *, task_name: str, payload: dict) -> bool
 
 
 class OutboxDispatcher:
-    """A background thread that polls the outbox and hands each row to `handle(task_name, payload)`."""
+    """A background thread that polls the outbox and hands each row to `handle(task_name, payload)`.
+
+    `task_names` restricts it to those rows (the embedded runner's lanes); once `stopping()` is True
+    it claims nothing more, so a job put back in the outbox at shutdown waits for the next start.
+    """
 
     def __init__(
         self,
@@ -40,8 +44,12 @@ class OutboxDispatcher:
         poll_interval: float = 0.5,
         claim_seconds: float = 60.0,
         name: str = "ltu-dispatch",
+        task_names: tuple[str, ...] | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.database = database
+        self.task_names = task_names
+        self.stopping = stopping
         self.handle = handle
         self.poll_interval = poll_interval
         self.claim_seconds = claim_seconds
@@ -50,9 +58,11 @@ class OutboxDispatcher:
         self._loop = PeriodicLoop(name, poll_interval, self.drain)
 
     def dispatch_one(self) -> bool:
-        """Hand on one pending row; False when there was none."""
+        """Hand on one pending row; False when there was none (or the dispatcher is stopping)."""
+        if self.stopping():
+            return False
         with self.database.transaction() as session:
-            message = outbox.claim_next(session, lease_seconds=self.claim_seconds)
+            message = outbox.claim_next(session, lease_seconds=self.claim_seconds, task_names=self.task_names)
             if message is None:
                 return False
             message_id, token = message.id, message.claim_token

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 
 from ledger import outbox
 from ledger.db import Database
@@ -20,50 +19,6 @@ from worker.context import JobContext
 from worker.dispatch import OutboxDispatcher, mark_handed_over
 
 log = logging.getLogger("ltu.runner")
-
-
-class TaskDispatcher(OutboxDispatcher):
-    """An outbox dispatcher that claims only rows of `task_names` (the others are another lane's).
-
-    Once `stopping()` is True it claims nothing more: a job put back in the outbox at shutdown waits
-    there for the next start instead of being taken again by the same drain.
-    """
-
-    def __init__(
-        self,
-        database: Database,
-        handle: Callable[[str, dict], None],
-        *,
-        task_names: tuple[str, ...],
-        stopping: Callable[[], bool] = lambda: False,
-        **kwargs,
-    ) -> None:
-        super().__init__(database, handle, **kwargs)
-        self.task_names = task_names
-        self.stopping = stopping
-
-    def dispatch_one(self) -> bool:
-        """Hand on one pending row of this lane; False when there was none (or the runner is stopping)."""
-        if self.stopping():
-            return False
-        with self.database.transaction() as session:
-            message = outbox.claim_next(session, lease_seconds=self.claim_seconds, task_names=self.task_names)
-            if message is None:
-                return False
-            message_id, token = message.id, message.claim_token
-            task_name, payload = message.task_name, dict(message.payload)
-        assert token is not None
-        try:
-            self.handle(task_name, payload)
-        except Exception as exc:
-            log.warning("hand-off of outbox row %s failed (%s); retrying later", message_id, exc)
-            with self.database.transaction() as session:
-                outbox.release(session, message_id=message_id, token=token, error=repr(exc))
-            return False
-        with self.database.transaction() as session:
-            if outbox.mark_dispatched(session, message_id=message_id, token=token):
-                mark_handed_over(session, task_name=task_name, payload=payload)
-        return True
 
 
 class EmbeddedRunner:
@@ -78,10 +33,10 @@ class EmbeddedRunner:
             claim_seconds=settings.worker.lease_seconds,
             stopping=self._stopping.is_set,
         )
-        self.erasures = TaskDispatcher(
+        self.erasures = OutboxDispatcher(
             self.context.database, self._execute, task_names=(outbox.ERASURE_TASK,), name="ltu-embedded-runner", **lane
         )
-        self.references = TaskDispatcher(
+        self.references = OutboxDispatcher(
             self.context.database,
             self._execute,
             task_names=(outbox.AUDIT_REFERENCES_TASK,),
