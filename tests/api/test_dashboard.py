@@ -107,7 +107,15 @@ def test_the_dashboard_in_headless_chromium(chromium, completed, artifacts, subm
         assert page.locator("svg.plot-ranks .mean-mark").count() == 2
         assert page.locator("svg.plot-metrics rect.bar").count() == 8
         verdict = "passed" if request.verification["passed"] else "failed"
-        assert verdict in page.inner_text("#verdict")
+        statement, after = page.inner_text("#verdict"), request.verification["after"]
+        assert verdict in statement and "tier at α = 0.05" in statement
+        assert (
+            f"{after['n_control']} D_audit controls" in statement and f"audit seed {after['audit_seed']}" in statement
+        )
+        assert "false-failure rate" in statement and after["calibration"]["table_sha256"][:12] in statement
+        rows = page.locator("#subject-p-values tr")
+        assert rows.count() == 1 + len(after["subjects"])  # header + one row per subject
+        assert after["subjects"][0]["subject"] in rows.nth(1).inner_text()
         assert page.locator("#events tr").count() > 5
         shots.append(tmp_path / "dashboard-request.png")
         page.screenshot(path=str(shots[-1]), full_page=True)
