@@ -45,7 +45,7 @@ class CalibrationTable:
             if r.get("tier") == tier
             and r.get("model") == model
             and r.get("alpha") == alpha
-            and (references is None or r.get("references") == references)
+            and r.get("references") == references  # the rank tier's rows have none
             and not r.get("family")  # the coalescing rows measure a family of subjects, not one
         ]
         if not candidates:
@@ -55,7 +55,8 @@ class CalibrationTable:
     def quote(self, tier: str, n: int, alpha: float, references: int | None = None) -> dict | None:
         """The measured false-failure rate and power nearest n samples per subject; None when not measured.
 
-        `references`: the likelihood-ratio tier's K (rows measured with another K do not apply).
+        `references`: the likelihood-ratio tier's K, None for the rank tier (rows measured with another K,
+        or another α, do not apply: no quote is better than a borrowed one).
         """
         null = self._row(tier, n, RETRAIN, alpha, references)
         if null is None:

@@ -181,3 +181,18 @@ def test_train_references_on_a_tiny_dataset(synthetic, tiny_arch):
     assert not refs.trained_on[:, synthetic.split_indices("train")[:10]].any(), "erased rows are never trained on"
     assert (refs.trained_on[:, train].sum(axis=0) == 1).all()
     assert seen[0] == ("references", 0, 2) and seen[-1] == ("references", 2, 2)
+
+
+def test_the_committed_calibration_table_is_quoted_only_where_it_was_measured():
+    from pathlib import Path
+
+    from ltu_core.audit import CalibrationTable
+
+    table = CalibrationTable.load(Path(__file__).resolve().parents[2] / "bench/results/audit-calibration.json")
+    rank = table.quote("rank", 4, 0.05)
+    assert rank["n"] == 4 and rank["trials"] >= 200 and rank["ci_low"] <= rank["false_failure_rate"] <= rank["ci_high"]
+    assert rank["power"] is not None and len(rank["table_sha256"]) == 64
+    assert table.quote("rank", 6, 0.05)["n"] == 4 and table.quote("rank", 40, 0.05)["n"] == 64  # nearest on a log scale
+    assert table.quote("likelihood_ratio", 4, 0.05, 4)["n"] == 4
+    assert table.quote("likelihood_ratio", 4, 0.05) is None, "an LR verdict without its K borrows no row"
+    assert table.quote("likelihood_ratio", 4, 0.05, 6) is None and table.quote("rank", 4, 0.02) is None
