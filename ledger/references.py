@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
-from ledger import audit, datasets, outbox, registry
+from ledger import audit, datasets, leases, outbox, registry
 from ledger.errors import Conflict, InvalidInput, LeaseLost
 from ledger.requests import Reconciled
 from ledger.tables import AuditReferenceSet, DatasetSample, Model, new_id, utcnow
@@ -541,21 +541,18 @@ def reconcile(
     outbox row each, not twice within one lease, failed with `attempts_exhausted` when out of tries.
     """
     now = now or utcnow()
-    stale = now - timedelta(seconds=lease_seconds)
-    interrupted = or_(
-        and_(AuditReferenceSet.status == RUNNING, AuditReferenceSet.heartbeat_at < stale),
-        and_(AuditReferenceSet.status == QUEUED, AuditReferenceSet.updated_at < now - timedelta(seconds=queued_after)),
+    rows = leases.interrupted(
+        session,
+        AuditReferenceSet,
+        lease_seconds=lease_seconds,
+        queued_after=queued_after,
+        now=now,
+        limit=limit,
+        order_by=AuditReferenceSet.created_at,
     )
-    rows = session.scalars(
-        select(AuditReferenceSet)
-        .where(interrupted, AuditReferenceSet.updated_at < stale)
-        .order_by(AuditReferenceSet.created_at)
-        .limit(limit)
-    ).all()
     requeued, failed = [], []
     for ref in rows:
-        reason = "worker_lost" if ref.status == RUNNING else "broker_lost"
-        interruptions = max(ref.attempts, ref.requeues)
+        reason, interruptions = leases.interruption(ref)
         if interruptions >= max_attempts:
             message = (
                 f"the training was interrupted {interruptions} times (last: {reason.replace('_', ' ')}); giving up"
@@ -577,17 +574,7 @@ def reconcile(
             ):
                 failed.append(ref.id)
             continue
-        changed = session.execute(
-            update(AuditReferenceSet)
-            .where(
-                AuditReferenceSet.id == ref.id,
-                AuditReferenceSet.status == ref.status,
-                AuditReferenceSet.updated_at == ref.updated_at,
-            )
-            .values(requeues=ref.requeues + 1, updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed != 1:
+        if not leases.count_requeue(session, AuditReferenceSet, ref, now=now):
             continue  # it moved meanwhile (a heartbeat, another reconciler)
         outbox.enqueue(session, task_name=outbox.AUDIT_REFERENCES_TASK, payload={"reference_set_id": ref.id})
         _record(

@@ -20,7 +20,7 @@ from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ledger import audit, datasets, outbox, ratelimit, registry
+from ledger import audit, datasets, leases, outbox, ratelimit, registry
 from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, NotFound, RateLimited
 from ledger.pagination import Page, newest_first
 from ledger.records import Metrics, RunDetails, Verification
@@ -869,21 +869,18 @@ def reconcile(
     message a no-op, so concurrent reconcilers are harmless.
     """
     now = now or utcnow()
-    stale = now - timedelta(seconds=lease_seconds)
-    interrupted = or_(
-        and_(DeletionRequest.status == RUNNING, DeletionRequest.heartbeat_at < stale),
-        and_(DeletionRequest.status == QUEUED, DeletionRequest.updated_at < now - timedelta(seconds=queued_after)),
+    rows = leases.interrupted(
+        session,
+        DeletionRequest,
+        lease_seconds=lease_seconds,
+        queued_after=queued_after,
+        now=now,
+        limit=limit,
+        order_by=DeletionRequest.received_at,
     )
-    rows = session.scalars(
-        select(DeletionRequest)
-        .where(interrupted, DeletionRequest.updated_at < stale)
-        .order_by(DeletionRequest.received_at)
-        .limit(limit)
-    ).all()
     requeued, failed = [], []
     for request in rows:
-        reason = "worker_lost" if request.status == RUNNING else "broker_lost"
-        interruptions = max(request.attempts, request.requeues)
+        reason, interruptions = leases.interruption(request)
         if interruptions >= max_attempts:
             message = f"the request was interrupted {interruptions} times (last: {reason.replace('_', ' ')}); giving up"
             if _transition(
@@ -903,17 +900,7 @@ def reconcile(
             ):
                 failed.append(request.id)
             continue
-        changed = session.execute(
-            update(DeletionRequest)
-            .where(
-                DeletionRequest.id == request.id,
-                DeletionRequest.status == request.status,
-                DeletionRequest.updated_at == request.updated_at,
-            )
-            .values(requeues=request.requeues + 1, updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed != 1:
+        if not leases.count_requeue(session, DeletionRequest, request, now=now):
             continue  # it moved meanwhile (a heartbeat, another reconciler)
         outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request.id})
         audit.record(

@@ -285,20 +285,15 @@ def verify_model(
     """
     from ltu_core.data.selection import audit_rows, draw_control
     from ltu_core.mia.svc import SvcAttacker
-    from ltu_core.models.inference import predict
+    from ltu_core.models.inference import predict, predict_split
 
     dataset = split.dataset
     control_rows = draw_control(audit_rows(split), control_size, audit_seed)
     if len(control_rows) == 0:
         raise ValueError("the split leaves no D_audit rows to audit against")
-    forget, control = (
-        predict(model, split.sets()["forget"], device=device),
-        predict(model, dataset.view(control_rows), device=device),
-    )
-    test, retain = (
-        predict(model, split.sets()["test"], device=device),
-        predict(model, split.sets()["retain"], device=device),
-    )
+    post = predict_split(model, split, names=("forget", "retain", "test"), device=device)
+    forget, retain, test = post["forget"], post["retain"], post["test"]
+    control = predict(model, dataset.view(control_rows), device=device)
     attacker = SvcAttacker(retain, test, feature="confidence", seed=audit_seed)
     evidence = rank_evidence(forget, control, dataset.subject_ids[split.forget].astype(str))
     return audit(
