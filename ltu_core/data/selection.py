@@ -11,7 +11,7 @@ PCG64 generator, whose stream numpy keeps stable across releases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -157,6 +157,22 @@ class UnlearningSplit:
             "test": self.test,
         }
         return {k: self.dataset.view(v) for k, v in named.items()}
+
+    @property
+    def forgotten_class(self) -> int | None:
+        """The label a whole-class request erases (every train sample of it), else None."""
+        spec = self.info.get("forget_spec", {})
+        return int(spec["label"]) if spec.get("kind") == "class" else None
+
+    def validation_view(self, size: int, seed: int) -> UnlearningSplit:
+        """The same split reporting on a seeded slice of D_audit instead of D_test.
+
+        Tuning reads this view, so chosen settings never see the test samples a table reports.
+        """
+        rows = draw_control(audit_rows(self), size, seed)
+        if len(rows) == 0:
+            raise ForgetSetError("no never-trained samples are left for a validation slice")
+        return replace(self, test=rows, info={**self.info, "reported_on": "validation"})
 
 
 def make_split(

@@ -25,7 +25,7 @@ class Evaluation:
     ra: float  # accuracy on D_r
     ra_seen: float  # accuracy on D̂_r (the part unlearning could read)
     ra_unseen: float  # accuracy on D_r \ D̂_r
-    ta: float  # accuracy on D_test
+    ta: float  # accuracy on D_test (without the forgotten class when a whole class is erased)
     mia: float
     mia_entropy: float
     mia_modified_entropy: float
@@ -69,6 +69,10 @@ def evaluate_posteriors(
     """
     seen = torch.from_numpy(np.isin(split.retain, split.retain_subset))
     retain, forget, test = post["retain"], post["forget"], post["test"]
+    if split.forgotten_class is not None:
+        # SalUn's class-wise convention: a model without the class cannot classify its test
+        # samples, so TA and the SVC's non-members are the test set without that class.
+        test = test.subset(test.labels != split.forgotten_class)
     attackers = attackers or fit_svc_attackers(retain, test, seed=seed)
     mia = {feature: attacker.nonmember_rate(forget) for feature, attacker in attackers.items()}
     return Evaluation(

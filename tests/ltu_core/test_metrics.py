@@ -91,3 +91,29 @@ def test_mia_efficacy_of_a_model_that_never_saw_the_forget_set_matches_unseen_da
     # often than members (0).
     assert abs(rate_forget - rate_control) <= 8
     assert rate_forget >= rate(predict(model, data.view(trained_on))) + 5
+
+
+def test_class_erasure_reports_ta_without_the_class(synthetic, trained):
+    from ltu_core.data import ForgetSpec, make_split
+    from ltu_core.metrics import evaluate
+
+    split = make_split(synthetic, ForgetSpec(kind="class", label=2), retain_fraction=0.25, seed=0)
+    assert split.forgotten_class == 2
+    test = predict(trained, split.sets()["test"])
+    others = test.subset(test.labels != 2)
+    assert evaluate(trained, split).ta == pytest.approx(others.accuracy())
+    random = make_split(synthetic, ForgetSpec(kind="random", count=8, seed=0), retain_fraction=0.25, seed=0)
+    assert random.forgotten_class is None
+    assert evaluate(trained, random).ta == pytest.approx(predict(trained, random.sets()["test"]).accuracy())
+
+
+def test_validation_view_reports_on_never_trained_rows_only(synthetic):
+    from ltu_core.data import ForgetSpec, audit_rows, make_split
+
+    split = make_split(synthetic, ForgetSpec(kind="random", count=8, seed=0), retain_fraction=0.25, seed=0)
+    view = split.validation_view(100, seed=3)
+    assert len(view.test) == 100 and view.info["reported_on"] == "validation"
+    assert not set(view.test) & (set(split.test) | set(split.reference) | set(split.forget) | set(split.retain))
+    assert set(view.test) <= set(audit_rows(split))
+    assert np.array_equal(view.test, split.validation_view(100, seed=3).test)  # seeded
+    assert np.array_equal(view.forget, split.forget) and np.array_equal(view.retain_subset, split.retain_subset)
