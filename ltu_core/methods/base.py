@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ltu_core.data.dataset import SampleSet
 from ltu_core.data.selection import UnlearningSplit
@@ -36,6 +37,9 @@ class UnlearningTask:
     reference: SampleSet  # D_ref: never-trained-on samples, the attackers' non-members
     recipe: TrainRecipe  # the original model's recipe (Retrain trains with it)
     retain_full: SampleSet | None = None  # D_r
+    # Labels D_f takes entirely (no retained sample carries them): a whole-class erasure. Read off
+    # the split's label metadata, never from images.
+    erased_labels: tuple[int, ...] = ()
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
@@ -52,6 +56,8 @@ class UnlearningTask:
     ) -> UnlearningTask:
         """The task for one split of a dataset."""
         sets = split.sets()
+        labels = split.dataset.labels
+        erased = sorted(set(labels[split.forget].tolist()) - set(labels[split.retain].tolist()))
         return cls(
             model=model,
             arch=arch,
@@ -60,6 +66,7 @@ class UnlearningTask:
             reference=sets["reference"],
             recipe=recipe,
             retain_full=sets["retain"],
+            erased_labels=tuple(int(c) for c in erased),
             seed=seed,
             device=torch.device(device),
         )
@@ -158,3 +165,10 @@ def cycle(
 def steps_for(epochs: float, n: int, batch_size: int) -> int:
     """Number of optimizer steps that make `epochs` passes over n samples (at least one)."""
     return max(1, int(round(epochs * max(1, n // max(1, min(batch_size, n))))))
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher ‖ student) of outputs softened by T, × T² so the gradient's scale does not depend on T."""
+    t = temperature
+    log_s, log_t = F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1)
+    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * t * t

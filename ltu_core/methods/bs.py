@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
 from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
+from ltu_core.methods.stopping import stop_details, stop_rule_for
 
 
 def neighbour_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, float]:
@@ -63,5 +64,6 @@ class BS(UnlearningMethod):
         x_f, y_f = (t.to(task.device) for t in task.forget.tensors())
         labels, flipped = neighbour_labels(model, x_f, y_f, cfg.epsilon)
         generator = torch.Generator().manual_seed(task.seed)
-        steps = sgd_train(model, x_f, labels, cfg, hooks, generator=generator)
-        return model, {"steps": steps, "fgsm_flip_rate": round(flipped, 4)}
+        stop = stop_rule_for(task, self.config)
+        steps = sgd_train(model, x_f, labels, cfg, hooks, generator=generator, stop=stop)
+        return model, {"steps": steps, "fgsm_flip_rate": round(flipped, 4), **stop_details(stop)}

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
 from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
+from ltu_core.methods.stopping import stop_details, stop_rule_for
 
 
 def negative_cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
@@ -46,5 +47,8 @@ class GA(UnlearningMethod):
         model = working_copy(task)
         x_f, y_f = (t.to(task.device) for t in task.forget.tensors())
         generator = torch.Generator().manual_seed(task.seed)
-        steps = sgd_train(model, x_f, y_f, self.config, hooks, generator=generator, objective=negative_cross_entropy)
-        return model, {"steps": steps}
+        stop = stop_rule_for(task, self.config)
+        steps = sgd_train(
+            model, x_f, y_f, self.config, hooks, generator=generator, objective=negative_cross_entropy, stop=stop
+        )
+        return model, {"steps": steps, **stop_details(stop)}

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
 from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
+from ltu_core.methods.stopping import stop_details, stop_rule_for
 
 
 def l1_norm(model: nn.Module) -> torch.Tensor:
@@ -55,6 +56,10 @@ class L1Sparse(UnlearningMethod):
             return F.cross_entropy(model(x), y) + cfg.alpha * (1 - t) * l1_norm(model)
 
         l1_before = l1_norm(model).item()
-        steps = sgd_train(model, x_r, y_r, cfg, hooks, generator=generator, objective=objective)
+        stop = stop_rule_for(task, self.config)
+        steps = sgd_train(model, x_r, y_r, cfg, hooks, generator=generator, objective=objective, stop=stop)
         l1_after = l1_norm(model).item()
-        return model, {"steps": steps, "l1_norm": {"before": round(l1_before, 2), "after": round(l1_after, 2)}}
+        return model, {
+            "steps": steps,
+            "l1_norm": {"before": round(l1_before, 2), "after": round(l1_after, 2), **stop_details(stop)},
+        }

@@ -33,10 +33,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
+from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, distill_kl, working_copy
 from ltu_core.methods.registry import register_method
-from ltu_core.mia.attackers import DEFAULT_ATTACKERS, Attacker, attacker_accuracy, train_attackers
-from ltu_core.models.inference import Posteriors, predict
+from ltu_core.methods.stopping import UnseenStop, outputs, split_reference
+from ltu_core.mia.attackers import DEFAULT_ATTACKERS, Attacker, attacker_accuracy
+from ltu_core.models.inference import Posteriors
 
 HARMONIZATION_MODES = ("global", "per_layer", "one_sided", "none")
 
@@ -61,30 +62,51 @@ class LTUConfig:
     attackers: tuple[str, ...] = DEFAULT_ATTACKERS  # K features, one attacker each
     attacker_steps: int = 100
     holdout_attacker: bool = False  # one attacker (rotating) scores only the query loss
-    stop_rule: str = "attacker"  # attacker: stop once D_f looks like D_ref | none: run max_passes
-    stop_margin: float = -0.04  # stop when score(D_f) <= score(D_ref) + margin
-    # original: D_ref's score under θ_o, a fixed target | current: under θ, which recedes as
-    # unlearning perturbs the model (every sample, D_ref included, looks less member-like).
+    # sample: D_f should look like unseen data (attackers) | class: D_f's labels should vanish |
+    # auto: class when D_f takes every sample of its labels (UnlearningTask.erased_labels).
+    objective: str = "auto"
+    # ce: cross-entropy on D̂_r | distill: that plus distillation to θ_o's outputs on D̂_r and on
+    # the loss half of D_ref (never-seen data: it holds the model's behaviour on unseen inputs).
+    remember: str = "ce"
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
+    # auc: stop when D_f's attacker scores rank no higher than a held-out half of D_ref's (AUC
+    # <= stop_auc) under the *current* model, attackers refit every `refresh_every` steps; a
+    # global loss of confidence moves both sets alike and cannot trigger it. attacker: the mean
+    # member score on D_f falls to θ_o's score on D_ref + stop_margin. none: run max_passes.
+    stop_rule: str = "attacker"
+    stop_auc: float = 0.5
+    refresh_every: int = 5
+    stop_margin: float = -0.04
+    # attacker rule only. original: D_ref's score under θ_o, a fixed target | current: under θ.
     stop_target: str = "original"
     forget_loss: str = "match"  # match: quantile-match D_ref's attacker logits | nonmember: −log(1−h)
+    # class objective: stop once accuracy (%) on D_f and on the class's held-out samples is at most this
+    class_stop_accuracy: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.harmonization not in HARMONIZATION_MODES:
-            raise ValueError(f"harmonization must be one of {HARMONIZATION_MODES}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError("optimizer must be 'sgd' or 'adamw'")
-        if self.forget_loss not in ("match", "nonmember"):
-            raise ValueError("forget_loss must be 'match' or 'nonmember'")
-        if self.stop_target not in ("original", "current"):
-            raise ValueError("stop_target must be 'original' or 'current'")
-        if self.stop_rule not in ("attacker", "none"):
-            raise ValueError("stop_rule must be 'attacker' or 'none'")
+        choices = {
+            "harmonization": HARMONIZATION_MODES,
+            "optimizer": ("sgd", "adamw"),
+            "forget_loss": ("match", "nonmember"),
+            "stop_target": ("original", "current"),
+            "stop_rule": ("auc", "attacker", "none"),
+            "objective": ("auto", "sample", "class"),
+            "remember": ("ce", "distill"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}")
         if not self.attackers:
             raise ValueError("LTU needs at least one attacker")
         if self.holdout_attacker and len(self.attackers) < 2:
             raise ValueError("holdout_attacker needs at least two attackers")
         if self.batch_size < 1 or self.max_passes <= 0 or self.lr <= 0 or self.inner_lr <= 0:
             raise ValueError("batch_size, max_passes, lr and inner_lr must be positive")
+        if self.distill_weight < 0 or self.distill_temperature <= 0 or self.refresh_every < 0:
+            raise ValueError("distill_weight and refresh_every must be >= 0, distill_temperature > 0")
+        if not 0.0 <= self.stop_auc <= 1.0 or not 0.0 <= self.class_stop_accuracy <= 100.0:
+            raise ValueError("stop_auc must lie in [0, 1] and class_stop_accuracy in [0, 100]")
 
 
 # --- Gradient Harmonization -------------------------------------------------------------------
@@ -188,6 +210,33 @@ class _Critic:
         return _Critic([self.attackers[i] for i in keep], ref)
 
 
+@dataclass(frozen=True)
+class _ClassCritic:
+    """Whole-class forgetting: −log(1 − p(erased labels)), which keeps pulling until they are gone.
+
+    The attackers' "looks unseen" saturates early on a class (an unseen sample of a *learned*
+    class is what they were shown as non-member); this loss is zero only when the model gives the
+    erased labels no probability, as a Retrain without them does.
+    """
+
+    keep: torch.Tensor  # [C] bool, True for labels that stay
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return (logits.logsumexp(1) - logits[:, self.keep].logsumexp(1)).mean()
+
+    def without(self, k: int) -> _ClassCritic:
+        return self
+
+
+@dataclass(frozen=True)
+class _Remember:
+    """A remembering batch: `n_ce` labelled rows of D̂_r first, then distillation-only rows."""
+
+    x: torch.Tensor
+    y: torch.Tensor  # [n_ce]
+    teacher: torch.Tensor | None  # [len(x), C] θ_o's logits, or None (cross-entropy only)
+
+
 @register_method("ltu", test_params=dict(max_passes=1.0, batch_size=4, attacker_steps=20))
 class LTU(UnlearningMethod):
     """LTU: meta-learned unlearning with MI-attacker feedback and gradient harmonization."""
@@ -198,23 +247,68 @@ class LTU(UnlearningMethod):
         cfg: LTUConfig = self.config
         device = task.device
         generator = torch.Generator().manual_seed(task.seed)
-
-        # MI attackers on the original model: members = D̂_r, non-members = D_ref.
-        hooks.progress("training_attackers", 0, 1)
         model = working_copy(task)
-        members = predict(model, task.retain_subset, device=device)
-        nonmembers = predict(model, task.reference, device=device)
-        attackers = [
-            a.to(device)
-            for a in train_attackers(
-                members, nonmembers, features=cfg.attackers, seed=task.seed, steps=cfg.attacker_steps
-            )
-        ]
-        hooks.progress("training_attackers", 1, 1)
-
         x_f, y_f = (t.to(device) for t in task.forget.tensors())  # D_f: [n_f, C, H, W], [n_f]
         x_r, y_r = (t.to(device) for t in task.retain_subset.tensors())  # D̂_r
         x_ref, y_ref = (t.to(device) for t in task.reference.tensors())  # D_ref, never trained on
+        erased = [c for c in task.erased_labels]
+        whole_class = bool(erased) and set(y_f.tolist()) <= set(erased)
+        objective = cfg.objective if cfg.objective != "auto" else ("class" if whole_class else "sample")
+        if objective == "class" and not erased:
+            raise ValueError("the class objective needs a forget set that takes whole labels (erased_labels)")
+
+        # D_ref in two halves: the loss half (attackers' non-members, the quantile-matching target,
+        # distillation) and the stop half, which only the AUC stop rule reads. Samples of an
+        # erased class are the held-out members of that class: only the class stop reads them.
+        keep = torch.ones(task.arch.num_classes, dtype=torch.bool, device=device)
+        keep[erased] = False
+        of_erased = ~keep[y_ref]
+        usable = torch.nonzero(~of_erased).squeeze(1)
+        split_ref = cfg.stop_rule == "auc" and objective == "sample" and len(usable) >= 4
+        if split_ref:
+            fit_pos, stop_pos = split_reference(len(usable), generator)
+            fit_idx, stop_idx = usable[fit_pos.to(device)], usable[stop_pos.to(device)]
+        else:
+            fit_idx = stop_idx = usable
+        x_fit, y_fit = x_ref[fit_idx], y_ref[fit_idx]
+        x_held, y_held = x_ref[of_erased], y_ref[of_erased]
+
+        teacher_r = teacher_fit = None
+        if cfg.remember == "distill":
+            mask = torch.where(keep, 0.0, float("-inf"))  # θ_o without the erased labels, renormalised
+            teacher_r, teacher_fit = outputs(model, x_r) + mask, outputs(model, x_fit) + mask
+
+        # The attackers (and, for the AUC rule, the stop) under the current θ; the legacy rule
+        # keeps the attackers fitted on θ_o and compares with θ_o's score on D_ref.
+        judge = UnseenStop(
+            (x_r, y_r),
+            (x_fit, y_fit),
+            (x_ref[stop_idx], y_ref[stop_idx]),
+            (x_f, y_f),
+            threshold=cfg.stop_auc,
+            refresh_every=cfg.refresh_every,
+            features=cfg.attackers,
+            attacker_steps=cfg.attacker_steps,
+            seed=task.seed,
+        )
+        attacker_acc: list[float] = []
+        if objective == "sample":
+            hooks.progress("training_attackers", 0, 1)
+            judge.refit(model)
+            members = Posteriors(outputs(model, x_r).softmax(1), y_r)
+            nonmembers = Posteriors(outputs(model, x_fit).softmax(1), y_fit)
+            attacker_acc = attacker_accuracy(judge.attackers, members, nonmembers)
+            hooks.progress("training_attackers", 1, 1)
+
+        @torch.no_grad()
+        def reference_logits() -> torch.Tensor:
+            probs = outputs(model, x_fit).softmax(1)
+            return torch.stack([a.logits(probs, y_fit) for a in judge.attackers])
+
+        @torch.no_grad()
+        def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
+            return float((outputs(model, x).argmax(1) == y).float().mean()) * 100.0 if len(y) else 0.0
+
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if cfg.optimizer == "sgd":
             opt = torch.optim.SGD(params.values(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -223,31 +317,39 @@ class LTU(UnlearningMethod):
 
         b_f = max(1, min(cfg.batch_size, len(y_f) // 2))
         b_r = max(1, min(cfg.batch_size, len(y_r) // 2))
+        b_d = max(1, min(cfg.batch_size, len(y_fit) // 2)) if len(y_fit) else 0
         total = max(1, int(round(cfg.max_passes * len(y_f) / (2 * b_f))))
 
-        @torch.no_grad()
-        def attacker_view(x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-            # (mean member score, attacker logits [K, n]) of a set under the current θ.
-            post = Posteriors(model(x).softmax(1), y)
-            return member_score(post, attackers), torch.stack([a.logits(post.probs, post.labels) for a in attackers])
+        trace: dict[str, list[float]] = {}
+        target_score = float(judge.scores(model, x_fit, y_fit).mean()) if objective == "sample" else 0.0
 
-        score_f0, _ = attacker_view(x_f, y_f)
-        score_ref0, ref_logits0 = attacker_view(x_ref, y_ref)
+        def should_stop() -> bool:
+            if cfg.stop_rule == "none":
+                return False
+            if objective == "class":
+                acc_f, acc_held = accuracy(x_f, y_f), accuracy(x_held, y_held)
+                trace.setdefault("forget_accuracy", []).append(round(acc_f, 2))
+                return acc_f <= cfg.class_stop_accuracy and (not len(y_held) or acc_held <= cfg.class_stop_accuracy)
+            if cfg.stop_rule == "auc":
+                return judge(model)
+            score_f = float(judge.scores(model, x_f, y_f).mean())
+            trace.setdefault("member_score_forget", []).append(round(score_f, 4))
+            return score_f <= target_score + cfg.stop_margin
+
+        ref_logits = reference_logits() if objective == "sample" else None
         stop_reason, steps, conflicts = "max_passes", 0, 0
-        score_f, score_ref, ref_logits = score_f0, score_ref0, ref_logits0
         for step in range(total):
-            if step:
-                score_f, _ = attacker_view(x_f, y_f)
-                if cfg.stop_target == "current":
-                    score_ref, ref_logits = attacker_view(x_ref, y_ref)
-            # A fixed target (θ_o's view of unseen data) by default: under the current θ every
-            # sample looks less member-like as the model is perturbed, so that target recedes.
-            if cfg.stop_rule == "attacker" and score_f <= score_ref + cfg.stop_margin:
-                stop_reason = "looks_unseen"
+            if should_stop():
+                stop_reason = "looks_unseen" if objective == "sample" else "class_gone"
                 break
             hooks.check_cancelled()
-            critic = _Critic(attackers, ref_logits if cfg.forget_loss == "match" else None)
-            support_critic = critic.without(step % len(attackers)) if cfg.holdout_attacker else critic
+            if objective == "class":
+                critic: _Critic | _ClassCritic = _ClassCritic(keep)
+            else:
+                if cfg.stop_rule == "auc" or cfg.stop_target == "current":
+                    ref_logits = reference_logits()
+                critic = _Critic(judge.attackers, ref_logits if cfg.forget_loss == "match" else None)
+            support_critic = critic.without(step % len(cfg.attackers)) if cfg.holdout_attacker else critic
             # Disjoint support and query batches for both tasks.
             perm_f = torch.randperm(len(y_f), generator=generator)
             perm_r = torch.randperm(len(y_r), generator=generator)
@@ -257,13 +359,21 @@ class LTU(UnlearningMethod):
                 q_f = s_f
             if len(q_r) == 0:
                 q_r = s_r
+            perm_d = torch.randperm(len(y_fit), generator=generator) if b_d else torch.zeros(0, dtype=torch.long)
+            s_d, q_d = perm_d[:b_d], perm_d[b_d : 2 * b_d] if len(perm_d) >= 2 * b_d else perm_d[:b_d]
+
+            def remember(r: torch.Tensor, d: torch.Tensor) -> _Remember:
+                if teacher_r is None:
+                    return _Remember(x_r[r], y_r[r], None)
+                return _Remember(torch.cat([x_r[r], x_fit[d]]), y_r[r], torch.cat([teacher_r[r], teacher_fit[d]]))
+
             g_r, g_f = self._task_gradients(
                 model,
                 params,
                 support_critic,
                 critic,
-                (x_r[s_r], y_r[s_r]),
-                (x_r[q_r], y_r[q_r]),
+                remember(s_r, s_d),
+                remember(q_r, q_d),
                 (x_f[s_f], y_f[s_f]),
                 (x_f[q_f], y_f[q_f]),
             )
@@ -277,28 +387,29 @@ class LTU(UnlearningMethod):
             opt.zero_grad(set_to_none=True)
             steps += 1
             hooks.progress("unlearning", steps, total)
-        score_f, _ = attacker_view(x_f, y_f)
-        score_ref, _ = attacker_view(x_ref, y_ref)
         model.requires_grad_(False)
-        details = {
+        details: dict[str, Any] = {
+            "objective": objective,
             "steps": steps,
             "max_steps": total,
             "stop_reason": stop_reason,
             "gradient_conflicts": conflicts,
-            "attacker_accuracy_on_original": [round(a, 2) for a in attacker_accuracy(attackers, members, nonmembers)],
-            "member_score_forget": {"before": round(score_f0, 4), "after": round(score_f, 4)},
-            "member_score_reference": {"before": round(score_ref0, 4), "after": round(score_ref, 4)},
+            # the last values the stop rule read (run records keep details one level deep)
+            **{f"stop_{k}_trace": v[-5:] for k, v in {**trace, "auc": judge.trace}.items() if v},
+            "accuracy_forget": round(accuracy(x_f, y_f), 2),
         }
+        if attacker_acc:
+            details["attacker_accuracy_on_original"] = [round(a, 2) for a in attacker_acc]
         return model, details
 
     def _task_gradients(
         self,
         model: nn.Module,
         params: dict[str, torch.Tensor],
-        support_critic: _Critic,
-        query_critic: _Critic,
-        s_r: tuple[torch.Tensor, torch.Tensor],
-        q_r: tuple[torch.Tensor, torch.Tensor],
+        support_critic: _Critic | _ClassCritic,
+        query_critic: _Critic | _ClassCritic,
+        s_r: _Remember,
+        q_r: _Remember,
         s_f: tuple[torch.Tensor, torch.Tensor],
         q_f: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -306,11 +417,14 @@ class LTU(UnlearningMethod):
         cfg: LTUConfig = self.config
         theta = list(params.values())
 
-        def losses(weights, rem, fgt, critic: _Critic) -> tuple[torch.Tensor, torch.Tensor]:
+        def losses(weights, rem: _Remember, fgt, critic) -> tuple[torch.Tensor, torch.Tensor]:
             # One forward over [remember ; forget]: BatchNorm is frozen, so batching them is exact.
-            logits = functional_call(model, weights, (torch.cat([rem[0], fgt[0]]),))
-            n = len(rem[1])
-            return F.cross_entropy(logits[:n], rem[1]), critic.loss(logits[n:], fgt[1])
+            logits = functional_call(model, weights, (torch.cat([rem.x, fgt[0]]),))
+            n_ce, n = len(rem.y), len(rem.x)
+            loss_r = F.cross_entropy(logits[:n_ce], rem.y)
+            if rem.teacher is not None:
+                loss_r = loss_r + cfg.distill_weight * distill_kl(logits[:n], rem.teacher, cfg.distill_temperature)
+            return loss_r, critic.loss(logits[n:], fgt[1])
 
         rem_s, fgt_s = losses(params, s_r, s_f, support_critic)
         if cfg.meta:

@@ -18,6 +18,7 @@ from torch import nn
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, working_copy
 from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
+from ltu_core.methods.stopping import stop_details, stop_rule_for
 
 
 def random_wrong_labels(y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -53,5 +54,6 @@ class RL(UnlearningMethod):
         model = working_copy(task)
         generator = torch.Generator().manual_seed(task.seed)
         x, y = (t.to(task.device) for t in relabelled_data(task, generator))
-        steps = sgd_train(model, x, y, self.config, hooks, generator=generator)
-        return model, {"steps": steps}
+        stop = stop_rule_for(task, self.config)
+        steps = sgd_train(model, x, y, self.config, hooks, generator=generator, stop=stop)
+        return model, {"steps": steps, **stop_details(stop)}

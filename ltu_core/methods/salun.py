@@ -23,6 +23,7 @@ from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, wo
 from ltu_core.methods.ft import SGDConfig, sgd_train
 from ltu_core.methods.registry import register_method
 from ltu_core.methods.rl import relabelled_data
+from ltu_core.methods.stopping import stop_details, stop_rule_for
 
 
 def saliency_mask(
@@ -77,6 +78,12 @@ class SalUn(UnlearningMethod):
 
         generator = torch.Generator().manual_seed(task.seed)
         x, y = (t.to(task.device) for t in relabelled_data(task, generator))
-        steps = sgd_train(model, x, y, cfg, hooks, generator=generator, after_step=refreeze)
+        stop = stop_rule_for(task, self.config)
+        steps = sgd_train(model, x, y, cfg, hooks, generator=generator, after_step=refreeze, stop=stop)
         salient = sum(int(m.sum()) for m in masks)
-        return model, {"steps": steps, "salient_weights": salient, "total_weights": sum(m.numel() for m in masks)}
+        return model, {
+            "steps": steps,
+            "salient_weights": salient,
+            "total_weights": sum(m.numel() for m in masks),
+            **stop_details(stop),
+        }

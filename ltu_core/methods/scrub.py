@@ -22,16 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, cycle, steps_for, working_copy
+from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, cycle, distill_kl, steps_for, working_copy
 from ltu_core.methods.ft import SGDConfig
 from ltu_core.methods.registry import register_method
-
-
-def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(teacher ‖ student) of outputs softened by T, × T² so the gradient's scale does not depend on T."""
-    t = temperature
-    log_s, log_t = F.log_softmax(student_logits / t, 1), F.log_softmax(teacher_logits / t, 1)
-    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * t * t
+from ltu_core.methods.stopping import stop_details, stop_rule_for
 
 
 @dataclass(frozen=True)
@@ -77,6 +71,7 @@ class SCRUB(UnlearningMethod):
         per_max, per_min = steps_for(1, len(x_f), cfg.batch_size), steps_for(1, len(x_r), cfg.batch_size)
         total = cfg.max_epochs * per_max + cfg.epochs * per_min
         step = 0
+        stop = stop_rule_for(task, cfg)
 
         def descend(loss: torch.Tensor) -> None:
             nonlocal step
@@ -91,10 +86,12 @@ class SCRUB(UnlearningMethod):
                 hooks.check_cancelled()
                 x, pos = next(forget)
                 descend(-distill_kl(student(x), teacher_f[pos], cfg.temperature))
+            if stop is not None and stop(student):  # checked once per epoch, after its max pass
+                break
             for _ in range(per_min):
                 hooks.check_cancelled()
                 x, pos = next(retain)
                 logits = student(x)
                 kl = distill_kl(logits, teacher_r[pos], cfg.temperature)
                 descend(cfg.kl_weight * kl + cfg.ce_weight * F.cross_entropy(logits, y_r[pos]))
-        return student, {"steps": step, "max_steps": cfg.max_epochs * per_max}
+        return student, {"steps": step, "max_steps": cfg.max_epochs * per_max, **stop_details(stop)}

@@ -10,12 +10,11 @@ from torch.nn import functional as F
 
 from ltu_core.errors import MethodConfigError, UnlearningCancelled
 from ltu_core.methods import RunHooks, create_method, create_test_method
-from ltu_core.methods.base import working_copy
+from ltu_core.methods.base import distill_kl, working_copy
 from ltu_core.methods.bs import neighbour_labels
 from ltu_core.methods.l1_sparse import l1_norm
 from ltu_core.methods.rl import random_wrong_labels
 from ltu_core.methods.salun import saliency_mask
-from ltu_core.methods.scrub import distill_kl
 from ltu_core.models import build_model
 
 BASELINES = ("ft", "ga", "rl", "l1_sparse", "salun", "scrub", "bs")
@@ -174,3 +173,12 @@ def test_bs_neighbour_labels_are_the_nearest_wrong_class(tiny_task, trained):
         runner_up = trained(x_f).topk(2).indices  # [n, 2]
     expected = torch.where(runner_up[:, 0] == y_f, runner_up[:, 1], runner_up[:, 0])
     assert torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize("method", ["ft", "ga", "scrub"])
+def test_baselines_may_use_the_same_stop_rule(tiny_task, method):
+    fixed = create_method(method, lr=0.05, stop_rule="none").run(tiny_task)
+    ruled = create_method(method, lr=0.05, stop_rule="auc", check_every=2).run(tiny_task)
+    assert "stop_checks" not in fixed.details
+    assert ruled.details["stop_checks"] >= 1 and ruled.details["stop_auc_trace"]
+    assert ruled.details["steps"] <= fixed.details["steps"]
