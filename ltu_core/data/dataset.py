@@ -80,6 +80,37 @@ class UnlearningDataset:
         """A sample set over the given row indices."""
         return SampleSet(self, np.asarray(indices, dtype=np.int64))
 
+    def with_train_size(self, n: int) -> UnlearningDataset:
+        """The same dataset training on only `n` of its train rows; the surplus becomes `holdout`.
+
+        The rows kept are the first `n` train rows in sha256("split:" + sample_id) order, the
+        convention the built-in loaders split by (so a built-in dataset cut this way has the same
+        train rows as one loaded with `train_size=n` and the same test size). Re-labelled rows were
+        never trained on, so they legitimately serve as non-member references. Images, labels, ids
+        and every other split are shared unchanged; nothing is copied but the split column.
+        """
+        from ltu_core.data.loaders import _hash_order  # loaders imports this module
+
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise ValueError(f"train size must be an integer, got {n!r}")
+        train = self.split_indices("train")
+        if n < 2:
+            raise ValueError(f"train size must be at least 2, got {n}")
+        if n > len(train):
+            raise ValueError(f"train size {n} exceeds the {len(train)} train samples of {self.name!r}")
+        surplus = train[_hash_order(self.sample_ids[train], "split")[n:]]
+        splits = self.splits.astype("<U7")  # a copy, wide enough for "holdout" even if no row had it
+        splits[surplus] = "holdout"
+        return UnlearningDataset(
+            name=self.name,
+            images=self.images,
+            labels=self.labels,
+            sample_ids=self.sample_ids,
+            subject_ids=self.subject_ids,
+            splits=splits,
+            num_classes=self.num_classes,
+        )
+
 
 def to_float(images: np.ndarray) -> torch.Tensor:
     """uint8 [B, C, H, W] → float32 in [-1, 1]; the one normalisation every model sees."""

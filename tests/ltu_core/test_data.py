@@ -234,3 +234,26 @@ def test_excluded_rows_belong_to_no_set(synthetic):
     assert len(split.forget) + len(split.retain) == len(train) - 30
     with pytest.raises(ForgetSetError, match="not training samples"):
         select_forget(synthetic, ForgetSpec(kind="samples", ids=(synthetic.sample_ids[train[0]],)), exclude=erased)
+
+
+def test_with_train_size_keeps_the_first_rows_in_split_hash_order(tmp_path):
+    full = load_digits(train_size=None)  # 1,437 train, 360 test, no holdout
+    cut = full.with_train_size(500)
+    assert len(cut.split_indices("train")) == 500 and len(cut.split_indices("holdout")) == 937
+    assert np.array_equal(cut.split_indices("test"), full.split_indices("test"))
+    assert set(cut.split_indices("holdout")) == set(full.split_indices("train")) - set(cut.split_indices("train"))
+    assert np.array_equal(cut.splits, full.with_train_size(500).splits)  # deterministic
+    # the loaders' convention: the same train rows as loading with train_size directly
+    assert np.array_equal(cut.splits, load_digits(train_size=500).splits)
+    assert cut.images is full.images and cut.sample_ids is full.sample_ids and full.splits is not cut.splits
+    assert len(full.split_indices("holdout")) == 0  # the source is left as it was
+    # a dataset read from disk with no holdout row (splits typed too narrow for "holdout")
+    small = read_dataset(write_dataset(make_synthetic(num_samples=40, num_classes=2), tmp_path / "ds"))
+    assert small.splits.dtype.itemsize < np.dtype("<U7").itemsize
+    shrunk = small.with_train_size(10)
+    assert sorted(set(shrunk.splits.tolist())) == ["holdout", "test", "train"]
+    assert len(shrunk.split_indices("train")) == 10 and len(shrunk.split_indices("holdout")) == 20
+    assert len(small.with_train_size(30).split_indices("holdout")) == 0  # the whole train split: nothing moves
+    for bad, message in ((31, "exceeds the 30 train samples"), (1, "at least 2"), (2.5, "must be an integer")):
+        with pytest.raises(ValueError, match=message):
+            small.with_train_size(bad)

@@ -1,0 +1,90 @@
+"""Tables from benchmark rows: mean ± std per method and case, and paired per-unit comparisons."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ltu_core.bench.protocol import FLOOR, ORIGINAL, RETRAIN, Row
+from ltu_core.bench.stats import PairedComparison
+
+METRICS = ("ua", "ra", "ta", "mia", "avg_gap", "relearn_ua", "audit_tpr", "seconds", "rte_ratio")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(rows: list[Row], case: str, labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """Mean and std per method over seeds for one case (`random`, `class 3`), in first-seen order."""
+    chosen = [r for r in rows if r.case == case]
+    order = labels or list(dict.fromkeys(r.method for r in chosen))
+    out = []
+    for label in order:
+        group = [r for r in chosen if r.method == label]
+        if group:
+            out.append(
+                {"method": label, "n": len(group), **{k: _mean_std([getattr(r, k) for r in group]) for k in METRICS}}
+            )
+    return out
+
+
+def markdown_table(rows: list[Row], case: str, labels: list[str] | None = None) -> str:
+    """Mean ± std table of one case (lower Avg. Gap is better; RTE as a share of Retrain's)."""
+    lines = [
+        "| method | UA | RA | TA | MIA | Avg. Gap ↓ | UA after relearn | audit TPR | seconds | RTE / Retrain |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summarize(rows, case, labels):
+
+        def fmt(key: str, digits: int = 2) -> str:
+            mean, std = s[key]
+            return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+        ratio = s["rte_ratio"][0]
+        rte = "—" if s["method"] == ORIGINAL else ("1 (ref)" if s["method"] == RETRAIN else f"{100 * ratio:.1f} %")
+        lines.append(
+            f"| {s['method']} | {fmt('ua')} | {fmt('ra')} | {fmt('ta')} | {fmt('mia')} | {fmt('avg_gap')} "
+            f"| {fmt('relearn_ua', 1)} | {fmt('audit_tpr', 1)} | {fmt('seconds', 1)} | {rte} |"
+        )
+    return "\n".join(lines)
+
+
+def per_unit(rows: list[Row], scenario: str, label: str) -> dict[tuple[int, str], float]:
+    """A method's Avg. Gap per unit (seed, case) of a scenario."""
+    return {(r.seed, r.case): r.avg_gap for r in rows if r.scenario == scenario and r.method == label}
+
+
+def paired_comparisons(rows: list[Row], scenario: str, a: str = "ltu") -> list[PairedComparison]:
+    """`a` against every other row label on the units both have (the floor and original included)."""
+    mine = per_unit(rows, scenario, a)
+    labels = [m for m in dict.fromkeys(r.method for r in rows if r.scenario == scenario) if m not in (a, RETRAIN)]
+    out = []
+    for label in labels:
+        theirs = per_unit(rows, scenario, label)
+        units = sorted(set(mine) & set(theirs))
+        if units:
+            out.append(PairedComparison.of(a, label, [mine[u] for u in units], [theirs[u] for u in units]))
+    return out
+
+
+def paired_table(rows: list[Row], scenario: str, a: str = "ltu") -> str:
+    """Markdown: per-unit Avg. Gap of `a` minus each other method, wins and the sign-flip p-value."""
+    units = sorted(per_unit(rows, scenario, a))
+    head = " | ".join(f"s{seed}" + ("" if case in ("random",) else f" {case.split()[-1]}") for seed, case in units)
+    lines = [
+        f"| {a} − method | {head} | mean | {a} lower | p (one-sided) |",
+        "|---|" + "---|" * (len(units) + 3),
+    ]
+    for c in paired_comparisons(rows, scenario, a):
+        mine, theirs = per_unit(rows, scenario, a), per_unit(rows, scenario, c.b)
+        cells = " | ".join(f"{mine[u] - theirs[u]:+.2f}" if u in theirs else "—" for u in units)
+        lines.append(f"| {c.b} | {cells} | {c.mean_diff:+.2f} | {c.a_better}/{c.n} | {c.p_less:.3f} |")
+    return "\n".join(lines)
+
+
+def floor_ratio(rows: list[Row], scenario: str, label: str = "ltu") -> float:
+    """Mean Avg. Gap of `label` over the mean gap of the independent Retrain (the noise floor)."""
+    mine = [r.avg_gap for r in rows if r.scenario == scenario and r.method == label]
+    floor = [r.avg_gap for r in rows if r.scenario == scenario and r.method == FLOOR]
+    return statistics.fmean(mine) / max(1e-9, statistics.fmean(floor))
