@@ -49,7 +49,7 @@ def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
 
 
-AUC = {"stop_rule": "auc"}
+AUC = {"stop_rule": ["auc"]}
 # Eight settings per method for random forgetting, six for a whole class.
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
     "random": {
