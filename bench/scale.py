@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = replace(PRESETS["random"], seeds=(args.seed,))
     if args.epochs is not None:
         cfg = replace(cfg, recipe=replace(cfg.recipe, epochs=args.epochs))
+    env = environment(cfg)  # before the run: the commit and tree state that produce the rows
     start = time.perf_counter()
 
     def progress(msg: str) -> None:
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     document = {
         "format": FORMAT,
         "config": {**cfg.describe(), "sizes": list(sizes), "seed": args.seed, "ltu": LTU.label},
-        "environment": environment(cfg),
+        "environment": env,
         "note": "Avg. Gap is against one independent Retrain, not the gold mean of several",
         "wall_seconds": round(time.perf_counter() - start, 1),
         "rows": rows,

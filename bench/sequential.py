@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     data = load_dataset(cfg)
     total = len(cfg.seeds) * count_sequential_units(cfg, steps=args.steps, checkpoints=args.checkpoints)
+    env = environment(cfg)  # before the run: the commit and tree state that produce the rows
     done, start = 0, time.perf_counter()
 
     def progress(msg: str) -> None:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "subjects_per_step": args.subjects_per_step,
             "checkpoints": sorted(set(args.checkpoints)),
         },
-        "environment": environment(cfg),
+        "environment": env,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "rows": [r.as_dict() for r in rows],
     }

@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         keep = set(args.only.split(","))
         grid = [g for g in grid if g[0] in keep]
+    env = environment(CFG)  # before the run: the commit and tree state that produce the rows
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
     with deterministic(CFG.threads):
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "budget": {m: len(p) for m, p in GRIDS[args.scenario].items()},
             "regime": CFG.describe(),
-            "environment": environment(CFG),
+            "environment": env,
             "wall_seconds": round(time.perf_counter() - start, 1),
             "summary": table,
             "runs": results,

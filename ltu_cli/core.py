@@ -392,6 +392,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = _bench_config(args)
     with tempfile.TemporaryDirectory() as tmp:
         cfg, data = _bench_data(cfg, args, Path(tmp))
+        env = environment(cfg)  # before the run: the commit and tree state that produced the rows
         start = time.perf_counter()
         with tqdm(total=count_units(cfg), desc=f"bench {args.preset}", unit="run", file=sys.stderr) as bar:
 
@@ -426,7 +427,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "config": cfg.describe(),
             "dataset": cfg.dataset,
             "dataset_splits": splits,
-            "environment": environment(cfg),
+            "environment": env,
             "wall_seconds": round(elapsed, 1),
             "rows": [r.as_dict() for r in rows],
         }
