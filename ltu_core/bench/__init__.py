@@ -1,7 +1,8 @@
 """The benchmark: LTU against independent Retrains and every baseline, under one protocol.
 
 `config` names what is compared (presets), `protocol` runs it deterministically, `report` turns
-rows into tables and paired comparisons, `stats` holds the paired test.
+rows into tables and paired comparisons, `stats` holds the paired test, `sequential` runs the
+robustness benchmark of many successive requests on one model.
 """
 
 from ltu_core.bench.config import ABLATIONS, BASELINES, CLASSES, LTU, PRESETS, BenchConfig, MethodRun
@@ -20,6 +21,14 @@ from ltu_core.bench.protocol import (
     run_bench,
 )
 from ltu_core.bench.report import floor_ratio, markdown_table, paired_comparisons, paired_table, summarize
+from ltu_core.bench.sequential import (
+    SequentialRow,
+    count_sequential_units,
+    run_sequential,
+    sequential_splits,
+    sequential_summary,
+    sequential_table,
+)
 from ltu_core.bench.stats import PairedComparison, signflip_pvalue
 
 __all__ = [
@@ -36,7 +45,9 @@ __all__ = [
     "MethodRun",
     "PairedComparison",
     "Row",
+    "SequentialRow",
     "cases",
+    "count_sequential_units",
     "count_units",
     "environment",
     "floor_ratio",
@@ -47,6 +58,10 @@ __all__ = [
     "random_spec",
     "retrain_seed",
     "run_bench",
+    "run_sequential",
+    "sequential_splits",
+    "sequential_summary",
+    "sequential_table",
     "signflip_pvalue",
     "summarize",
 ]

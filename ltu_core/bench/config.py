@@ -33,9 +33,9 @@ ABLATIONS = (
 CLASS_PARAMS: dict[str, dict[str, Any]] = {
     "ltu": {"objective": "class", "remember": "ce", "lr": 0.02, "lam": 1.0},
     "ft": {"lr": 0.1, "epochs": 10.0},
-    "ga": {"lr": 0.2, "epochs": 1.0},
+    "ga": {"lr": 0.2, "epochs": 1.0, "stop_rule": "none"},
     "rl": {"lr": 2e-4, "epochs": 5.0},
-    "l1_sparse": {"alpha": 0.03, "lr": 0.02},
+    "l1_sparse": {"alpha": 0.03, "lr": 0.02, "stop_rule": "none"},
     "salun": {"lr": 2e-4, "epochs": 5.0},
     "scrub": {"lr": 0.005, "max_epochs": 2},
     "bs": {"lr": 2e-4, "epochs": 2.0},

@@ -11,7 +11,8 @@ from ltu_core.bench.stats import PairedComparison
 METRICS = ("ua", "ra", "ta", "mia", "avg_gap", "relearn_ua", "audit_tpr", "seconds", "rte_ratio")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -24,7 +25,7 @@ def summarize(rows: list[Row], case: str, labels: list[str] | None = None) -> li
         group = [r for r in chosen if r.method == label]
         if group:
             out.append(
-                {"method": label, "n": len(group), **{k: _mean_std([getattr(r, k) for r in group]) for k in METRICS}}
+                {"method": label, "n": len(group), **{k: mean_std([getattr(r, k) for r in group]) for k in METRICS}}
             )
     return out
 

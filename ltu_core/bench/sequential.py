@@ -39,6 +39,7 @@ from ltu_core.bench.protocol import (
     mean_evaluation,
     retrain_seed,
 )
+from ltu_core.bench.report import mean_std
 from ltu_core.data import ForgetSpec, UnlearningDataset, UnlearningSplit, make_split
 from ltu_core.methods import RunHooks, UnlearningTask, create_method
 from ltu_core.metrics import Evaluation, avg_gap, evaluate
@@ -241,10 +242,6 @@ def count_sequential_units(cfg: BenchConfig, *, steps: int, checkpoints: Sequenc
 # --- tables -------------------------------------------------------------------------------------------
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def sequential_summary(rows: list[SequentialRow], labels: list[str] | None = None) -> list[dict[str, Any]]:
     """Per method and checkpoint: Avg. Gap mean and std over seeds, and its ratio to the floor's mean gap.
 
@@ -260,7 +257,7 @@ def sequential_summary(rows: list[SequentialRow], labels: list[str] | None = Non
         for s in steps:
             gaps = [r.avg_gap for r in rows if r.method == label and r.step == s]
             if gaps:
-                mean, std = _mean_std(gaps)
+                mean, std = mean_std(gaps)
                 cells[s] = {"n": len(gaps), "mean": mean, "std": std, "floor_ratio": mean / max(1e-9, floor[s])}
         if cells:
             out.append({"method": label, "steps": cells})

@@ -42,8 +42,8 @@ def neighbour_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon
 class BSConfig(SGDConfig):
     """FGSM bound `epsilon` (pixels in [-1, 1]) and SGD with momentum on relabelled D_f."""
 
-    epochs: float = 3.0
-    lr: float = 1e-4
+    epochs: float = 2.0
+    lr: float = 2e-4
     epsilon: float = 0.2  # the paper's 0.1 on [0, 1] pixels
 
     def __post_init__(self) -> None:

@@ -101,7 +101,9 @@ def sgd_train(
 
 @dataclass(frozen=True)
 class FTConfig(SGDConfig):
-    """SGD with momentum on D̂_r for `epochs` passes (SGDConfig's defaults)."""
+    """SGD with momentum on D̂_r for `epochs` passes (validation: lr 0.05, bench/results/tuning-random.json)."""
+
+    lr: float = 0.05
 
 
 @register_method("ft", test_params=dict(epochs=1.0, batch_size=8))

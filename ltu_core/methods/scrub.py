@@ -36,8 +36,8 @@ class SCRUBConfig(SGDConfig):
     """
 
     epochs: int = 5  # an int, unlike SGDConfig's: whole min passes, the first `max_epochs` each after a max pass
-    lr: float = 0.01
-    max_epochs: int = 1
+    lr: float = 0.005
+    max_epochs: int = 2
     temperature: float = 4.0
     kl_weight: float = 1.0
     ce_weight: float = 1.0

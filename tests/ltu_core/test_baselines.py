@@ -67,13 +67,13 @@ def test_config_rejects_bad_values(name, params):
 
 # Each baseline's SGD defaults, as tuned: the benchmark tables depend on them.
 SGD_DEFAULTS = {  # name: (epochs, lr, batch_size, momentum, weight_decay)
-    "ft": (10.0, 0.02, 32, 0.9, 5e-4),
+    "ft": (10.0, 0.05, 32, 0.9, 5e-4),
     "ga": (2.0, 0.15, 32, 0.9, 0.0),
     "rl": (2.0, 2e-4, 32, 0.9, 5e-4),
     "l1_sparse": (10.0, 0.02, 32, 0.9, 5e-4),
     "salun": (2.0, 2e-4, 32, 0.9, 5e-4),
-    "scrub": (5, 0.01, 32, 0.9, 5e-4),
-    "bs": (3.0, 1e-4, 32, 0.9, 5e-4),
+    "scrub": (5, 0.005, 32, 0.9, 5e-4),
+    "bs": (2.0, 2e-4, 32, 0.9, 5e-4),
 }
 
 

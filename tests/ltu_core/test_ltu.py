@@ -167,7 +167,9 @@ def test_auc_stop_is_not_triggered_by_a_global_loss_of_confidence(tiny_task):
 
 
 def test_distillation_remembering_runs_and_differs_from_cross_entropy(tiny_task):
-    ce = create_method("ltu", max_passes=1.0, batch_size=4, attacker_steps=10, stop_rule="none").run(tiny_task)
+    ce = create_method("ltu", max_passes=1.0, batch_size=4, attacker_steps=10, stop_rule="none", remember="ce").run(
+        tiny_task
+    )
     kd = create_method(
         "ltu", max_passes=1.0, batch_size=4, attacker_steps=10, stop_rule="none", remember="distill"
     ).run(tiny_task)
