@@ -50,17 +50,63 @@ def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
 
 
 AUC = {"stop_rule": ["auc"]}
-# Eight settings per method for random forgetting, six for a whole class.
+FIXED = {"stop_rule": ["none"]}
+BEST_LTU1 = {"remember": "distill", "stop_rule": "attacker", "lam": 1.0}  # round one's best
+BEST_LTU = {k: [v] for k, v in BEST_LTU1.items()}
+# Twelve settings per method for random forgetting (eight, then four more around each method's
+# best of those), six for a whole class. Settings name only what differs from the method's defaults
+# at the time of the first round (bench/results/tuning-random.json records the values used).
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
     "random": {
-        "ltu": _grid(remember=["ce", "distill"], stop_rule=["attacker", "auc"], lam=[1.0, 2.0]),
-        "ft": [*_grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0]), *_grid(lr=[0.05, 0.1], epochs=[10.0], **AUC)],
-        "ga": [*_grid(lr=[0.05, 0.1, 0.15], epochs=[1.0, 2.0]), *_grid(lr=[0.1, 0.15], epochs=[2.0], **AUC)],
-        "rl": [*_grid(lr=[1e-4, 2e-4, 4e-4], epochs=[1.0, 2.0]), *_grid(lr=[2e-4, 4e-4], epochs=[2.0], **AUC)],
-        "l1_sparse": [*_grid(alpha=[0.003, 0.01, 0.03], lr=[0.01, 0.02]), *_grid(alpha=[0.01, 0.03], **AUC)],
-        "salun": [*_grid(lr=[2e-4, 4e-4, 8e-4], epochs=[1.0, 2.0]), *_grid(lr=[4e-4, 8e-4], epochs=[2.0], **AUC)],
-        "scrub": [*_grid(lr=[0.002, 0.005, 0.01], max_epochs=[1, 2]), *_grid(lr=[0.005, 0.01], **AUC)],
-        "bs": [*_grid(lr=[5e-5, 1e-4, 2e-4], epochs=[2.0, 3.0]), *_grid(lr=[1e-4, 2e-4], epochs=[3.0], **AUC)],
+        "ltu": [
+            *_grid(remember=["ce", "distill"], stop_rule=["attacker", "auc"], lam=[1.0, 2.0]),
+            # second round, around the first round's best (distillation, attacker rule, λ = 1)
+            *_grid(distill_weight=[2.0, 4.0], **BEST_LTU),
+            {"lr": 0.005, **BEST_LTU1},
+            {"stop_margin": -0.02, **BEST_LTU1},
+        ],
+        "ft": [
+            *_grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0], **FIXED),
+            *_grid(lr=[0.05, 0.1], epochs=[10.0], **AUC),
+            *_grid(lr=[0.05, 0.1, 0.2], epochs=[20.0], **FIXED),
+            {"lr": 0.2, "epochs": 10.0, "stop_rule": "none"},
+        ],
+        "ga": [
+            *_grid(lr=[0.05, 0.1, 0.15], epochs=[1.0, 2.0], **FIXED),
+            *_grid(lr=[0.1, 0.15], epochs=[2.0], **AUC),
+            *_grid(lr=[0.2, 0.25], epochs=[2.0], **AUC),
+            *_grid(lr=[0.1, 0.15], epochs=[3.0], **AUC),
+        ],
+        "rl": [
+            *_grid(lr=[1e-4, 2e-4, 4e-4], epochs=[1.0, 2.0], **FIXED),
+            *_grid(lr=[2e-4, 4e-4], epochs=[2.0], **AUC),
+            *_grid(lr=[3e-4], epochs=[2.0, 3.0], **FIXED),
+            *_grid(lr=[2e-4, 3e-4], epochs=[3.0], **AUC),
+        ],
+        "l1_sparse": [
+            *_grid(alpha=[0.003, 0.01, 0.03], lr=[0.01, 0.02], **FIXED),
+            *_grid(alpha=[0.01, 0.03], **AUC),
+            *_grid(alpha=[0.02, 0.05], **AUC),
+            *_grid(alpha=[0.03, 0.05], lr=[0.01], **AUC),
+        ],
+        "salun": [
+            *_grid(lr=[2e-4, 4e-4, 8e-4], epochs=[1.0, 2.0], **FIXED),
+            *_grid(lr=[4e-4, 8e-4], epochs=[2.0], **AUC),
+            *_grid(lr=[3e-4], epochs=[2.0, 3.0], **FIXED),
+            *_grid(lr=[2e-4, 3e-4], epochs=[3.0], **AUC),
+        ],
+        "scrub": [
+            *_grid(lr=[0.002, 0.005, 0.01], max_epochs=[1, 2], **FIXED),
+            *_grid(lr=[0.005, 0.01], max_epochs=[1], **AUC),
+            *_grid(lr=[0.02], max_epochs=[1, 2], **FIXED),
+            *_grid(lr=[0.005, 0.01], epochs=[3], max_epochs=[2], **FIXED),
+        ],
+        "bs": [
+            *_grid(lr=[5e-5, 1e-4, 2e-4], epochs=[2.0, 3.0], **FIXED),
+            *_grid(lr=[1e-4, 2e-4], epochs=[3.0], **AUC),
+            *_grid(lr=[3e-4], epochs=[1.0, 2.0], **FIXED),
+            *_grid(lr=[3e-4, 4e-4], epochs=[2.0], **AUC),
+        ],
     },
     "class": {
         "ltu": [
@@ -70,13 +116,13 @@ GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
             # the previous release's class setting, for the record
             {"objective": "sample", "stop_rule": "none", "forget_loss": "nonmember", "lr": 0.02, "max_passes": 4.0},
         ],
-        "ft": _grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0]),
-        "ga": _grid(lr=[0.05, 0.1, 0.2], epochs=[1.0, 2.0]),
-        "rl": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0]),
-        "l1_sparse": _grid(alpha=[0.01, 0.02, 0.03], lr=[0.01, 0.02]),
-        "salun": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0]),
-        "scrub": _grid(lr=[0.005, 0.01, 0.02], max_epochs=[1, 2]),
-        "bs": _grid(lr=[1e-4, 2e-4, 5e-4], epochs=[2.0, 3.0]),
+        "ft": _grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0], **FIXED),
+        "ga": _grid(lr=[0.05, 0.1, 0.2], epochs=[1.0, 2.0], **FIXED),
+        "rl": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0], **FIXED),
+        "l1_sparse": _grid(alpha=[0.01, 0.02, 0.03], lr=[0.01, 0.02], **FIXED),
+        "salun": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0], **FIXED),
+        "scrub": _grid(lr=[0.005, 0.01, 0.02], max_epochs=[1, 2], **FIXED),
+        "bs": _grid(lr=[1e-4, 2e-4, 5e-4], epochs=[2.0, 3.0], **FIXED),
     },
 }
 

@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="original → independent Retrains → every method on the same forget sets")
     p.add_argument("--preset", default="smoke", help="smoke (under a minute), random or class (default: smoke)")
+    p.add_argument("--report", type=Path, metavar="JSON", help="print the tables of a results file; run nothing")
     p.add_argument(
         "--dataset",
         help="built-in name, an ltu-dataset folder or its .tar (default: the preset's); "
@@ -376,19 +377,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ltu_core.bench import (
-        FLOOR,
-        ORIGINAL,
-        RETRAIN,
-        cases,
-        count_units,
-        environment,
-        floor_ratio,
-        markdown_table,
-        paired_table,
-        run_bench,
-    )
+    from ltu_core.bench import count_units, environment, render, render_results, run_bench
 
+    if args.report is not None:
+        try:
+            payload = json.loads(args.report.read_text())
+            print(render_results(payload), end="")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CLIError(
+                f"--report {args.report}: not a results file written by `ltu bench --json` ({exc})"
+            ) from None
+        return 0
     cfg = _bench_config(args)
     with tempfile.TemporaryDirectory() as tmp:
         cfg, data = _bench_data(cfg, args, Path(tmp))
@@ -404,21 +403,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - start
         splits = dict(Counter(data.splits.tolist()))
 
-    head = [RETRAIN, FLOOR, ORIGINAL]
-    labels = [r.label for r in cfg.methods]
-    ablations = [r.label for r in cfg.ablations]
-    reference = "ltu" if "ltu" in labels else [*labels, *ablations][0]
-    print(f"dataset {cfg.dataset} ({data.name}: {splits.get('train', 0)} train, {splits.get('test', 0)} test)")
-    for case in cases(cfg, cfg.seeds[0]):
-        print(f"\n### {case.name} forgetting — {len(cfg.seeds)} seed(s), mean ± std\n")
-        print(markdown_table(rows, case.name, [*head, *labels]))
-        if ablations:
-            print(f"\n### {case.name} forgetting — LTU ablations\n")
-            print(markdown_table(rows, case.name, [*head, *(["ltu"] if "ltu" in labels else []), *ablations]))
-    for scenario in cfg.scenarios:
-        print(f"\n### {scenario} forgetting — per-unit Avg. Gap, {reference} − method (paired)\n")
-        print(paired_table(rows, scenario, reference))
-        print(f"\n{reference} Avg. Gap / floor = {floor_ratio(rows, scenario, reference):.2f}")
+    print(f"dataset {cfg.dataset} ({data.name}: {splits.get('train', 0)} train, {splits.get('test', 0)} test)\n")
+    print(
+        render(
+            rows,
+            methods=[r.label for r in cfg.methods],
+            ablations=[r.label for r in cfg.ablations],
+            seeds=len(cfg.seeds),
+        )
+    )
     print(f"\nwall time {elapsed:.0f}s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

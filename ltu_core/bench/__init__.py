@@ -20,7 +20,15 @@ from ltu_core.bench.protocol import (
     retrain_seed,
     run_bench,
 )
-from ltu_core.bench.report import floor_ratio, markdown_table, paired_comparisons, paired_table, summarize
+from ltu_core.bench.report import (
+    floor_ratio,
+    markdown_table,
+    paired_comparisons,
+    paired_table,
+    render,
+    render_results,
+    summarize,
+)
 from ltu_core.bench.sequential import (
     SequentialRow,
     count_sequential_units,
@@ -56,6 +64,8 @@ __all__ = [
     "paired_comparisons",
     "paired_table",
     "random_spec",
+    "render",
+    "render_results",
     "retrain_seed",
     "run_bench",
     "run_sequential",

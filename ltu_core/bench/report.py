@@ -51,9 +51,18 @@ def markdown_table(rows: list[Row], case: str, labels: list[str] | None = None) 
     return "\n".join(lines)
 
 
-def per_unit(rows: list[Row], scenario: str, label: str) -> dict[tuple[int, str], float]:
-    """A method's Avg. Gap per unit (seed, case) of a scenario."""
-    return {(r.seed, r.case): r.avg_gap for r in rows if r.scenario == scenario and r.method == label}
+def per_unit(rows: list[Row], scenario: str, label: str) -> dict[int, float]:
+    """A method's Avg. Gap per seed of a scenario, averaged over the seed's cases (classes).
+
+    The seed is the unit of the paired test: each has its own original model, so seeds are
+    independent, while the classes of one seed share their original (and a class's Retrains serve
+    every seed), so seed × class cells are not.
+    """
+    cells: dict[int, list[float]] = {}
+    for r in rows:
+        if r.scenario == scenario and r.method == label:
+            cells.setdefault(r.seed, []).append(r.avg_gap)
+    return {seed: statistics.fmean(v) for seed, v in cells.items()}
 
 
 def paired_comparisons(rows: list[Row], scenario: str, a: str = "ltu") -> list[PairedComparison]:
@@ -70,17 +79,29 @@ def paired_comparisons(rows: list[Row], scenario: str, a: str = "ltu") -> list[P
 
 
 def paired_table(rows: list[Row], scenario: str, a: str = "ltu") -> str:
-    """Markdown: per-unit Avg. Gap of `a` minus each other method, wins and the sign-flip p-value."""
+    """Markdown: per-seed Avg. Gap of `a` minus each other method, wins and the sign-flip p-value."""
     units = sorted(per_unit(rows, scenario, a))
-    head = " | ".join(f"s{seed}" + ("" if case in ("random",) else f" {case.split()[-1]}") for seed, case in units)
-    lines = [
-        f"| {a} − method | {head} | mean | {a} lower | p (one-sided) |",
-        "|---|" + "---|" * (len(units) + 3),
-    ]
+    head = "".join(f" s{seed} |" for seed in units)
+    lines = [f"| {a} − method |{head} mean | {a} lower | p (one-sided) |", "|---|" + "---|" * (len(units) + 3)]
     for c in paired_comparisons(rows, scenario, a):
         mine, theirs = per_unit(rows, scenario, a), per_unit(rows, scenario, c.b)
-        cells = " | ".join(f"{mine[u] - theirs[u]:+.2f}" if u in theirs else "—" for u in units)
-        lines.append(f"| {c.b} | {cells} | {c.mean_diff:+.2f} | {c.a_better}/{c.n} | {c.p_less:.3f} |")
+        cells = "".join(f" {mine[u] - theirs[u]:+.2f} |" if u in theirs else " — |" for u in units)
+        p = "< 0.001" if c.p_less < 0.001 else f"{c.p_less:.3f}"
+        lines.append(f"| {c.b} |{cells} {c.mean_diff:+.2f} | {c.a_better}/{c.n} | {p} |")
+    return "\n".join(lines)
+
+
+def case_matrix(rows: list[Row], scenario: str, labels: list[str], key: str = "avg_gap") -> str:
+    """Markdown: one row per method, one column per case of a scenario, mean ± std over seeds."""
+    case_names = list(dict.fromkeys(r.case for r in rows if r.scenario == scenario))
+    lines = ["| method | " + " | ".join(case_names) + " |", "|---|" + "---|" * len(case_names)]
+    for label in labels:
+        cells = []
+        for case in case_names:
+            values = [getattr(r, key) for r in rows if r.case == case and r.method == label]
+            mean, std = mean_std(values) if values else (float("nan"), 0.0)
+            cells.append(f"{mean:.2f} ± {std:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -89,3 +110,54 @@ def floor_ratio(rows: list[Row], scenario: str, label: str = "ltu") -> float:
     mine = [r.avg_gap for r in rows if r.scenario == scenario and r.method == label]
     floor = [r.avg_gap for r in rows if r.scenario == scenario and r.method == FLOOR]
     return statistics.fmean(mine) / max(1e-9, statistics.fmean(floor))
+
+
+def render(rows: list[Row], *, methods: list[str], ablations: list[str], seeds: int) -> str:
+    """Every table of a run, in the order `ltu bench` prints them (and the README quotes them).
+
+    Per scenario: with several cases (classes) first the Avg. Gap per case, then one table per case
+    (random, class N) and the ablations where there are any, then the paired table of LTU (or the
+    first label) against every other row, and the floor ratio.
+    """
+    head = [RETRAIN, FLOOR, ORIGINAL]
+    reference = "ltu" if "ltu" in methods else [*methods, *ablations][0]
+    out: list[str] = []
+    for scenario in dict.fromkeys(r.scenario for r in rows):
+        case_names = list(dict.fromkeys(r.case for r in rows if r.scenario == scenario))
+        if len(case_names) > 1:
+            out += [
+                f"#### {scenario} forgetting — Avg. Gap ↓ per case, {seeds} seed(s), mean ± std",
+                "",
+                case_matrix(rows, scenario, [FLOOR, ORIGINAL, *methods, *ablations]),
+                "",
+            ]
+        for case in case_names:
+            out += [
+                f"#### {case} forgetting — {seeds} seed(s), mean ± std",
+                "",
+                markdown_table(rows, case, [*head, *methods]),
+            ]
+            if ablations:
+                labels = [*head, *(["ltu"] if "ltu" in methods else []), *ablations]
+                out += ["", f"#### {case} forgetting — LTU ablations", "", markdown_table(rows, case, labels)]
+            out.append("")
+        out += [
+            f"#### {scenario} forgetting — per-seed Avg. Gap, {reference} − method (paired by seed)",
+            "",
+            paired_table(rows, scenario, reference),
+            "",
+            f"{reference} Avg. Gap / floor = {floor_ratio(rows, scenario, reference):.2f}",
+            "",
+        ]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def render_results(payload: dict[str, Any]) -> str:
+    """`render` of a results file written by `ltu bench --json`."""
+    config = payload["config"]
+    return render(
+        [Row.from_dict(r) for r in payload["rows"]],
+        methods=[m["label"] for m in config["methods"]],
+        ablations=[m["label"] for m in config["ablations"]],
+        seeds=len(config["seeds"]),
+    )

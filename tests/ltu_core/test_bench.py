@@ -105,8 +105,8 @@ def test_paired_comparisons_cover_every_method(tiny_rows):
     assert set(comparisons) == {FLOOR, ORIGINAL, "ft", "ltu -meta"}
     assert all(c.n == 2 for c in comparisons.values())
     assert comparisons["ft"].p_less in (0.25, 0.5, 0.75, 1.0)  # 2 units: multiples of 1/4
-    table = paired_table(rows, "class")
-    assert "s1 1" in table and "| ft |" in table
+    table = paired_table(rows, "class")  # units are seeds, each the mean over its classes
+    assert "| s1 | s2 |" in table and "| ft |" in table
 
 
 def test_signflip_exact_values():

@@ -1,0 +1,51 @@
+"""The README's benchmark tables are the committed results files, rendered: cell for cell."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from ltu_core.bench import SequentialRow, render_results, sequential_table
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results"
+README = (REPO / "README.md").read_text()
+
+
+def _tables(markdown: str) -> list[str]:
+    """The markdown tables of a text, each as one block of consecutive `|` lines."""
+    blocks, current = [], []
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    if current:
+        blocks.append("\n".join(current))
+    return blocks
+
+
+@pytest.mark.parametrize("name", ["random", "class"])
+def test_readme_quotes_every_table_of_the_benchmark(name):
+    payload = json.loads((RESULTS / f"{name}.json").read_text())
+    tables = _tables(render_results(payload))
+    assert tables
+    for table in tables:
+        assert table in README, f"README does not quote this table of {name}.json:\n{table}"
+    assert payload["environment"]["threads"] >= 1 and len(payload["environment"]["commit"]) == 40
+
+
+def test_readme_quotes_the_sequential_and_scale_tables():
+    sequential = json.loads((RESULTS / "sequential.json").read_text())
+    table = sequential_table([SequentialRow.from_dict(r) for r in sequential["rows"]])
+    assert table in README
+    spec = importlib.util.spec_from_file_location("bench_scale_results", REPO / "bench" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = scale
+    spec.loader.exec_module(scale)
+    assert scale.scale_table(json.loads((RESULTS / "scale.json").read_text())["rows"]) in README
