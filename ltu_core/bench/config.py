@@ -37,7 +37,7 @@ CLASS_PARAMS: dict[str, dict[str, Any]] = {
     "rl": {"lr": 2e-4, "epochs": 5.0},
     "l1_sparse": {"alpha": 0.03, "lr": 0.02, "stop_rule": "none"},
     "salun": {"lr": 2e-4, "epochs": 5.0},
-    "scrub": {"lr": 0.005, "max_epochs": 2},
+    "scrub": {"lr": 0.005, "max_epochs": 2, "epochs": 5},
     "bs": {"lr": 2e-4, "epochs": 2.0},
 }
 

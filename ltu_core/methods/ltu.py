@@ -68,7 +68,7 @@ class LTUConfig:
     # ce: cross-entropy on D̂_r | distill: that plus distillation to θ_o's outputs on D̂_r and on
     # the loss half of D_ref (never-seen data: it holds the model's behaviour on unseen inputs).
     remember: str = "distill"
-    distill_weight: float = 1.0
+    distill_weight: float = 2.0
     distill_temperature: float = 2.0
     # auc: stop when D_f's attacker scores rank no higher than a held-out half of D_ref's (AUC
     # <= stop_auc) under the *current* model, attackers refit every `refresh_every` steps; a

@@ -35,7 +35,7 @@ class SCRUBConfig(SGDConfig):
     The min-step loss is `kl_weight`·KL + `ce_weight`·CE (the paper's α and γ).
     """
 
-    epochs: int = 5  # an int, unlike SGDConfig's: whole min passes, the first `max_epochs` each after a max pass
+    epochs: int = 3  # an int, unlike SGDConfig's: whole min passes, the first `max_epochs` each after a max pass
     lr: float = 0.005
     max_epochs: int = 2
     temperature: float = 4.0

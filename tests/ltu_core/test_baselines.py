@@ -72,7 +72,7 @@ SGD_DEFAULTS = {  # name: (epochs, lr, batch_size, momentum, weight_decay)
     "rl": (2.0, 2e-4, 32, 0.9, 5e-4),
     "l1_sparse": (10.0, 0.02, 32, 0.9, 5e-4),
     "salun": (2.0, 2e-4, 32, 0.9, 5e-4),
-    "scrub": (5, 0.005, 32, 0.9, 5e-4),
+    "scrub": (3, 0.005, 32, 0.9, 5e-4),
     "bs": (2.0, 2e-4, 32, 0.9, 5e-4),
 }
 
