@@ -1,7 +1,7 @@
 """Scale: LTU's and Retrain's wall time as the training set grows.
 
     python bench/scale.py                               # mnist5k, 1,000 / 2,000 / 4,000 train samples,
-                                                        # 40 epochs: ~12 min on 2 cores (2 threads)
+                                                        # 40 epochs: ~5 min here (one torch thread)
     python bench/scale.py --epochs 5 --sizes 1000,2000  # a quick look at the trend
     python bench/scale.py --json runs/scale.json
 
@@ -13,8 +13,8 @@ references) an original is trained with the random preset's recipe and architect
 (default parameters) are timed. The table: train size | Retrain s | LTU s | LTU / Retrain |
 LTU's Avg. Gap against that one Retrain (and the untouched original's, for scale).
 
-Time: the original and the Retrain each train for 40 epochs on ~n samples: ≈ 44 s per 1,000
-samples on 2 threads, so ≈ 2 × 44 × (1 + 2 + 4) s ≈ 10 min, plus LTU and the evaluations ≈ 12 min.
+Time: the original and the Retrain each train for 40 epochs on ~n samples: ≈ 15 s per 1,000
+samples on one thread here, so ≈ 2 × 15 × (1 + 2 + 4) s ≈ 3.5 min, plus LTU and the evaluations.
 
 What the numbers do NOT show:
 - Accuracy against the gold standard. The Avg. Gap is against one Retrain, not the mean of

@@ -2,7 +2,7 @@
 
     python bench/sequential.py                          # preset random, seeds 1,2, 10 steps of 3 subjects,
                                                         # checkpoints 1,5,10, LTU and the seven baselines:
-                                                        # ~25 min on 2 cores (2 threads)
+                                                        # ~12 min here (one torch thread)
     python bench/sequential.py --methods ltu,ft --seeds 1 --json runs/sequential.json
 
 Per seed the original is trained once (as `ltu_core.bench.run_bench` trains it). A seeded order of
@@ -15,9 +15,9 @@ floor (`ltu_core.bench.sequential`). The table: Avg. Gap per checkpoint, mean ±
 and its ratio to the floor's gap at the same checkpoint.
 
 Time: the Retrains dominate. With the random preset (mnist5k, 1,000 train samples, 40 epochs, one
-Retrain ≈ 44 s on 2 threads) each seed trains 1 original + 3 checkpoints × 4 Retrains ≈ 9.5 min,
-plus 10 steps of the eight methods (≈ 10 s a step together) and the evaluations, ≈ 12 min; two
-seeds ≈ 25 min. `--gold-retrains 1` halves the Retrains.
+Retrain ≈ 13 s on one thread here) each seed trains 1 original + 3 checkpoints × 4 Retrains, plus
+10 steps of the eight methods and the evaluations: ≈ 6 min a seed when it has both cores' worth
+of the machine to itself. `--gold-retrains 1` halves the Retrains.
 
 What the numbers do NOT show:
 - Real people. Subjects are hash-assigned groups of 4 samples; with 1,000 of 5,000 in train a
@@ -29,7 +29,8 @@ What the numbers do NOT show:
   checkpoint; a method's are its cumulative time over all steps so far.
 - Robustness to the attacks of the main benchmark (relearning, per-sample audit): not measured here.
 - Tuning. Every method uses its defaults, chosen on single erasures of 100 random samples.
-- Significance. Two seeds: the ± is a spread, not a test; the floor ratio is a ratio of means.
+- Significance. Three seeds (the README's run): the ± is a spread, not a test; the floor ratio is
+  a ratio of means.
 - The cumulative split's D̂_r (and so RA on seen/unseen rows in `evaluation`) is a fresh draw:
   the methods read a different D̂_r at every step.
 """

@@ -57,3 +57,16 @@ def ltu(*argv: str) -> int:
     from ltu_cli.main import main
 
     return main(list(argv))
+
+
+def load_bench_script(name: str):
+    """A script of bench/ (`bench/<name>.py`) imported as module `bench_<name>`."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

@@ -7,7 +7,6 @@ nothing and cleans up after itself is. Without Postgres these tests skip, under 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,21 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import unavailable
+from tests.support import load_bench_script, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "api_load.py"
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("bench_api_load", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-api_load = _load_module()
+api_load = load_bench_script("api_load")
 
 
 @pytest.fixture(scope="module")

@@ -8,29 +8,20 @@ every rate and the repeatability are.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from ltu_core.audit import CalibrationTable
+from tests.support import load_bench_script
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "audit_calibration.py"
 REQUIRED = ("tier", "n", "model", "trials", "alpha", "failure_rate", "ci_low", "ci_high")
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("bench_audit_calibration", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-calibration = _load_module()
+calibration = load_bench_script("audit_calibration")
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from ltu_core.bench import SequentialRow, render_results, sequential_table
+from tests.support import load_bench_script
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -44,8 +43,5 @@ def test_readme_quotes_the_sequential_and_scale_tables():
     sequential = json.loads((RESULTS / "sequential.json").read_text())
     table = sequential_table([SequentialRow.from_dict(r) for r in sequential["rows"]])
     assert table in README
-    spec = importlib.util.spec_from_file_location("bench_scale_results", REPO / "bench" / "scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = scale
-    spec.loader.exec_module(scale)
+    scale = load_bench_script("scale")
     assert scale.scale_table(json.loads((RESULTS / "scale.json").read_text())["rows"]) in README

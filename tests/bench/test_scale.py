@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from ltu_core.bench import BenchConfig, MethodRun
 from ltu_core.data import make_synthetic
 from ltu_core.models import ArchConfig
 from ltu_core.train import TrainRecipe
+from tests.support import load_bench_script
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_SIZE = 40
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-scale = _load_script()
+scale = load_bench_script("scale")
 
 CFG = BenchConfig(
     dataset="synthetic",

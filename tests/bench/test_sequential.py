@@ -3,9 +3,7 @@ again, each step continuing from the previous step's model, and repeatability.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from ltu_core.bench import FLOOR, ORIGINAL, RETRAIN, BenchConfig, MethodRun, loa
 from ltu_core.bench import sequential as seq
 from ltu_core.models import ArchConfig
 from ltu_core.train import TrainRecipe
+from tests.support import load_bench_script
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, PER_STEP, CHECKPOINTS = 3, 2, (1, 3)
@@ -161,16 +160,8 @@ def test_bad_arguments_are_refused():
         seq.sequential_splits(CFG, load_dataset(CFG), steps=100, subjects_per_step=3, seed=1)
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_sequential", REPO / "bench" / "sequential.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_writes_config_environment_and_rows(tmp_path, monkeypatch, capsys):
-    script = _load_script()
+    script = load_bench_script("sequential")
     monkeypatch.setitem(script.PRESETS, "tiny", CFG)
     out = tmp_path / "sequential.json"
     args = ["--preset", "tiny", "--seeds", "1", "--steps", "1", "--checkpoints", "1", "--methods", "ft"]
