@@ -268,7 +268,7 @@ def sequential_table(rows: list[SequentialRow], labels: list[str] | None = None)
     """Markdown: per method, Avg. Gap at each checkpoint (mean ± std over seeds) and its ratio to the floor's."""
     steps = sorted({r.step for r in rows})
     forgotten = {s: statistics.fmean(r.forgotten for r in rows if r.step == s and r.method == FLOOR) for s in steps}
-    head = " | ".join(f"step {s} ({forgotten[s]:g} forgotten): Avg. Gap ↓ | ÷ floor" for s in steps)
+    head = " | ".join(f"step {s} ({forgotten[s]:.1f} forgotten): Avg. Gap ↓ | ÷ floor" for s in steps)
     lines = [f"| method | {head} |", "|---|" + "---|---|" * len(steps)]
     for entry in sequential_summary(rows, labels):
         cells = []
