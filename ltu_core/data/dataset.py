@@ -11,6 +11,7 @@ D̂_r, the reference slice and the test set are all sample sets over one dataset
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,6 +23,12 @@ from ltu_core.errors import DatasetFormatError
 SPLITS = ("train", "test", "holdout")
 """`train` trained the model; `test` is for reporting; `holdout` was never trained on and is where
 membership-inference attackers draw their non-member reference samples from."""
+
+
+def hash_order(sample_ids: np.ndarray, salt: str) -> np.ndarray:
+    """Positions of `sample_ids` sorted by sha256(salt + ":" + id): an order every machine agrees on."""
+    keys = [hashlib.sha256(f"{salt}:{sid}".encode()).hexdigest() for sid in sample_ids]
+    return np.argsort(np.asarray(keys), kind="stable")
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,8 +96,6 @@ class UnlearningDataset:
         never trained on, so they legitimately serve as non-member references. Images, labels, ids
         and every other split are shared unchanged; nothing is copied but the split column.
         """
-        from ltu_core.data.loaders import _hash_order  # loaders imports this module
-
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
             raise ValueError(f"train size must be an integer, got {n!r}")
         train = self.split_indices("train")
@@ -98,7 +103,7 @@ class UnlearningDataset:
             raise ValueError(f"train size must be at least 2, got {n}")
         if n > len(train):
             raise ValueError(f"train size {n} exceeds the {len(train)} train samples of {self.name!r}")
-        surplus = train[_hash_order(self.sample_ids[train], "split")[n:]]
+        surplus = train[hash_order(self.sample_ids[train], "split")[n:]]
         splits = self.splits.astype("<U7")  # a copy, wide enough for "holdout" even if no row had it
         splits[surplus] = "holdout"
         return UnlearningDataset(

@@ -14,16 +14,9 @@ version):
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
-from ltu_core.data.dataset import UnlearningDataset
-
-
-def _hash_order(sample_ids: np.ndarray, salt: str) -> np.ndarray:
-    keys = [hashlib.sha256(f"{salt}:{sid}".encode()).hexdigest() for sid in sample_ids]
-    return np.argsort(np.asarray(keys), kind="stable")
+from ltu_core.data.dataset import UnlearningDataset, hash_order
 
 
 def assign_splits(sample_ids: np.ndarray, *, test_size: int, train_size: int | None) -> np.ndarray:
@@ -34,7 +27,7 @@ def assign_splits(sample_ids: np.ndarray, *, test_size: int, train_size: int | N
     train_size = n - test_size if train_size is None else train_size
     if train_size <= 0 or test_size + train_size > n:
         raise ValueError(f"train_size={train_size} does not fit {n} samples with test_size={test_size}")
-    order = _hash_order(sample_ids, "split")
+    order = hash_order(sample_ids, "split")
     splits = np.full(n, "holdout", dtype="<U7")
     splits[order[:test_size]] = "test"
     splits[order[test_size : test_size + train_size]] = "train"
@@ -45,7 +38,7 @@ def assign_subjects(sample_ids: np.ndarray, *, prefix: str, samples_per_subject:
     """Deterministic grouping of samples into data subjects (see module docstring)."""
     if samples_per_subject < 1:
         raise ValueError("samples_per_subject must be at least 1")
-    order = _hash_order(sample_ids, "subject")
+    order = hash_order(sample_ids, "subject")
     subjects = np.empty(len(sample_ids), dtype=object)
     for rank, row in enumerate(order):
         subjects[row] = f"{prefix}-subject-{rank // samples_per_subject:05d}"

@@ -48,7 +48,7 @@ def test_bench_on_a_dataset_folder(folder, tmp_path, capsys):
     per_case = ["retrain", "retrain (independent)", "original", "ltu", "ft"]
     assert units == [("random", m) for m in per_case] + [("class 1", m) for m in per_case]
     assert all(r["seed"] == 1 for r in payload["rows"])
-    for heading in ("### random forgetting", "### class 1 forgetting", "### class forgetting — per-unit"):
+    for heading in ("### random forgetting", "### class 1 forgetting", "### class forgetting — per-seed"):
         assert heading in printed
     assert printed.count("ltu Avg. Gap / floor = ") == 2 and "| ft |" in printed and "LTU ablations" not in printed
 
