@@ -109,12 +109,27 @@ GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
         ],
     },
     "class": {
+        # Run when distillation's default weight was 1 and remembering defaulted to cross-entropy:
+        # both are spelled out so the grid means the same at any later default.
         "ltu": [
-            *_grid(objective=["class"], remember=["distill"], lr=[0.01, 0.02, 0.05]),
+            *_grid(objective=["class"], remember=["distill"], distill_weight=[1.0], lr=[0.01, 0.02, 0.05]),
             {"objective": "class", "remember": "ce", "lr": 0.02},
-            {"objective": "class", "remember": "distill", "lr": 0.02, "class_stop_accuracy": 2.0},
+            {
+                "objective": "class",
+                "remember": "distill",
+                "distill_weight": 1.0,
+                "lr": 0.02,
+                "class_stop_accuracy": 2.0,
+            },
             # the previous release's class setting, for the record
-            {"objective": "sample", "stop_rule": "none", "forget_loss": "nonmember", "lr": 0.02, "max_passes": 4.0},
+            {
+                "objective": "sample",
+                "remember": "ce",
+                "stop_rule": "none",
+                "forget_loss": "nonmember",
+                "lr": 0.02,
+                "max_passes": 4.0,
+            },
         ],
         "ft": _grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0], **FIXED),
         "ga": _grid(lr=[0.05, 0.1, 0.2], epochs=[1.0, 2.0], **FIXED),
