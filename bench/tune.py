@@ -136,7 +136,7 @@ GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
         "rl": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0], **FIXED),
         "l1_sparse": _grid(alpha=[0.01, 0.02, 0.03], lr=[0.01, 0.02], **FIXED),
         "salun": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0], **FIXED),
-        "scrub": _grid(lr=[0.005, 0.01, 0.02], max_epochs=[1, 2], **FIXED),
+        "scrub": _grid(lr=[0.005, 0.01, 0.02], max_epochs=[1, 2], epochs=[5], **FIXED),
         "bs": _grid(lr=[1e-4, 2e-4, 5e-4], epochs=[2.0, 3.0], **FIXED),
     },
 }
