@@ -54,16 +54,16 @@ FIXED = {"stop_rule": ["none"]}
 BEST_LTU1 = {"remember": "distill", "stop_rule": "attacker", "lam": 1.0}  # round one's best
 BEST_LTU = {k: [v] for k, v in BEST_LTU1.items()}
 # Twelve settings per method for random forgetting (eight, then four more around each method's
-# best of those), six for a whole class. Settings name only what differs from the method's defaults
-# at the time of the first round (bench/results/tuning-random.json records the values used).
+# best of those), six for a whole class. Every value a setting was run with that a later default
+# changed is spelled out, so the grids reproduce their results files at any later commit.
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
     "random": {
         "ltu": [
-            *_grid(remember=["ce", "distill"], stop_rule=["attacker", "auc"], lam=[1.0, 2.0]),
+            *_grid(remember=["ce", "distill"], stop_rule=["attacker", "auc"], lam=[1.0, 2.0], distill_weight=[1.0]),
             # second round, around the first round's best (distillation, attacker rule, λ = 1)
             *_grid(distill_weight=[2.0, 4.0], **BEST_LTU),
-            {"lr": 0.005, **BEST_LTU1},
-            {"stop_margin": -0.02, **BEST_LTU1},
+            {"lr": 0.005, "distill_weight": 1.0, **BEST_LTU1},
+            {"stop_margin": -0.02, "distill_weight": 1.0, **BEST_LTU1},
         ],
         "ft": [
             *_grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0], **FIXED),
@@ -96,9 +96,9 @@ GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
             *_grid(lr=[2e-4, 3e-4], epochs=[3.0], **AUC),
         ],
         "scrub": [
-            *_grid(lr=[0.002, 0.005, 0.01], max_epochs=[1, 2], **FIXED),
-            *_grid(lr=[0.005, 0.01], max_epochs=[1], **AUC),
-            *_grid(lr=[0.02], max_epochs=[1, 2], **FIXED),
+            *_grid(lr=[0.002, 0.005, 0.01], max_epochs=[1, 2], epochs=[5], **FIXED),
+            *_grid(lr=[0.005, 0.01], max_epochs=[1], epochs=[5], **AUC),
+            *_grid(lr=[0.02], max_epochs=[1, 2], epochs=[5], **FIXED),
             *_grid(lr=[0.005, 0.01], epochs=[3], max_epochs=[2], **FIXED),
         ],
         "bs": [
