@@ -33,6 +33,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from ltu_core.errors import MethodConfigError
 from ltu_core.methods.base import RunHooks, UnlearningMethod, UnlearningTask, distill_kl, working_copy
 from ltu_core.methods.registry import register_method
 from ltu_core.methods.stopping import UnseenStop, outputs, split_reference
@@ -237,6 +238,55 @@ class _Remember:
     teacher: torch.Tensor | None  # [len(x), C] θ_o's logits, or None (cross-entropy only)
 
 
+def _objective(cfg: LTUConfig, task: UnlearningTask, y_f: torch.Tensor) -> str:
+    """`class` for a whole-label request (auto) or when asked for, else `sample`."""
+    erased = set(task.erased_labels)
+    if cfg.objective == "class" and not erased:
+        raise MethodConfigError("the class objective needs a forget set that takes whole labels")
+    if cfg.objective != "auto":
+        return cfg.objective
+    return "class" if erased and set(y_f.tolist()) <= erased else "sample"
+
+
+@dataclass(frozen=True)
+class _ReferenceParts:
+    """D_ref as LTU reads it.
+
+    `fit` is the loss half: the attackers' non-members, the quantile-matching target and the
+    distillation rows. `stop` is the half only the AUC rule reads (`fit` itself when the rule is
+    another). `held_class` is D_ref's samples of the erased labels, which only the class stop reads.
+    """
+
+    fit: tuple[torch.Tensor, torch.Tensor]
+    stop: tuple[torch.Tensor, torch.Tensor]
+    held_class: tuple[torch.Tensor, torch.Tensor]
+
+    @classmethod
+    def of(
+        cls, task: UnlearningTask, keep: torch.Tensor, *, split: bool, generator: torch.Generator
+    ) -> _ReferenceParts:
+        x, y = (t.to(task.device) for t in task.reference.tensors())
+        of_erased = ~keep[y]
+        usable = torch.nonzero(~of_erased).squeeze(1)
+        if split and len(usable) >= 4:
+            fit_pos, stop_pos = split_reference(len(usable), generator)
+            fit, stop = usable[fit_pos.to(task.device)], usable[stop_pos.to(task.device)]
+        else:
+            fit = stop = usable
+        return cls((x[fit], y[fit]), (x[stop], y[stop]), (x[of_erased], y[of_erased]))
+
+
+def _support_query(n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Disjoint seeded support and query positions of `size` each (the query repeats the support
+    when n < 2·size: a single-sample forget set). size 0 draws nothing."""
+    if size == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty
+    perm = torch.randperm(n, generator=generator)
+    support, query = perm[:size], perm[size : 2 * size]
+    return support, (query if len(query) == size else support)
+
+
 @register_method("ltu", test_params=dict(max_passes=1.0, batch_size=4, attacker_steps=20))
 class LTU(UnlearningMethod):
     """LTU: meta-learned unlearning with MI-attacker feedback and gradient harmonization."""
@@ -250,28 +300,14 @@ class LTU(UnlearningMethod):
         model = working_copy(task)
         x_f, y_f = (t.to(device) for t in task.forget.tensors())  # D_f: [n_f, C, H, W], [n_f]
         x_r, y_r = (t.to(device) for t in task.retain_subset.tensors())  # D̂_r
-        x_ref, y_ref = (t.to(device) for t in task.reference.tensors())  # D_ref, never trained on
-        erased = [c for c in task.erased_labels]
-        whole_class = bool(erased) and set(y_f.tolist()) <= set(erased)
-        objective = cfg.objective if cfg.objective != "auto" else ("class" if whole_class else "sample")
-        if objective == "class" and not erased:
-            raise ValueError("the class objective needs a forget set that takes whole labels (erased_labels)")
-
-        # D_ref in two halves: the loss half (attackers' non-members, the quantile-matching target,
-        # distillation) and the stop half, which only the AUC stop rule reads. Samples of an
-        # erased class are the held-out members of that class: only the class stop reads them.
+        objective = _objective(cfg, task, y_f)
         keep = torch.ones(task.arch.num_classes, dtype=torch.bool, device=device)
-        keep[erased] = False
-        of_erased = ~keep[y_ref]
-        usable = torch.nonzero(~of_erased).squeeze(1)
-        split_ref = cfg.stop_rule == "auc" and objective == "sample" and len(usable) >= 4
-        if split_ref:
-            fit_pos, stop_pos = split_reference(len(usable), generator)
-            fit_idx, stop_idx = usable[fit_pos.to(device)], usable[stop_pos.to(device)]
-        else:
-            fit_idx = stop_idx = usable
-        x_fit, y_fit = x_ref[fit_idx], y_ref[fit_idx]
-        x_held, y_held = x_ref[of_erased], y_ref[of_erased]
+        keep[list(task.erased_labels)] = False  # the labels that stay
+        ref = _ReferenceParts.of(
+            task, keep, split=cfg.stop_rule == "auc" and objective == "sample", generator=generator
+        )
+        x_fit, y_fit = ref.fit
+        x_held, y_held = ref.held_class
 
         teacher_r = teacher_fit = None
         if cfg.remember == "distill":
@@ -282,8 +318,8 @@ class LTU(UnlearningMethod):
         # keeps the attackers fitted on θ_o and compares with θ_o's score on D_ref.
         judge = UnseenStop(
             (x_r, y_r),
-            (x_fit, y_fit),
-            (x_ref[stop_idx], y_ref[stop_idx]),
+            ref.fit,
+            ref.stop,
             (x_f, y_f),
             threshold=cfg.stop_auc,
             refresh_every=cfg.refresh_every,
@@ -317,6 +353,7 @@ class LTU(UnlearningMethod):
 
         b_f = max(1, min(cfg.batch_size, len(y_f) // 2))
         b_r = max(1, min(cfg.batch_size, len(y_r) // 2))
+        # Drawn even without distillation: the seeded batch stream stays that of the benchmarked runs.
         b_d = max(1, min(cfg.batch_size, len(y_fit) // 2)) if len(y_fit) else 0
         total = max(1, int(round(cfg.max_passes * len(y_f) / (2 * b_f))))
 
@@ -350,17 +387,10 @@ class LTU(UnlearningMethod):
                     ref_logits = reference_logits()
                 critic = _Critic(judge.attackers, ref_logits if cfg.forget_loss == "match" else None)
             support_critic = critic.without(step % len(cfg.attackers)) if cfg.holdout_attacker else critic
-            # Disjoint support and query batches for both tasks.
-            perm_f = torch.randperm(len(y_f), generator=generator)
-            perm_r = torch.randperm(len(y_r), generator=generator)
-            s_f, q_f = perm_f[:b_f], perm_f[b_f : 2 * b_f]
-            s_r, q_r = perm_r[:b_r], perm_r[b_r : 2 * b_r]
-            if len(q_f) == 0:  # a single-sample forget set: support and query coincide
-                q_f = s_f
-            if len(q_r) == 0:
-                q_r = s_r
-            perm_d = torch.randperm(len(y_fit), generator=generator) if b_d else torch.zeros(0, dtype=torch.long)
-            s_d, q_d = perm_d[:b_d], perm_d[b_d : 2 * b_d] if len(perm_d) >= 2 * b_d else perm_d[:b_d]
+            # Disjoint support and query batches for both tasks (and for the distillation rows).
+            s_f, q_f = _support_query(len(y_f), b_f, generator)
+            s_r, q_r = _support_query(len(y_r), b_r, generator)
+            s_d, q_d = _support_query(len(y_fit), b_d, generator)
 
             def remember(r: torch.Tensor, d: torch.Tensor) -> _Remember:
                 if teacher_r is None:
