@@ -45,3 +45,24 @@ def test_readme_quotes_the_sequential_and_scale_tables():
     assert table in README
     scale = load_bench_script("scale")
     assert scale.scale_table(json.loads((RESULTS / "scale.json").read_text())["rows"]) in README
+
+
+def _validated_best(name: str) -> dict[str, dict]:
+    summary = json.loads((RESULTS / f"tuning-{name}.json").read_text())["summary"]
+    best: dict[str, dict] = {}
+    for row in summary:
+        if row["method"] != "original" and (row["method"] not in best or row["avg_gap"] < best[row["method"]]["avg_gap"]):
+            best[row["method"]] = row
+    return best
+
+
+def test_defaults_and_class_settings_are_what_validation_chose():
+    from ltu_core.bench.config import CLASS_PARAMS
+    from ltu_core.methods import create_method
+
+    for method, row in _validated_best("random").items():
+        config = create_method(method).config
+        assert {k: getattr(config, k) for k in row["params"]} == row["params"], method
+    for method, row in _validated_best("class").items():
+        config = create_method(method, **CLASS_PARAMS.get(method, {})).config
+        assert {k: getattr(config, k) for k in row["params"]} == row["params"], method
