@@ -51,10 +51,11 @@ def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
 
 AUC = {"stop_rule": ["auc"]}
 FIXED = {"stop_rule": ["none"]}
+LEGACY_CLASS = {"objective": "sample", "stop_rule": "none", "forget_loss": "nonmember", "lr": 0.02, "max_passes": 4.0}
 BEST_LTU1 = {"remember": "distill", "stop_rule": "attacker", "lam": 1.0}  # round one's best
 BEST_LTU = {k: [v] for k, v in BEST_LTU1.items()}
 # Twelve settings per method for random forgetting (eight, then four more around each method's
-# best of those), six for a whole class. Every value a setting was run with that a later default
+# best of those), ten for a whole class (six, then four more). Every value a setting was run with that a later default
 # changed is spelled out, so the grids reproduce their results files at any later commit.
 GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
     "random": {
@@ -109,8 +110,8 @@ GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
         ],
     },
     "class": {
-        # Run when distillation's default weight was 1 and remembering defaulted to cross-entropy:
-        # both are spelled out so the grid means the same at any later default.
+        # Round one ran when distillation's default weight was 1 and remembering defaulted to
+        # cross-entropy: both are spelled out so the grid means the same at any later default.
         "ltu": [
             *_grid(objective=["class"], remember=["distill"], distill_weight=[1.0], lr=[0.01, 0.02, 0.05]),
             {"objective": "class", "remember": "ce", "lr": 0.02},
@@ -122,22 +123,52 @@ GRIDS: dict[str, dict[str, list[dict[str, Any]]]] = {
                 "class_stop_accuracy": 2.0,
             },
             # the previous release's class setting, for the record
-            {
-                "objective": "sample",
-                "remember": "ce",
-                "stop_rule": "none",
-                "forget_loss": "nonmember",
-                "lr": 0.02,
-                "max_passes": 4.0,
-            },
+            {**LEGACY_CLASS, "remember": "ce"},
+            # round two: four more, around round one's best and the previous release's setting
+            # with distillation at weight 2
+            {**LEGACY_CLASS, "remember": "distill", "distill_weight": 2.0},
+            {**LEGACY_CLASS, "remember": "distill", "distill_weight": 2.0, "max_passes": 2.0},
+            {**LEGACY_CLASS, "remember": "distill", "distill_weight": 1.0},
+            {"objective": "class", "remember": "ce", "lr": 0.03},
         ],
-        "ft": _grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0], **FIXED),
-        "ga": _grid(lr=[0.05, 0.1, 0.2], epochs=[1.0, 2.0], **FIXED),
-        "rl": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0], **FIXED),
-        "l1_sparse": _grid(alpha=[0.01, 0.02, 0.03], lr=[0.01, 0.02], **FIXED),
-        "salun": _grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0], **FIXED),
-        "scrub": _grid(lr=[0.005, 0.01, 0.02], max_epochs=[1, 2], epochs=[5], **FIXED),
-        "bs": _grid(lr=[1e-4, 2e-4, 5e-4], epochs=[2.0, 3.0], **FIXED),
+        "ft": [
+            *_grid(lr=[0.02, 0.05, 0.1], epochs=[5.0, 10.0], **FIXED),
+            *_grid(lr=[0.05, 0.1, 0.2], epochs=[20.0], **FIXED),
+            {"lr": 0.2, "epochs": 10.0, "stop_rule": "none"},
+        ],
+        "ga": [
+            *_grid(lr=[0.05, 0.1, 0.2], epochs=[1.0, 2.0], **FIXED),
+            *_grid(lr=[0.15, 0.25], epochs=[1.0], **FIXED),
+            {"lr": 0.2, "epochs": 1.5, "stop_rule": "none"},
+            {"lr": 0.1, "epochs": 3.0, "stop_rule": "none"},
+        ],
+        "rl": [
+            *_grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0], **FIXED),
+            *_grid(lr=[2e-4], epochs=[8.0, 10.0], **FIXED),
+            *_grid(lr=[1e-4], epochs=[5.0, 10.0], **FIXED),
+        ],
+        "l1_sparse": [
+            *_grid(alpha=[0.01, 0.02, 0.03], lr=[0.01, 0.02], **FIXED),
+            *_grid(alpha=[0.04, 0.05], lr=[0.02], **FIXED),
+            *_grid(alpha=[0.02, 0.03], lr=[0.03], **FIXED),
+        ],
+        "salun": [
+            *_grid(lr=[2e-4, 1e-3, 5e-3], epochs=[2.0, 5.0], **FIXED),
+            *_grid(lr=[2e-4], epochs=[8.0, 10.0], **FIXED),
+            *_grid(lr=[1e-4], epochs=[5.0, 10.0], **FIXED),
+        ],
+        "scrub": [
+            *_grid(lr=[0.005, 0.01, 0.02], max_epochs=[1, 2], epochs=[5], **FIXED),
+            {"lr": 0.005, "max_epochs": 3, "epochs": 5, "stop_rule": "none"},
+            {"lr": 0.003, "max_epochs": 2, "epochs": 5, "stop_rule": "none"},
+            {"lr": 0.005, "max_epochs": 2, "epochs": 8, "stop_rule": "none"},
+            {"lr": 0.0075, "max_epochs": 2, "epochs": 5, "stop_rule": "none"},
+        ],
+        "bs": [
+            *_grid(lr=[1e-4, 2e-4, 5e-4], epochs=[2.0, 3.0], **FIXED),
+            *_grid(lr=[2e-4, 3e-4], epochs=[1.0], **FIXED),
+            *_grid(lr=[3e-4, 1.5e-4], epochs=[2.0], **FIXED),
+        ],
     },
 }
 
