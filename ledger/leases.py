@@ -1,17 +1,19 @@
-"""What the reconcilers of leased work share: deletion requests and audit reference sets alike.
+"""What leased work shares: deletion requests and audit reference sets alike.
 
 Both tables hold work that runs under a lease (`status`, `heartbeat_at`, `updated_at`, `attempts`,
 `requeues`). Work is interrupted when it runs with a heartbeat older than the lease (its worker
 died) or has been queued longer than `queued_after` (the broker lost the message); it is
-requeued at most once per lease, by a compare-and-set on `updated_at`.
+requeued at most once per lease, by a compare-and-set on `updated_at`. An execution takes the
+lease by a compare-and-set on status and attempts, and renews it with every report.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ledger.tables import QUEUED, RUNNING
@@ -45,3 +47,47 @@ def count_requeue(session: Session, table: Any, row: Any, *, now: datetime) -> b
         ).rowcount
         == 1
     )
+
+
+def lease_is_live(row: Any, *, lease_seconds: float, now: datetime) -> bool:
+    """Another execution runs `row` and its heartbeat is younger than the lease."""
+    return (
+        row.status == RUNNING
+        and row.heartbeat_at is not None
+        and row.heartbeat_at > now - timedelta(seconds=lease_seconds)
+    )
+
+
+def take_lease(session: Session, table: Any, row: Any, *, token: str, now: datetime, **values: Any) -> bool:
+    """Start an execution of `row` (running, a fresh lease, one more attempt, progress reset) if it
+    did not change status or attempts since it was read; False when another execution won."""
+    return (
+        session.execute(
+            update(table)
+            .where(table.id == row.id, table.status == row.status, table.attempts == row.attempts)
+            .values(
+                status=RUNNING,
+                lease_token=token,
+                heartbeat_at=now,
+                attempts=row.attempts + 1,
+                started_at=func.coalesce(table.started_at, now),
+                phase="preparing",
+                progress_step=0,
+                progress_total=0,
+                updated_at=now,
+                **values,
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
+
+
+def renew(session: Session, table: Any, ids: Sequence[str], *, token: str, now: datetime, **values: Any) -> int:
+    """Write `values` and the heartbeat to those of `ids` this execution still holds; how many it held."""
+    return session.execute(
+        update(table)
+        .where(table.id.in_(tuple(ids)), table.status == RUNNING, table.lease_token == token)
+        .values(heartbeat_at=now, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount

@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
@@ -342,7 +342,7 @@ def claim(
         return None
     now = utcnow()
     resumed = ref.status == RUNNING
-    if resumed and ref.heartbeat_at is not None and ref.heartbeat_at > now - timedelta(seconds=lease_seconds):
+    if leases.lease_is_live(ref, lease_seconds=lease_seconds, now=now):
         return None  # someone is working on it
     ending = {"finished_at": now, "lease_token": None, "phase": None}
     if ref.cancel_requested:
@@ -363,27 +363,7 @@ def claim(
             data={"attempts": ref.attempts},
         )
         return None
-    changed = session.execute(
-        update(AuditReferenceSet)
-        .where(
-            AuditReferenceSet.id == set_id,
-            AuditReferenceSet.status == ref.status,
-            AuditReferenceSet.attempts == ref.attempts,
-        )
-        .values(
-            status=RUNNING,
-            lease_token=token,
-            heartbeat_at=now,
-            attempts=ref.attempts + 1,
-            started_at=func.coalesce(AuditReferenceSet.started_at, now),
-            phase="preparing",
-            progress_step=0,
-            progress_total=0,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if changed != 1:
+    if not leases.take_lease(session, AuditReferenceSet, ref, token=token, now=now):
         return None  # another execution claimed it this instant
     ref = load(session, set_id=set_id)
     assert ref is not None
@@ -393,18 +373,7 @@ def claim(
 
 def report(session: Session, *, set_id: str, token: str, **values: Any) -> None:
     """Write columns of the executing attempt (also its heartbeat); LeaseLost once it no longer holds the set."""
-    now = utcnow()
-    changed = session.execute(
-        update(AuditReferenceSet)
-        .where(
-            AuditReferenceSet.id == set_id,
-            AuditReferenceSet.status == RUNNING,
-            AuditReferenceSet.lease_token == token,
-        )
-        .values(heartbeat_at=now, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if changed != 1:
+    if leases.renew(session, AuditReferenceSet, [set_id], token=token, now=utcnow(), **values) != 1:
         raise LeaseLost(f"reference set {set_id} is no longer held by this execution")
 
 

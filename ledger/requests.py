@@ -540,7 +540,7 @@ def claim(
             return None
         now = utcnow()
         stale = request.status == RUNNING
-        if stale and request.heartbeat_at is not None and request.heartbeat_at > now - timedelta(seconds=lease_seconds):
+        if leases.lease_is_live(request, lease_seconds=lease_seconds, now=now):
             return None  # someone is working on it
         if request.attempts >= max_attempts:
             _transition(
@@ -558,28 +558,7 @@ def claim(
                 data={"attempts": request.attempts},
             )
             return None
-        changed = session.execute(
-            update(DeletionRequest)
-            .where(
-                DeletionRequest.id == request_id,
-                DeletionRequest.status == request.status,
-                DeletionRequest.attempts == request.attempts,
-            )
-            .values(
-                status=RUNNING,
-                lease_token=token,
-                heartbeat_at=now,
-                attempts=request.attempts + 1,
-                started_at=func.coalesce(DeletionRequest.started_at, now),
-                phase="preparing",
-                batch_id=None,
-                progress_step=0,
-                progress_total=0,
-                updated_at=now,
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if changed == 1:
+        if leases.take_lease(session, DeletionRequest, request, token=token, now=now, batch_id=None):
             break
     else:
         return None
@@ -690,18 +669,7 @@ def report(session: Session, *, request_ids: Sequence[str], token: str, **values
 
     LeaseLost if any of them is not held by this execution any more.
     """
-    now = utcnow()
-    changed = session.execute(
-        update(DeletionRequest)
-        .where(
-            DeletionRequest.id.in_(tuple(request_ids)),
-            DeletionRequest.status == RUNNING,
-            DeletionRequest.lease_token == token,
-        )
-        .values(heartbeat_at=now, updated_at=now, **values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if changed != len(request_ids):
+    if leases.renew(session, DeletionRequest, request_ids, token=token, now=utcnow(), **values) != len(request_ids):
         raise LeaseLost(f"deletion request(s) {', '.join(request_ids)} no longer held by this execution")
 
 

@@ -42,8 +42,8 @@ from ltu_core.data import (
     make_split,
 )
 from ltu_core.methods import RunHooks, UnlearningTask, create_method
-from ltu_core.metrics import HEADLINE, Evaluation, avg_gap, evaluate
-from ltu_core.models import build_model, predict
+from ltu_core.metrics import HEADLINE, Evaluation, avg_gap, evaluate_posteriors
+from ltu_core.models import build_model, predict, predict_split
 from ltu_core.train import train_model
 
 ORIGINAL, RETRAIN, FLOOR = "original", "retrain", "retrain (independent)"
@@ -208,8 +208,9 @@ class _Measurer:
 
     def __call__(self, model: torch.nn.Module) -> Measurement:
         device = self.task.device
-        ev = evaluate(model, self.split, device=device, seed=self.seed)
-        phi_f = logit_confidence(predict(model, self.task.forget, device=device))
+        post = predict_split(model, self.split, names=("forget", "retain", "test"), device=device)
+        ev = evaluate_posteriors(post, self.split, seed=self.seed)
+        phi_f = logit_confidence(post["forget"])
         phi_c = logit_confidence(predict(model, self.controls, device=device))
         threshold = np.quantile(phi_c, 1.0 - self.cfg.audit_fpr)
         attacked = relearn(model, self.task, self.cfg, self.seed)

@@ -188,12 +188,6 @@ def forgetting_loss(
     return torch.stack(losses).mean()
 
 
-@torch.no_grad()
-def member_score(post: Posteriors, attackers: Sequence[Attacker]) -> float:
-    """Mean member probability the attackers give a set."""
-    return float(torch.stack([a(post.probs, post.labels).mean() for a in attackers]).mean())
-
-
 @dataclass(frozen=True)
 class _Critic:
     """The forgetting task's judges: some attackers and, for quantile matching, D_ref's logits."""
