@@ -274,6 +274,7 @@ class DeletionRequest(Base):
     # Coalescing: the requests executed by one unlearning run share the id of the one that led it.
     batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
     requeues: Mapped[int] = mapped_column(default=0)  # times the reconciler dispatched it again
+    retries: Mapped[int] = mapped_column(default=0)  # times a transient fault put it back in the queue
 
 
 class RateLimitBucket(Base):
@@ -375,6 +376,7 @@ class AuditReferenceSet(Base):
     progress_total: Mapped[int] = mapped_column(default=0)
     attempts: Mapped[int] = mapped_column(default=0)
     requeues: Mapped[int] = mapped_column(default=0)  # times the reconciler dispatched it again
+    retries: Mapped[int] = mapped_column(default=0)  # times a transient fault put it back in the queue
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_token: Mapped[str | None] = mapped_column(String(36))  # the execution allowed to write
     heartbeat_at: Mapped[datetime | None]
