@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from ledger import audit
+from ledger import artifacts, audit
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -50,6 +50,7 @@ class Database:
         # expire_on_commit=False: objects stay readable after commit (responses are built then).
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         audit.install(self.sessions)  # recorded audit events join the hash chain when a session commits
+        artifacts.install(self.sessions)  # after the audit seal: files land once every row is written
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -14,18 +14,24 @@ Reference sets of the likelihood-ratio audit tier (ledger.references) follow the
 superseded by a newer ready set of its model was trained on data erased since (refreshing is what
 retires it), so after the same grace its scores file is deleted and its `purged_at` is set, with a
 `audit_reference_set.purged` event.
+
+Files no row references at all (a publication that crashed between moving its file into place and
+committing, staged uploads of a crashed process) are the sweeper's (worker.retention): `referenced_keys`
+is what it must leave alone, and `record_swept` the `artifact.swept` event of each item it deletes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import PurePosixPath
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, union, update
 from sqlalchemy.orm import Session, aliased
 
 from ledger import audit
-from ledger.tables import AuditReferenceSet, Model, ModelVersion
+from ledger.artifacts import SetAside
+from ledger.tables import AuditReferenceSet, Dataset, Model, ModelVersion
 
 SUPERSEDED, PURGED = "superseded", "purged"
 
@@ -193,3 +199,37 @@ def mark_reference_purged(
         data={"sha256": candidate.sha256, "gone": gone, "kept_for_other_sets": kept_for},
     )
     return True
+
+
+# --- files no row references -----------------------------------------------------------------------
+
+
+def referenced_keys(session: Session) -> set[str]:
+    """Every storage key a row still needs: unpurged versions' weights, unpurged reference sets' scores, datasets."""
+    return set(
+        session.scalars(
+            union(
+                select(ModelVersion.storage_key).where(ModelVersion.state != PURGED),
+                select(AuditReferenceSet.storage_key).where(
+                    AuditReferenceSet.storage_key.is_not(None), AuditReferenceSet.purged_at.is_(None)
+                ),
+                select(Dataset.storage_key),
+            )
+        )
+    )
+
+
+def record_swept(session: Session, *, item: SetAside, actor: str = "system") -> None:
+    """The audit event of an unreferenced item the sweeper deletes; no tenant owns a file no row names."""
+    data = {"key": item.key, "size": item.size, "age_seconds": item.age_seconds}
+    if item.sha256 is not None:
+        data["sha256"] = item.sha256
+    audit.record(
+        session,
+        tenant_id=None,
+        actor=actor,
+        action="artifact.swept",
+        resource_type="artifact",
+        resource_id=PurePosixPath(item.key).stem[:64],  # a sha256, a dataset id or a tmp/ name; the key is in data
+        data=data,
+    )

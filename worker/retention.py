@@ -10,6 +10,14 @@ with its audit event. A crash in between leaves it superseded with its file gone
 finds it again, deletes nothing, and records it. Superseded reference sets of the audit's
 likelihood-ratio tier are purged the same way after the same grace (`purge_references_due`): the
 loop runs both.
+
+Then the sweep (`sweep_unreferenced`): every item of the artifact store that no ledger row
+references and nobody has touched for LTU_ARTIFACT_SWEEP_GRACE_HOURS is deleted, with an
+`artifact.swept` event. Publications move their files into place right before committing (ledger.
+artifacts), so such items come only from crashes: a file moved into place whose commit never came,
+a staged upload of a killed process. The grace is what spares a publication in flight: its file is
+unreferenced until its commit, but was written (or, when the same bytes were stored already,
+touched) moments before.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import logging
 from datetime import timedelta
 
 from ledger import retention
-from ledger.artifacts import ArtifactStore
+from ledger.artifacts import ArtifactStore, SetAside
 from ledger.db import Database
 from ledger.tables import utcnow
 from ltu_settings import Settings
@@ -75,17 +83,36 @@ def purge_references_due(
     return purged
 
 
+def sweep_unreferenced(database: Database, store: ArtifactStore, *, grace: timedelta) -> list[SetAside]:
+    """Delete every stored item no row references that is older than `grace`; returns those this pass deleted."""
+    with database.session() as session:
+        referenced = retention.referenced_keys(session)
+    swept = []
+    for key in store.items():
+        item = None if key in referenced else store.set_aside(key, idle_seconds=grace.total_seconds())
+        if item is None:
+            continue
+        with database.transaction() as session:
+            retention.record_swept(session, item=item)
+        store.discard(item.path)  # only once its event is committed: no deletion goes unrecorded
+        swept.append(item)
+        log.info("swept %s: no ledger row references it, untouched for %d s", key, item.age_seconds)
+    return swept
+
+
 class PurgeLoop(PeriodicLoop):
-    """`purge_due` and `purge_references_due` every `settings.ledger.purge_interval` seconds in a daemon thread
-    (start/stop object)."""
+    """`purge_due`, `purge_references_due` and `sweep_unreferenced` every `settings.ledger.purge_interval` seconds
+    in a daemon thread (start/stop object)."""
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.database = database or Database(settings.ledger.database_url)
         self.store = ArtifactStore(settings.ledger.artifacts_dir)
         self.grace = timedelta(hours=settings.ledger.purge_grace_hours)
+        self.sweep_grace = timedelta(hours=settings.ledger.artifact_sweep_grace_hours)
         super().__init__("ltu-purge", settings.ledger.purge_interval, self.purge_once)
 
     def purge_once(self) -> None:
-        """One pass over superseded versions, then superseded reference sets."""
+        """One pass over superseded versions, then superseded reference sets, then unreferenced items."""
         purge_due(self.database, self.store, grace=self.grace)
         purge_references_due(self.database, self.store, grace=self.grace)
+        sweep_unreferenced(self.database, self.store, grace=self.sweep_grace)

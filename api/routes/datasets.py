@@ -46,7 +46,7 @@ def register_dataset(
         upload = unpack_dataset_archive(staged, folder, hash_subject=partial(subject_hash, settings.ledger.secret_key))
         dataset_id = new_id()
         archive_sha = sha256_file(staged)
-        storage_key = store.put_dataset(folder, dataset_id)
+        storage_key = store.stage_dataset(session, folder, dataset_id)  # in place once the registration commits
     except TooLarge as exc:
         raise ProblemError(413, str(exc), code="payload_too_large") from None
     except UploadError as exc:

@@ -145,7 +145,7 @@ def register_model(
         save_stream(weights.file, staged, limit=settings.api.max_weights_bytes)
         header = read_safetensors_header(staged)
         _check_fits(header.architecture, dataset)
-        blob = store.put_model(staged)
+        blob = store.stage_model(session, staged)  # in place once the registration commits
     except TooLarge as exc:
         raise ProblemError(413, str(exc), code="payload_too_large") from None
     except UploadError as exc:

@@ -63,7 +63,9 @@ def run(attempt: Attempt, prepared: Prepared, before: Measured, verified: Verifi
     """Publish the run's model for every request of the run; returns the new version number.
 
     StaleBase (the model moved on: the caller redoes the work on the new version) or LeaseLost;
-    either way the transaction rolls back and nothing is half-published.
+    either way the transaction rolls back and nothing is half-published. The weights reach models/
+    only as that transaction commits: a rolled-back publication (whose base may still hold a subject
+    the concurrent publication erased) leaves no file behind.
     """
     attempt.progress("publishing", 0, 1)
     results = outcomes(attempt, prepared, before, verified)
@@ -81,27 +83,27 @@ def run(attempt: Attempt, prepared: Prepared, before: Measured, verified: Verifi
                 "method": verified.result.method,
             },
         )
-        blob = store.put_model(staged)
+        with attempt.ctx.database.transaction() as session:
+            blob = store.stage_model(session, staged)
+            model_row = session.get(Model, prepared.model_id)
+            base = session.get(ModelVersion, prepared.base_id)
+            assert model_row is not None and base is not None
+            version = requests.complete(
+                session,
+                token=attempt.token,
+                model=model_row,
+                base=base,
+                outcomes=results,
+                sha256=blob.sha256,
+                size_bytes=blob.size,
+                storage_key=blob.key,
+            )
+            # The erased samples are marked in this transaction: the refresh check sees them.
+            refresh = reference_sets.queue_refresh_if_due(
+                session, model_id=prepared.model_id, threshold=attempt.ctx.settings.worker.audit_refresh_after_erasures
+            )
     finally:
-        store.discard(staged)
-    with attempt.ctx.database.transaction() as session:
-        model_row = session.get(Model, prepared.model_id)
-        base = session.get(ModelVersion, prepared.base_id)
-        assert model_row is not None and base is not None
-        version = requests.complete(
-            session,
-            token=attempt.token,
-            model=model_row,
-            base=base,
-            outcomes=results,
-            sha256=blob.sha256,
-            size_bytes=blob.size,
-            storage_key=blob.key,
-        )
-        # The erased samples are marked in this transaction: the refresh check sees them.
-        refresh = reference_sets.queue_refresh_if_due(
-            session, model_id=prepared.model_id, threshold=attempt.ctx.settings.worker.audit_refresh_after_erasures
-        )
+        store.discard(staged)  # a save that failed before the transaction took the file over
     if refresh is not None:
         log.info("model %s: reference models queued for retraining without the erased samples", prepared.model_id)
     log.info(
