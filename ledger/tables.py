@@ -394,3 +394,17 @@ class AuditReferenceSet(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     purged_at: Mapped[datetime | None]  # a superseded set's file was deleted (ledger.retention)
+
+
+class ServerSecretCheck(Base):
+    """HMAC-SHA256 of a fixed label under the server secret (ledger.secret_check), one row per ledger.
+
+    Every process compares its LTU_SECRET_KEY with it at start-up: a process with another secret would
+    hash subject ids that match no stored hash and answer "no such data subject" to real erasures.
+    """
+
+    __tablename__ = "server_secret_check"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)  # always 1: one secret per ledger
+    check_value: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)

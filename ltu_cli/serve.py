@@ -1,4 +1,4 @@
-"""Operating the service: `ltu serve`, `ltu worker`, `ltu migrate`, `ltu keys`, `ltu purge`.
+"""Operating the service: `ltu serve`, `ltu worker`, `ltu migrate`, `ltu keys`, `ltu purge`, `ltu secret`.
 
 This module is the service's composition root: it reads the environment once (through
 `common.load_settings`) and wires the API, the ledger and the runner together; `ltu demo` reuses
@@ -6,10 +6,11 @@ that wiring. Handlers import heavy packages (uvicorn, celery, the API app) only 
 
 Environment: LTU_HOME (state directory, default ./.ltu), LTU_DATABASE_URL (Postgres; default the
 SQLite file in LTU_HOME), LTU_BROKER_URL (Redis for Celery workers; default in-process runner),
-LTU_SECRET_KEY (required outside embedded mode), LTU_ADMIN_API_KEY (registered at start-up),
+LTU_SECRET_KEY (required outside embedded mode; checked against the ledger's check value at every
+start), LTU_ADMIN_API_KEY (registered at start-up; both may be given as LTU_*_FILE),
 LTU_CERTIFICATE_KEY_FILE (Ed25519 PEM signing certificates; generated in LTU_HOME when embedded),
 LTU_PURGE_GRACE_HOURS, LTU_DUE_SOON_DAYS, LTU_QUEUE, LTU_DEVICE, LTU_TORCH_THREADS,
-LTU_RATE_LIMIT_PER_MINUTE, LTU_RATE_LIMIT_BURST, LTU_MAX_BODY_BYTES; LTU_LOG_LEVEL and
+LTU_RATE_LIMIT_PER_MINUTE, LTU_RATE_LIMIT_BURST, LTU_MAX_BODY_BYTES, LTU_FORWARDED_ALLOW_IPS; LTU_LOG_LEVEL and
 LTU_LOG_FORMAT (json | text) for `serve`.
 """
 
@@ -19,12 +20,13 @@ import argparse
 import os
 import secrets
 import sys
+from pathlib import Path
 
 from ltu_cli.common import ADMIN_KEY_FILE, CLIError, configure_logging, load_settings, redact
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add serve, worker, migrate, keys and purge."""
+    """Add serve, worker, migrate, keys, purge and secret."""
     p = sub.add_parser("serve", help="run the HTTP API (embedded: SQLite + in-process runner under LTU_HOME)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -61,7 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-relay", action="store_true", help="do not run the outbox relay in this worker")
     p.set_defaults(handler=_worker)
 
-    p = sub.add_parser("migrate", help="migrate the ledger database to the newest schema (Alembic)")
+    p = sub.add_parser(
+        "migrate", help="migrate the ledger database to the newest schema (Alembic), as the role that owns it"
+    )
+    p.add_argument(
+        "--app-role",
+        metavar="ROLE",
+        help="Postgres role of the API and workers: given exactly the privileges they need (README, Deployment)",
+    )
     p.set_defaults(handler=_migrate)
 
     p = sub.add_parser("keys", help="manage API keys directly in the ledger (operators)")
@@ -75,9 +84,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.set_defaults(handler=_keys_create)
 
     p = sub.add_parser(
-        "purge", help="delete superseded model weights past the grace period (LTU_PURGE_GRACE_HOURS), once"
+        "purge",
+        help="delete superseded model weights past the grace period (LTU_PURGE_GRACE_HOURS) and artifacts no "
+        "ledger row references (LTU_ARTIFACT_SWEEP_GRACE_HOURS), once",
     )
     p.set_defaults(handler=_purge)
+
+    p = sub.add_parser("secret", help="the server secret (LTU_SECRET_KEY) that keys the ledger's subject hashes")
+    actions = p.add_subparsers(dest="secret_command", required=True, metavar="ACTION")
+    r = actions.add_parser(
+        "rotate", help="make the ledger expect a new secret (refused while it stores hashes keyed by the current one)"
+    )
+    r.add_argument("--new-key-file", required=True, type=Path, help="file holding the new secret")
+    r.set_defaults(handler=_secret_rotate)
 
 
 # --- composition ------------------------------------------------------------------------------------
@@ -105,6 +124,17 @@ def migrate_db(settings) -> None:
     from ledger import migrate
 
     migrate.upgrade(settings.ledger.database_url)
+
+
+def verify_secret(settings, *, actor: str) -> None:
+    """Refuse a server secret other than the one the ledger's hashes are keyed by (ledger.secret_check)."""
+    from ledger.errors import ConfigError
+    from ledger.secret_check import check_secret_at
+
+    try:
+        check_secret_at(settings.ledger.database_url, settings.ledger.secret_key, actor=actor)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def build_app(settings, *, embedded_runner: bool):
@@ -145,6 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     if settings.dev_mode or args.migrate:
         migrate_db(settings)
+    verify_secret(settings, actor="system")
     runner = "in-process runner" if settings.embedded_runner else f"Celery queue {settings.worker.queue!r}"
     print(
         f"ltu serve: http://{args.host}:{args.port}  (ledger {redact(settings.ledger.database_url)}, {runner}, "
@@ -164,6 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_config=None,
             access_log=False,
+            forwarded_allow_ips=settings.api.forwarded_allow_ips,
         )
     else:
         uvicorn.run(
@@ -172,6 +204,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             log_config=None,
             access_log=False,
+            forwarded_allow_ips=settings.api.forwarded_allow_ips,
         )
     return 0
 
@@ -214,8 +247,16 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from ledger.roles import grant_app_role
+
     settings = load_settings()
     migrate_db(settings)
+    if args.app_role:
+        try:
+            grant_app_role(settings.ledger.database_url, args.app_role)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    verify_secret(settings, actor="system")
     print(f"ltu migrate: {redact(settings.ledger.database_url)} is at the newest schema", file=sys.stderr)
     return 0
 
@@ -250,7 +291,7 @@ def _purge(args: argparse.Namespace) -> int:
 
     from ledger.artifacts import ArtifactStore
     from ledger.db import Database
-    from worker.retention import purge_due, purge_references_due
+    from worker.retention import purge_due, purge_references_due, sweep_unreferenced
 
     ledger_settings = load_settings().ledger
     database = Database(ledger_settings.database_url)
@@ -258,15 +299,49 @@ def _purge(args: argparse.Namespace) -> int:
     try:
         purged = purge_due(database, store, grace=grace)
         references = purge_references_due(database, store, grace=grace)
+        swept = sweep_unreferenced(database, store, grace=timedelta(hours=ledger_settings.artifact_sweep_grace_hours))
     finally:
         database.dispose()
     for p in purged:
         print(f"purged model {p.model_id} version {p.number} (sha256 {p.sha256})")
     for r in references:
         print(f"purged the superseded audit reference scores {r.storage_key} of model {r.model_id}")
+    for s in swept:
+        print(f"swept {s.key}: no ledger row references it")
     print(
         f"ltu purge: {len(purged)} version(s) and {len(references)} reference set(s) purged "
-        f"(grace {ledger_settings.purge_grace_hours:g} h)",
+        f"(grace {ledger_settings.purge_grace_hours:g} h), {len(swept)} unreferenced artifact(s) swept "
+        f"(grace {ledger_settings.artifact_sweep_grace_hours:g} h)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _secret_rotate(args: argparse.Namespace) -> int:
+    from ledger import secret_check
+    from ledger.db import Database
+    from ledger.errors import ConfigError, LedgerError
+    from ltu_settings.base import read_secret_file
+
+    settings = load_settings()
+    try:
+        new = read_secret_file("--new-key-file", args.new_key_file)
+        settings.replace(secret_key=new)  # the strength rules of LTU_SECRET_KEY
+    except ConfigError as exc:
+        raise CLIError(f"--new-key-file: {exc}") from None
+    if new == settings.ledger.secret_key:
+        raise CLIError("--new-key-file holds the current secret")
+    database = Database(settings.ledger.database_url)
+    try:
+        with database.transaction() as session:
+            secret_check.rotate(session, current=settings.ledger.secret_key, new=new, actor="cli")
+    except (ConfigError, LedgerError) as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        database.dispose()
+    print(
+        f"ltu secret rotate: the ledger now expects the secret in {args.new_key_file}; "
+        "set LTU_SECRET_KEY_FILE to it in every process",
         file=sys.stderr,
     )
     return 0

@@ -8,7 +8,10 @@ and only `Settings.from_env` calls it.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import annotated_types
@@ -21,6 +24,9 @@ from ledger.errors import ConfigError
 ENV_PREFIX = "LTU_"
 # Values never echoed in an error message: secrets, and URLs that may carry a password.
 UNECHOED = frozenset({"secret_key", "admin_api_key", "database_url", "broker_url"})
+# The same values may be read from a file named by `LTU_<FIELD>_FILE` (Docker and Kubernetes secrets),
+# which keeps them out of the environment that `docker inspect` and /proc/<pid>/environ show.
+FILE_SUFFIX = "_FILE"
 
 
 def env_name(field_name: str) -> str:
@@ -48,8 +54,47 @@ class Section(BaseSettings):
 
 
 def read_environ(section: type[Section], environ: Mapping[str, str]) -> dict[str, str]:
-    """The section's `LTU_<FIELD>` values set in `environ`, keyed by field name (an empty value counts as unset)."""
-    return {name: environ[env_name(name)] for name in section.model_fields if environ.get(env_name(name))}
+    """The section's `LTU_<FIELD>` values set in `environ`, keyed by field name (an empty value counts as unset).
+
+    A secret's `LTU_<FIELD>_FILE` names a file holding it instead; setting both is a ConfigError.
+    """
+    values = {}
+    for name in section.model_fields:
+        var = env_name(name)
+        path = environ.get(var + FILE_SUFFIX) if name in UNECHOED else None
+        if path and environ.get(var):
+            raise ConfigError(f"{var} and {var}{FILE_SUFFIX} are both set: keep one")
+        if path:
+            values[name] = read_secret_file(var + FILE_SUFFIX, Path(path))
+        elif environ.get(var):
+            values[name] = environ[var]
+    return values
+
+
+def read_secret_file(var: str, path: Path) -> str:
+    """The stripped content of the secret file `var` names; a ConfigError says why it cannot be read."""
+    try:
+        value = path.read_text().strip()
+    except PermissionError:
+        raise ConfigError(f"{var}: {path} is not readable by uid {os.getuid()}: {_ownership(path)}") from None
+    except OSError as exc:
+        raise ConfigError(f"{var}: cannot read {path} ({exc.strerror or exc})") from None
+    if not value:
+        raise ConfigError(f"{var}: {path} is empty")
+    return value
+
+
+def _ownership(path: Path) -> str:
+    """The file's mode and owner, and the two ways to fix access, for the unreadable-secret message."""
+    try:
+        info = path.stat()
+        found = f"it is mode {stat.S_IMODE(info.st_mode):04o}, owned by uid {info.st_uid} gid {info.st_gid}"
+    except OSError:
+        found = "its directory cannot be searched"
+    return (
+        f"{found}; start the container as root so that its entrypoint copies /run/secrets for the service's "
+        "user (docker-compose.yml does), or give that uid read access to the file"
+    )
 
 
 def validated(model: type[BaseModel], values: Mapping[str, Any]) -> Any:

@@ -171,7 +171,7 @@ def test_the_signing_key_is_generated_once_in_embedded_mode_and_never_elsewhere(
         {
             "LTU_HOME": str(tmp_path / "h2"),
             "LTU_DATABASE_URL": postgres_url,
-            "LTU_SECRET_KEY": "k" * 40,
+            "LTU_SECRET_KEY": secrets.token_urlsafe(48),
             "LTU_CERTIFICATE_KEY_FILE": str(tmp_path / "home" / "certificate-key.pem"),
         }
     )

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +21,7 @@ def compose() -> dict:
 def test_compose_declares_the_deployed_shape():
     services = compose()["services"]
     assert {"postgres", "redis", "migrate", "api", "worker"} <= set(services)
-    assert services["migrate"]["command"] == ["ltu", "migrate"]
+    assert services["migrate"]["command"] == ["ltu", "migrate", "--app-role", "ltu_app"]
     assert services["api"]["command"][:2] == ["ltu", "serve"]
     assert services["worker"]["command"][:2] == ["ltu", "worker"]
     for name in ("api", "worker"):
@@ -39,21 +40,16 @@ def test_worker_reserves_a_gpu_and_shares_state_with_the_api():
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     api_env, worker_env = services["api"]["environment"], services["worker"]["environment"]
-    for key in ("LTU_DATABASE_URL", "LTU_BROKER_URL", "LTU_SECRET_KEY", "LTU_ARTIFACTS_DIR", "LTU_QUEUE"):
+    for key in ("LTU_BROKER_URL", "LTU_SECRET_KEY_FILE", "LTU_ARTIFACTS_DIR", "LTU_QUEUE"):
         assert api_env[key] == worker_env[key] == services["migrate"]["environment"][key]
-    assert (
-        api_env["LTU_DATABASE_URL"].startswith("postgresql+psycopg://")
-        and "@postgres:5432/" in api_env["LTU_DATABASE_URL"]
-    )
+    assert api_env["LTU_DATABASE_URL_FILE"] == worker_env["LTU_DATABASE_URL_FILE"]
     assert api_env["LTU_BROKER_URL"].startswith("redis://redis:6379/")
-    assert "LTU_ADMIN_API_KEY" in api_env and worker_env["LTU_DEVICE"] == "cuda"
+    assert "LTU_ADMIN_API_KEY_FILE" in api_env and worker_env["LTU_DEVICE"] == "cuda"
     artifacts = api_env["LTU_ARTIFACTS_DIR"]
     assert (
         f"artifacts:{artifacts}" in services["api"]["volumes"]
         and f"artifacts:{artifacts}" in services["worker"]["volumes"]
     )
-    # Secrets are required, never defaulted.
-    assert re.fullmatch(r"\$\{LTU_SECRET_KEY:\?.+\}", api_env["LTU_SECRET_KEY"])
 
 
 def test_dockerfile_uses_a_cuda_pytorch_base_and_the_same_pins():
@@ -79,11 +75,93 @@ def test_the_image_copies_every_package_the_project_installs():
     assert f"!{table}" in (REPO / ".dockerignore").read_text().split(), "the build context must keep the table"
 
 
-def test_certificate_key_is_a_mounted_secret_of_the_api():
+LTU_SERVICES = ("migrate", "api", "worker", "audit-worker")
+COPIES = "/run/ltu-secrets/"  # where deploy/entrypoint.sh copies /run/secrets for the service's user
+
+
+def test_secrets_are_files_copied_for_the_services_user_never_environment_values():
     spec = compose()
-    api = spec["services"]["api"]
-    assert api["environment"]["LTU_CERTIFICATE_KEY_FILE"] == "/run/secrets/ltu_certificate_key"
-    assert api["secrets"] == ["ltu_certificate_key"] and "ltu_certificate_key" in spec["secrets"]
+    for name in (*LTU_SERVICES, "postgres"):
+        service = spec["services"][name]
+        env = service["environment"]
+        assert not {"LTU_SECRET_KEY", "LTU_ADMIN_API_KEY", "LTU_DATABASE_URL", "POSTGRES_PASSWORD"} & set(env), name
+        files = {key: path for key, path in env.items() if key.endswith("_FILE")}
+        assert files, name
+        for key, path in files.items():
+            assert path.startswith(COPIES) and path.removeprefix(COPIES) in service["secrets"], (name, key)
+        assert service["tmpfs"] == [COPIES.rstrip("/")], f"{name}: the copies live in memory only"
+        assert {secret: spec["secrets"][secret]["file"] for secret in service["secrets"]} == {
+            secret: f"./secrets/{secret}" for secret in service["secrets"]
+        }
+    assert spec["services"]["api"]["environment"]["LTU_CERTIFICATE_KEY_FILE"] == COPIES + "ltu_certificate_key"
+    dockerfile = (REPO / "Dockerfile.gpu").read_text()
+    assert (
+        'ENTRYPOINT ["ltu-entrypoint"]' in dockerfile
+        and "COPY deploy/entrypoint.sh /usr/local/bin/ltu-entrypoint" in dockerfile
+    )
+    assert not re.search(r"^USER ", dockerfile, re.MULTILINE), "the entrypoint starts as root and drops to uid 10001"
+    assert "secrets" in (REPO / ".dockerignore").read_text().split(), "secrets never enter the build context"
+    header = (REPO / "docker-compose.yml").read_text().split("\nname:")[0]
+    assert "openssl genpkey -algorithm ed25519 -out secrets/ltu_certificate_key" in header
+    assert all(f"> secrets/{secret}" in header for secret in spec["secrets"] if secret != "ltu_certificate_key")
+
+
+def test_migrate_connects_as_the_owner_and_the_service_as_the_application_role():
+    spec = compose()
+    services = spec["services"]
+    assert services["migrate"]["environment"]["LTU_DATABASE_URL_FILE"] == COPIES + "ltu_owner_database_url"
+    for name in ("api", "worker", "audit-worker"):
+        assert services[name]["environment"]["LTU_DATABASE_URL_FILE"] == COPIES + "ltu_app_database_url", name
+        assert "ltu_owner_database_url" not in services[name]["secrets"], name
+    postgres = services["postgres"]
+    assert "./deploy/postgres-init:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
+    assert postgres["entrypoint"] == ["/ltu/entrypoint.sh", "docker-entrypoint.sh"]
+    assert postgres["environment"]["LTU_RUN_AS"] == "postgres"
+    header = (REPO / "docker-compose.yml").read_text().split("\nname:")[0]
+    assert "postgresql+psycopg://ltu_owner:" in header and "postgresql+psycopg://ltu_app:" in header
+
+
+def test_workers_get_a_grace_period_above_a_long_job_and_the_api_trusts_its_proxy():
+    services = compose()["services"]
+    for name in ("worker", "audit-worker"):
+        assert _seconds(services[name]["stop_grace_period"]) >= 3600, name
+    assert services["api"]["environment"]["LTU_FORWARDED_ALLOW_IPS"].startswith("${LTU_FORWARDED_ALLOW_IPS:-")
+
+
+def _seconds(duration: str) -> int:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([hms])", duration))
+
+
+def test_the_entrypoint_makes_an_owner_only_secret_readable_by_the_services_user(tmp_path):
+    """The compose fault, for real: a 0600 root-owned secret, a service that runs as another uid."""
+    if os.getuid() != 0:
+        pytest.skip("the entrypoint's copy and privilege drop need root")
+    import tempfile
+
+    source = tmp_path / "run-secrets"
+    source.mkdir()
+    (source / "ltu_secret_key").write_text("the secret\n")
+    (source / "ltu_secret_key").chmod(0o600)
+    target = Path(tempfile.mkdtemp()) / "ltu-secrets"
+    target.parent.chmod(0o755)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LTU_RUN_AS": "nobody", "LTU_SECRETS_SOURCE": str(source)}
+    env["LTU_SECRETS_DIR"] = str(target)
+    try:
+        unreadable = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(source / "ltu_secret_key")],
+            capture_output=True,
+            text=True,
+        )
+        assert unreadable.returncode != 0, "as mounted, the secret is unreadable by the service's uid"
+        command = ["sh", str(REPO / "deploy" / "entrypoint.sh"), "sh", "-c", f'id -un; cat "{target}/ltu_secret_key"']
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split("\n")[:2] == ["nobody", "the secret"]
+        assert oct((target / "ltu_secret_key").stat().st_mode & 0o777) == "0o400"
+        assert oct(target.stat().st_mode & 0o777) == "0o700"
+    finally:
+        shutil.rmtree(target.parent)
 
 
 def test_docker_compose_config_when_the_plugin_exists(tmp_path):
@@ -94,18 +172,13 @@ def test_docker_compose_config_when_the_plugin_exists(tmp_path):
         # Without the plugin the YAML checks above are the validation; say so in the output.
         print("docker compose plugin not installed: validated docker-compose.yml with PyYAML only")
         return
-    key = tmp_path / "certificate-key.pem"
-    key.write_text("placeholder: config only checks that the file exists\n")
-    env = {
-        **os.environ,
-        "LTU_SECRET_KEY": "x" * 48,
-        "LTU_ADMIN_API_KEY": "ltu_" + "y" * 40,
-        "LTU_CERTIFICATE_KEY_PATH": str(key),
-    }
+    shutil.copy(REPO / "docker-compose.yml", tmp_path / "docker-compose.yml")
+    (tmp_path / "secrets").mkdir()
+    for secret in compose()["secrets"]:  # config only checks that the files exist
+        (tmp_path / "secrets" / secret).write_text("placeholder\n")
     result = subprocess.run(
-        [docker, "compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+        [docker, "compose", "-f", str(tmp_path / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
         text=True,
-        env=env,
     )
     assert result.returncode == 0, result.stderr
