@@ -18,7 +18,7 @@ from api.limits import body_size_guard
 from api.routes import api_keys, audit, dashboard, datasets, deletion_requests, health, metrics, models, well_known
 from api.signing import Signer
 from api.telemetry import HttpMetrics, LedgerCollector, request_telemetry
-from ledger import tenants
+from ledger import secret_check, tenants
 from ledger.artifacts import ArtifactStore
 from ledger.db import Database
 from ltu_settings import Settings
@@ -50,6 +50,8 @@ class Background(Protocol):
 
     def stop(self) -> None: ...
 
+    # Optional: `problem` (a property) says why it cannot work (e.g. its device failed); /readyz reports it.
+
 
 def create_app(
     settings: Settings, *, database: Database | None = None, background: Sequence[Background] = ()
@@ -57,13 +59,18 @@ def create_app(
     """A FastAPI app over `settings`; `background` objects are started and stopped with it.
 
     The database schema must already be migrated (`ltu migrate`, or `ltu serve` in embedded mode).
-    When settings carry an admin key, start-up registers it for the default tenant. The certificate
+    Start-up refuses (ConfigError) a server secret other than the one the ledger's hashes are keyed
+    by; a ledger it cannot ask yet keeps `/readyz` failing until the check succeeds there. When
+    settings carry an admin key, start-up registers it for the default tenant. The certificate
     signing key is loaded here (generated in embedded mode); ConfigError if it is unusable.
     """
     db = database or Database(settings.ledger.database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.secret_verified = await run_in_threadpool(
+            secret_check.check_secret, db, settings.ledger.secret_key, actor="system"
+        )
         if settings.api.admin_api_key:
             await run_in_threadpool(_bootstrap_admin, db, settings.api.admin_api_key)
         for item in background:
@@ -78,6 +85,7 @@ def create_app(
 
     app = FastAPI(title="LTU erasure service", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    app.state.background = tuple(background)
     app.state.database = db
     app.state.store = ArtifactStore(settings.ledger.artifacts_dir).ensure()
     app.state.signer = Signer.from_settings(settings)

@@ -366,7 +366,8 @@ class DeletionRequestRead(BaseModel):
     status: RequestStatus
     progress: Progress
     cancel_requested: bool
-    attempts: int
+    attempts: int = Field(description="Executions started and not given back: a worker that died mid-run counts.")
+    retries: int = Field(description="Times a passing fault (database away, out of memory, full disk) requeued it.")
     target_kind: Literal["subjects", "samples"]
     num_targets: int
     subject_hashes: list[str] = Field(description="Keyed hashes of the subject ids (the ids are never stored).")

@@ -43,6 +43,12 @@ class LeaseLost(LedgerError):
     code = "lease_lost"
 
 
+class ModelBusy(LedgerError):
+    """Another live run holds the model: runs on one model are serialised, so this one waits its turn."""
+
+    code = "model_busy"
+
+
 class RateLimited(LedgerError):
     """The API key's submission bucket is empty; a token is available in `retry_after` whole seconds."""
 

@@ -4,19 +4,35 @@ Both tables hold work that runs under a lease (`status`, `heartbeat_at`, `update
 `requeues`). Work is interrupted when it runs with a heartbeat older than the lease (its worker
 died) or has been queued longer than `queued_after` (the broker lost the message); it is
 requeued at most once per lease, by a compare-and-set on `updated_at`. An execution takes the
-lease by a compare-and-set on status and attempts, and renews it with every report.
+lease by a compare-and-set on status and attempts, and renews it with every report and with a
+heartbeat thread (worker/heartbeat.py) that runs whatever the job is doing.
+
+Every lease timestamp is the database's clock (`db_now`), never the host's: a worker whose clock
+runs ten minutes behind would otherwise write heartbeats that a reconciler on another host reads
+as stale, and take over live work.
+
+Only interrupted executions count against `max_attempts`: a claim that died. Waiting does not:
+a request the broker lost is dispatched again as often as it takes, since nothing ran.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ledger.tables import QUEUED, RUNNING
+
+
+def db_now(session: Session) -> datetime:
+    """The database's current time (aware UTC): the one clock every host's leases are compared on."""
+    if session.get_bind().dialect.name == "sqlite":
+        stamp = session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+        return datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+    return session.scalar(select(func.clock_timestamp())).astimezone(UTC)
 
 
 def interrupted(
@@ -32,8 +48,11 @@ def interrupted(
 
 
 def interruption(row: Any) -> tuple[str, int]:
-    """Why `row` is being reconciled (worker_lost | broker_lost) and how many times it was interrupted."""
-    return ("worker_lost" if row.status == RUNNING else "broker_lost"), max(row.attempts, row.requeues)
+    """Why `row` is being reconciled (worker_lost | broker_lost) and how many executions were interrupted.
+
+    A lost broker message interrupted nothing (0): the row waited, and waiting is never held against it.
+    """
+    return ("worker_lost", row.attempts) if row.status == RUNNING else ("broker_lost", 0)
 
 
 def count_requeue(session: Session, table: Any, row: Any, *, now: datetime) -> bool:
@@ -47,6 +66,11 @@ def count_requeue(session: Session, table: Any, row: Any, *, now: datetime) -> b
         ).rowcount
         == 1
     )
+
+
+def backoff(retries: int, *, first: float, cap: float) -> float:
+    """Seconds before the retry that follows `retries` earlier ones: first, 2 first, 4 first, ... at most `cap`."""
+    return min(cap, first * 2 ** min(retries, 30))
 
 
 def lease_is_live(row: Any, *, lease_seconds: float, now: datetime) -> bool:

@@ -12,7 +12,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from ledger.tables import OutboxMessage, utcnow
@@ -21,9 +21,11 @@ ERASURE_TASK = "ltu.erasure.run"
 AUDIT_REFERENCES_TASK = "ltu.audit_references.train"  # the likelihood-ratio tier's reference models
 
 
-def enqueue(session: Session, *, task_name: str, payload: dict[str, Any]) -> OutboxMessage:
-    """Add a dispatch row (flushed, not committed)."""
-    message = OutboxMessage(task_name=task_name, payload=payload, created_at=utcnow())
+def enqueue(session: Session, *, task_name: str, payload: dict[str, Any], delay: float = 0.0) -> OutboxMessage:
+    """Add a dispatch row (flushed, not committed), due at once or `delay` seconds from now (a retry's backoff)."""
+    now = utcnow()
+    due = now + timedelta(seconds=delay) if delay > 0 else None
+    message = OutboxMessage(task_name=task_name, payload=payload, created_at=now, claimed_until=due)
     session.add(message)
     session.flush()
     return message
@@ -82,3 +84,12 @@ def release(session: Session, *, message_id: int, token: str, error: str, retry_
         .values(claimed_until=utcnow() + timedelta(seconds=retry_in), last_error=error[:2000])
         .execution_options(synchronize_session=False)
     )
+
+
+def delete_dispatched(session: Session, *, older_than: timedelta, limit: int = 10_000) -> int:
+    """Delete rows handed on longer than `older_than` ago (the ledger keeps the history; these are transport)."""
+    cutoff = utcnow() - older_than
+    old = select(OutboxMessage.id).where(OutboxMessage.dispatched_at < cutoff).limit(limit)
+    return session.execute(
+        delete(OutboxMessage).where(OutboxMessage.id.in_(old)).execution_options(synchronize_session=False)
+    ).rowcount

@@ -340,7 +340,7 @@ def claim(
     ref = load(session, set_id=set_id)
     if ref is None or ref.status not in ACTIVE_STATUSES:
         return None
-    now = utcnow()
+    now = leases.db_now(session)
     resumed = ref.status == RUNNING
     if leases.lease_is_live(ref, lease_seconds=lease_seconds, now=now):
         return None  # someone is working on it
@@ -373,8 +373,13 @@ def claim(
 
 def report(session: Session, *, set_id: str, token: str, **values: Any) -> None:
     """Write columns of the executing attempt (also its heartbeat); LeaseLost once it no longer holds the set."""
-    if leases.renew(session, AuditReferenceSet, [set_id], token=token, now=utcnow(), **values) != 1:
+    if leases.renew(session, AuditReferenceSet, [set_id], token=token, now=leases.db_now(session), **values) != 1:
         raise LeaseLost(f"reference set {set_id} is no longer held by this execution")
+
+
+def heartbeat(session: Session, *, set_id: str, token: str) -> bool:
+    """Renew the executing attempt's lease on the database's clock; False once it no longer holds the set."""
+    return leases.renew(session, AuditReferenceSet, [set_id], token=token, now=leases.db_now(session)) == 1
 
 
 def progress(session: Session, *, set_id: str, token: str, phase: str, step: int, total: int) -> None:
@@ -382,17 +387,43 @@ def progress(session: Session, *, set_id: str, token: str, phase: str, step: int
     report(session, set_id=set_id, token=token, phase=phase, progress_step=step, progress_total=total)
 
 
-def release(session: Session, *, set_id: str, token: str) -> bool:
-    """running → queued for an attempt stopped by its process shutting down, dispatched again at once.
+def release(
+    session: Session,
+    *,
+    set_id: str,
+    token: str,
+    reason: str = "shutdown",
+    retry_in: float = 0.0,
+    retry_cap: float = 0.0,
+    count_retry: bool = False,
+    max_retries: int = 0,
+) -> bool:
+    """running → queued for an attempt stopped by a shutdown or a passing fault, dispatched again in `retry_in` s.
 
-    The attempt is given back (not counted against `max_attempts`): nothing failed. False when
-    the attempt no longer holds the set.
+    The attempt is given back (not counted against `max_attempts`): nothing was interrupted that the
+    set can be blamed for. A passing fault (`count_retry`) adds one to `retries`, and its delay
+    doubles with each earlier retry up to `retry_cap`; past `max_retries` the set fails with
+    `transient_error` instead. False when the attempt no longer holds the set.
     """
     ref = load(session, set_id=set_id)
     if ref is None:
         return False
+    if count_retry:
+        retry_in = leases.backoff(ref.retries, first=retry_in, cap=retry_cap)
+    if count_retry and ref.retries >= max_retries:
+        message = f"a passing fault recurred {ref.retries + 1} times; giving up (last: {reason})"
+        return finish(
+            session,
+            set_id=set_id,
+            token=token,
+            to=FAILED,
+            error_code="transient_error",
+            error_message=message,
+            seconds=None,
+        )
     values = {
         "attempts": AuditReferenceSet.attempts - 1,
+        "retries": AuditReferenceSet.retries + int(count_retry),
         "lease_token": None,
         "heartbeat_at": None,
         "phase": None,
@@ -400,10 +431,12 @@ def release(session: Session, *, set_id: str, token: str) -> bool:
         "progress_total": 0,
     }
     if not _transition(
-        session, ref, expect=RUNNING, to=QUEUED, actor=WORKER, token=token, values=values, data={"reason": "shutdown"}
+        session, ref, expect=RUNNING, to=QUEUED, actor=WORKER, token=token, values=values, data={"reason": reason}
     ):
         return False
-    outbox.enqueue(session, task_name=outbox.AUDIT_REFERENCES_TASK, payload={"reference_set_id": set_id})
+    outbox.enqueue(
+        session, task_name=outbox.AUDIT_REFERENCES_TASK, payload={"reference_set_id": set_id}, delay=retry_in
+    )
     return True
 
 
@@ -509,7 +542,7 @@ def reconcile(
     longer than `queued_after` (the broker lost the message). As `requests.reconcile`: one new
     outbox row each, not twice within one lease, failed with `attempts_exhausted` when out of tries.
     """
-    now = now or utcnow()
+    now = now or leases.db_now(session)
     rows = leases.interrupted(
         session,
         AuditReferenceSet,

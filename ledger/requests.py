@@ -5,7 +5,12 @@ UPDATE ... WHERE status IN (expected) (and, while running, WHERE lease_token = t
 attempt's token), followed by its audit event in the same transaction. A redelivered task, a
 second relay or a stale worker therefore changes nothing. A running request whose heartbeat is
 older than the lease may be taken over by a redelivery (a worker was killed), at most
-`max_attempts` times in total.
+`max_attempts` times in total. A run hit by a passing fault gives its requests back to the queue
+(`release`) without using up an attempt.
+
+Runs on one model are serialised: a claim locks the model's row first (so two claims on one model
+never lock each other's requests in opposite orders) and waits its turn (ModelBusy) while another
+live run holds the model, so concurrent workers never race each other's publications.
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ledger import audit, datasets, leases, outbox, ratelimit, registry
-from ledger.errors import Conflict, IdempotencyConflict, InvalidInput, LeaseLost, NotFound, RateLimited
+from ledger.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InvalidInput,
+    LeaseLost,
+    ModelBusy,
+    NotFound,
+    RateLimited,
+)
 from ledger.pagination import Page, newest_first
 from ledger.records import Metrics, RunDetails, Verification
 from ledger.tables import (
@@ -530,15 +543,20 @@ def claim(
     """Start (or take over) executing a request; None when there is nothing to do.
 
     Nothing to do: the request is finished or cancelled, or another execution holds a live lease.
-    A request that already used `max_attempts` executions is failed instead of started. A
-    compare-and-set lost to a concurrent change that leaves the request startable (the relay
-    marking it queued as the worker picks it up) is retried on the new state.
+    ModelBusy when another live run holds the request's model (try again later). A request that
+    already used `max_attempts` executions is failed instead of started. A compare-and-set lost to
+    a concurrent change that leaves the request startable (the relay marking it queued as the
+    worker picks it up) is retried on the new state.
     """
+    first = load(session, request_id=request_id)
+    if first is None or first.status not in (RECEIVED, QUEUED, RUNNING):
+        return None
+    lock_model(session, model_id=first.model_id)
     for _ in range(CLAIM_TRIES):
         request = load(session, request_id=request_id)
         if request is None or request.status not in (RECEIVED, QUEUED, RUNNING):
             return None
-        now = utcnow()
+        now = leases.db_now(session)
         stale = request.status == RUNNING
         if leases.lease_is_live(request, lease_seconds=lease_seconds, now=now):
             return None  # someone is working on it
@@ -558,6 +576,9 @@ def claim(
                 data={"attempts": request.attempts},
             )
             return None
+        holder = model_run(session, model_id=request.model_id, lease_seconds=lease_seconds, now=now)
+        if holder is not None:
+            raise ModelBusy(f"model {request.model_id} is being unlearned by the run of request {holder}")
         if leases.take_lease(session, DeletionRequest, request, token=token, now=now, batch_id=None):
             break
     else:
@@ -579,6 +600,25 @@ def claim(
     return request
 
 
+def lock_model(session: Session, *, model_id: str) -> None:
+    """Hold the model's row until the transaction ends: claims on one model take their turns (Postgres; SQLite
+    serialises every write anyway)."""
+    session.execute(select(Model.id).where(Model.id == model_id).with_for_update())
+
+
+def model_run(session: Session, *, model_id: str, lease_seconds: float, now: datetime) -> str | None:
+    """The id of a request whose live run holds the model (its lease younger than `lease_seconds`), if any."""
+    return session.scalar(
+        select(func.coalesce(DeletionRequest.batch_id, DeletionRequest.id))
+        .where(
+            DeletionRequest.model_id == model_id,
+            DeletionRequest.status == RUNNING,
+            DeletionRequest.heartbeat_at > now - timedelta(seconds=lease_seconds),
+        )
+        .limit(1)
+    )
+
+
 def claim_siblings(
     session: Session, *, leader: DeletionRequest, lease_seconds: float, max_attempts: int, limit: int
 ) -> list[DeletionRequest]:
@@ -591,7 +631,7 @@ def claim_siblings(
     """
     if limit <= 0:
         return []
-    now = utcnow()
+    now = leases.db_now(session)
     waiting = or_(
         DeletionRequest.status.in_((RECEIVED, QUEUED)),
         and_(DeletionRequest.status == RUNNING, DeletionRequest.heartbeat_at < now - timedelta(seconds=lease_seconds)),
@@ -669,8 +709,13 @@ def report(session: Session, *, request_ids: Sequence[str], token: str, **values
 
     LeaseLost if any of them is not held by this execution any more.
     """
-    if leases.renew(session, DeletionRequest, request_ids, token=token, now=utcnow(), **values) != len(request_ids):
+    if heartbeat(session, request_ids=request_ids, token=token, **values) != len(request_ids):
         raise LeaseLost(f"deletion request(s) {', '.join(request_ids)} no longer held by this execution")
+
+
+def heartbeat(session: Session, *, request_ids: Sequence[str], token: str, **values: Any) -> int:
+    """Renew the lease (on the database's clock) of those of `request_ids` this execution holds; how many."""
+    return leases.renew(session, DeletionRequest, request_ids, token=token, now=leases.db_now(session), **values)
 
 
 def cancel_requested(session: Session, *, request_ids: Sequence[str]) -> set[str]:
@@ -712,6 +757,76 @@ def finish(
         },
         data={"error_code": error_code, **(data or {})},
     )
+
+
+def release(
+    session: Session,
+    *,
+    request_id: str,
+    token: str,
+    reason: str,
+    error: str | None,
+    retry_in: float,
+    retry_cap: float,
+    give_back_attempt: bool,
+    count_retry: bool,
+    max_retries: int,
+) -> str | None:
+    """running → queued for an execution that stops without an ending of its own; the status it left, or None.
+
+    The request goes back to the queue with a dispatch row due in `retry_in` seconds, doubled for
+    each earlier retry up to `retry_cap` when `count_retry`. A passing fault (`count_retry`) adds
+    one to `retries` and gives the attempt back (`give_back_attempt`):
+    nothing was interrupted that the request can be blamed for; after `max_retries` of them it is
+    failed (`transient_error`) with the last error. A request someone asked to cancel is cancelled
+    instead. None when this execution does not hold it any more.
+    """
+    request = load(session, request_id=request_id)
+    if request is None or request.status != RUNNING or request.lease_token != token:
+        return None
+    if request.cancel_requested:
+        return CANCELLED if finish(session, request_id=request_id, token=token, to=CANCELLED) else None
+    if count_retry and request.retries >= max_retries:
+        message = f"a passing fault recurred {request.retries + 1} times; giving up (last: {error or reason})"
+        done = finish(
+            session,
+            request_id=request_id,
+            token=token,
+            to=FAILED,
+            error_code="transient_error",
+            error_message=message,
+            data={"retries": request.retries, "reason": reason},
+        )
+        return FAILED if done else None
+    if count_retry:
+        retry_in = leases.backoff(request.retries, first=retry_in, cap=retry_cap)
+    released = _transition(
+        session,
+        request_id=request_id,
+        expect=(RUNNING,),
+        to=QUEUED,
+        actor=WORKER,
+        token=token,
+        values={
+            "lease_token": None,
+            "phase": None,
+            "batch_id": None,
+            "progress_step": 0,
+            "progress_total": 0,
+            "attempts": request.attempts - 1 if give_back_attempt else request.attempts,
+            "retries": request.retries + 1 if count_retry else request.retries,
+        },
+        data={
+            "reason": reason,
+            "error": error,
+            "retry_in": round(retry_in, 1),
+            "retries": request.retries + count_retry,
+        },
+    )
+    if not released:
+        return None
+    outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request_id}, delay=retry_in)
+    return QUEUED
 
 
 @dataclass(frozen=True)
@@ -836,7 +951,7 @@ def reconcile(
     is not requeued twice within one lease, and the job's compare-and-set makes any duplicate
     message a no-op, so concurrent reconcilers are harmless.
     """
-    now = now or utcnow()
+    now = now or leases.db_now(session)
     rows = leases.interrupted(
         session,
         DeletionRequest,

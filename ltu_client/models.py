@@ -92,6 +92,7 @@ class DeletionRequest(_FromJSON):
     progress: dict[str, Any] = field(default_factory=dict)
     cancel_requested: bool = False
     attempts: int = 0
+    retries: int = 0
     target_kind: str = "subjects"
     num_targets: int = 0
     subject_hashes: list[str] = field(default_factory=list)

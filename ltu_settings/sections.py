@@ -1,7 +1,8 @@
 """The three settings sections, split by who reads them; each field is `LTU_<FIELD NAME>` in the environment.
 
 - LedgerSettings: the deployment's state and what guards it — where the ledger and the artifacts
-  live, the server secret, the certificate key, the broker, the retention of superseded weights.
+  live, the server secret, the certificate key, the broker, the retention of superseded weights
+  and unreferenced artifacts.
   Every process of a deployment (API, Celery worker, `ltu` commands) must agree on these.
 - ApiSettings: read only by the HTTP edge (api/): limits, rate limits, Retry-After, the bootstrap
   admin key, the default method of a submission, the "due soon" horizon of reports.
@@ -26,6 +27,7 @@ from ltu_settings.base import Section
 DEFAULT_HOME = ".ltu"
 WEAK_SECRETS = frozenset({"", "changeme", "change-me", "secret", "dev", "development", "test", "ltu", "admin"})
 MIN_SECRET_LENGTH = 32
+MIN_DISTINCT_CHARACTERS = 10  # hex has 16, so a random hex string of 32+ characters never comes close
 SIGNING_KEY_FILE = "certificate-key.pem"  # embedded mode: generated in LTU_HOME on first start
 
 DAY = 86_400.0
@@ -50,8 +52,14 @@ def sqlite_url(home: Path) -> str:
 
 
 def weak(secret: str) -> bool:
-    """True for a secret that a deployment must not run with (short or a well-known default)."""
-    return secret.lower() in WEAK_SECRETS or len(secret) < MIN_SECRET_LENGTH
+    """True for a secret that a deployment must not run with: short, a well-known default, or typed rather
+    than generated (few distinct characters, like 40 × "a", or one pattern repeated, like "abc" × 12)."""
+    return (
+        secret.lower() in WEAK_SECRETS
+        or len(secret) < MIN_SECRET_LENGTH
+        or len(set(secret)) < MIN_DISTINCT_CHARACTERS
+        or secret in (secret + secret)[1:-1]  # periodic: a shift of it lines up with itself
+    )
 
 
 class LedgerSettings(Section):
@@ -81,6 +89,13 @@ class LedgerSettings(Section):
         allow_inf_nan=False,
         description="seconds between purge passes of `ltu serve` and the workers",
     )
+    artifact_sweep_grace_hours: float = Field(
+        6.0,
+        ge=1,  # a publication's file is unreferenced until its commit: the sweeper must never be that quick
+        le=MAX_GRACE_HOURS,
+        allow_inf_nan=False,
+        description="an artifact no ledger row references is deleted once untouched this long",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -109,8 +124,8 @@ class LedgerSettings(Section):
         url = info.data.get("database_url")
         if url is not None and not url.startswith("sqlite") and weak(secret):
             raise ValueError(
-                f"must be a random string of at least {MIN_SECRET_LENGTH} characters when the ledger is not the "
-                "embedded SQLite file (it keys the subject-id hashes); generate one with: "
+                f"must be a random string of at least {MIN_SECRET_LENGTH} characters with no repeated pattern when "
+                "the ledger is not the embedded SQLite file (it keys the subject-id hashes); generate one with: "
                 "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         if not secret:
@@ -140,6 +155,10 @@ class ApiSettings(Section):
 
     admin_api_key: str | None = Field(
         None, repr=False, description="registered at start-up as an admin key of the default tenant"
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="comma-separated proxy addresses (or *) whose X-Forwarded-For/-Proto `ltu serve` trusts",
     )
     default_method: str = Field("ltu", description="unlearning method of a submission that names none")
     due_soon_days: int = Field(
@@ -252,6 +271,25 @@ class WorkerSettings(Section):
         le=MAX_PERIOD,
         allow_inf_nan=False,
         description="a request queued this long is dispatched again",
+    )
+    max_transient_retries: int = Field(
+        8, ge=0, le=1000, description="times a passing fault may put one request back in the queue before it fails"
+    )
+    retry_backoff_seconds: float = Field(
+        30.0, ge=0, le=MAX_PERIOD, allow_inf_nan=False, description="delay before the first retry after a passing fault"
+    )
+    retry_backoff_cap_seconds: float = Field(
+        1800.0, ge=0, le=MAX_PERIOD, allow_inf_nan=False, description="longest delay between retries (doubling)"
+    )
+    outbox_retention_hours: float = Field(
+        168.0, gt=0, le=MAX_GRACE_HOURS, allow_inf_nan=False, description="dispatched outbox rows are kept this long"
+    )
+    shutdown_timeout: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="seconds `ltu serve` waits at shutdown for a running job to give its requests back",
     )
 
     @field_validator("queue", "audit_queue")

@@ -289,6 +289,15 @@ def completed(api, artifacts) -> Completed:
     return complete_request(api, artifacts)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def completed_on_each_ledger(request, make_service, artifacts) -> Completed:
+    """`completed` with its ledger on SQLite, then on a Postgres database of its own."""
+    if request.param == "sqlite":
+        return complete_request(make_service(), artifacts)
+    postgres = {"database_url": request.getfixturevalue("fresh_postgres_url"), "secret_key": secrets.token_urlsafe(48)}
+    return complete_request(make_service(**postgres), artifacts)
+
+
 # --- headless Chromium ---------------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package: apt-get install -y chromium

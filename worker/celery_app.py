@@ -21,17 +21,17 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import setup_logging, worker_process_init
 
-from ledger import outbox
+from ledger import outbox, secret_check
 from ledger.db import Database
 from ledger.observability import bind, configure_logging_from_env
 from ltu_settings import Settings
+from worker.attempt import JobOutcome
 from worker.context import LazyContext
 from worker.dispatch import OutboxDispatcher
 from worker.reconciler import ReconcileLoop
 from worker.retention import PurgeLoop
 
 log = logging.getLogger("ltu.worker")
-BUSY_RETRY_SECONDS = 2
 
 
 def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
@@ -64,22 +64,39 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
         """Execute one deletion request (all state is in the ledger)."""
         from worker.job import run_erasure
 
+        ctx = context.get()
         with bind(task_id=self.request.id):
-            outcome = run_erasure(context.get(), request_id)
-        if outcome == "busy":  # startable, but the claim kept losing races: a moment later it will not
-            raise self.retry(countdown=BUSY_RETRY_SECONDS)
+            outcome = run_erasure(ctx, request_id)
+        if ctx.device_fault is not None:
+            stop_consuming(self.app, self.request.hostname, settings)
+        if outcome.retry_after is not None:  # not started (model busy, claim raced, ledger away, device broken)
+            raise self.retry(countdown=outcome.retry_after)
         return outcome
 
-    @app.task(name=outbox.AUDIT_REFERENCES_TASK, bind=True, ignore_result=True)
+    @app.task(name=outbox.AUDIT_REFERENCES_TASK, bind=True, ignore_result=True, max_retries=None)
     def train_audit_references_task(self, reference_set_id: str) -> str:
         """Train one set of reference models of the audit's likelihood-ratio tier (all state is in the ledger)."""
         from worker.references import run_reference_training
 
+        ctx = context.get()
+        if ctx.device_fault is not None:  # this worker stopped consuming; the message goes to another one
+            raise self.retry(countdown=JobOutcome.DEVICE_BROKEN.retry_after)
         with bind(task_id=self.request.id):
-            return run_reference_training(context.get(), reference_set_id)
+            outcome = run_reference_training(ctx, reference_set_id)
+        if ctx.device_fault is not None:
+            stop_consuming(self.app, self.request.hostname, settings)
+        return outcome
 
     app.steps["worker"].add(_background_step(settings, relay=relay))
     return app
+
+
+def stop_consuming(app: Celery, hostname: str | None, settings: Settings) -> None:
+    """This worker's device failed: it leaves both queues, so other workers take the work, and stays up for
+    inspection (`celery inspect active_queues` shows it consuming nothing)."""
+    log.critical("worker %s: its device failed; it stops consuming the job queues", hostname)
+    for queue in (settings.worker.queue, settings.worker.audit_queue):
+        app.control.cancel_consumer(queue, destination=[hostname] if hostname else None)
 
 
 def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
@@ -122,6 +139,8 @@ def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.Start
             self.loops: list = []
 
         def start(self, worker) -> None:
+            # A worker with another server secret than the ledger's must not start (ConfigError ends it).
+            secret_check.check_secret_at(settings.ledger.database_url, settings.ledger.secret_key, actor="worker")
             self.loops = [celery_relay(settings, worker.app)] if relay else []
             self.loops += [ReconcileLoop(settings), PurgeLoop(settings)]
             for loop in self.loops:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from ledger import requests
+from ledger.errors import ModelBusy
 from ledger.tables import QUEUED, RECEIVED, RUNNING, utcnow
 from worker.attempt import Attempt, JobOutcome
 from worker.context import JobContext
@@ -14,13 +16,31 @@ from worker.context import JobContext
 log = logging.getLogger("ltu.worker")
 
 
-def claim(ctx: JobContext, request_id: str) -> Attempt | JobOutcome:
+def claim(ctx: JobContext, request_id: str, *, stopping: Callable[[], bool] = lambda: False) -> Attempt | JobOutcome:
     """An Attempt holding the request and the waiting requests it coalesces with, else why not.
 
-    HELD: another live execution holds it (the reconciler requeues it if that one dies). BUSY:
-    startable, but it kept changing under the claim. SKIPPED: finished or cancelled already.
+    HELD: another live execution holds it (the reconciler requeues it if that one dies). WAITING:
+    another live run holds its model. BUSY: startable, but it kept changing under the claim.
+    SKIPPED: finished or cancelled already.
     """
-    settings, token = ctx.settings.worker, str(uuid.uuid4())
+    token = str(uuid.uuid4())
+    try:
+        request_ids = _claim_run(ctx, request_id, token)
+    except ModelBusy as busy:
+        log.info("request %s: waits its turn (%s)", request_id, busy)
+        return JobOutcome.WAITING
+    if request_ids:
+        if len(request_ids) > 1:
+            log.info(
+                "request %s: coalesced with %d waiting request(s) on the same model", request_id, len(request_ids) - 1
+            )
+        return Attempt(ctx, request_ids, token, stopping=stopping)
+    return _why_not(ctx, request_id)
+
+
+def _claim_run(ctx: JobContext, request_id: str, token: str) -> list[str]:
+    """The ids the claim took under `token`: the request first, then its coalesced siblings (none: not taken)."""
+    settings = ctx.settings.worker
     with ctx.database.transaction() as session:
         leader = requests.claim(
             session,
@@ -40,13 +60,10 @@ def claim(ctx: JobContext, request_id: str) -> Attempt | JobOutcome:
                 limit=settings.coalesce_max_batch - 1,
             )
         )
-        request_ids = [] if leader is None else [leader.id, *(s.id for s in siblings)]
-    if request_ids:
-        if len(request_ids) > 1:
-            log.info(
-                "request %s: coalesced with %d waiting request(s) on the same model", request_id, len(request_ids) - 1
-            )
-        return Attempt(ctx, request_ids, token)
+        return [] if leader is None else [leader.id, *(s.id for s in siblings)]
+
+
+def _why_not(ctx: JobContext, request_id: str) -> JobOutcome:
     with ctx.database.session() as session:
         current = requests.load(session, request_id=request_id)
     if current is not None and current.status == RUNNING:

@@ -17,6 +17,7 @@ class JobContext:
     settings: Settings
     database: Database
     store: ArtifactStore
+    device_fault: str | None = None  # set when the device broke: this process takes no more jobs
 
     @classmethod
     def from_settings(cls, settings: Settings, *, database: Database | None = None) -> JobContext:

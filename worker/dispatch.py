@@ -20,6 +20,14 @@ from worker.periodic import PeriodicLoop
 log = logging.getLogger("ltu.dispatch")
 
 
+class RetryLater(Exception):
+    """The handler did not start the job and wants the row again after `retry_in` seconds."""
+
+    def __init__(self, reason: str, retry_in: float) -> None:
+        super().__init__(reason)
+        self.retry_in = retry_in
+
+
 def mark_handed_over(session: Session, *, task_name: str, payload: dict) -> bool:
     """received → queued for the erasure request a dispatch row carries, once its executor has it.
 
@@ -71,9 +79,16 @@ class OutboxDispatcher:
         try:
             self.handle(task_name, payload)
         except Exception as exc:
-            log.warning("hand-off of outbox row %s failed (%s); retrying later", message_id, exc)
+            retry_in = exc.retry_in if isinstance(exc, RetryLater) else 5.0
+            log.log(
+                logging.INFO if isinstance(exc, RetryLater) else logging.WARNING,
+                "hand-off of outbox row %s did not take (%s); retrying in %.0f s",
+                message_id,
+                exc,
+                retry_in,
+            )
             with self.database.transaction() as session:
-                outbox.release(session, message_id=message_id, token=token, error=repr(exc))
+                outbox.release(session, message_id=message_id, token=token, error=repr(exc), retry_in=retry_in)
             return False
         with self.database.transaction() as session:
             # Queued only once it really is (a worker may already run it: then this is a no-op).

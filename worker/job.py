@@ -17,7 +17,12 @@ both call it. Each step writes its results under the attempt's lease token, so:
   the union of their samples, and each request still gets its own metrics, verdict, audit
   events and completion (with the one published version).
 
-Cancellation is honoured between steps and, inside the unlearning method, at its checks. No
+Cancellation is honoured between steps and, inside the unlearning method, at its checks; a
+request of a coalesced run cancelled after its forget set was built makes the run start again
+without it, so its samples are never unlearned and its verdict never decides the others'. How
+each failure ends (worker/faults.py): a client error fails with its code, a passing fault gives
+the requests back to the queue with a backoff, a broken device gives them back for another
+worker and this one stops taking work, a defect fails with `internal_error`. No
 database session is held while the model trains. The steps import torch; this module imports
 them only when a job runs, so the API process that embeds the runner stays light.
 """
@@ -25,44 +30,80 @@ them only when a job runs, so the API process that embeds the runner stays light
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ledger.errors import LeaseLost, StaleBase
 from ledger.observability import bind
 from ledger.tables import CANCELLED, FAILED
-from worker.attempt import Attempt, Cancelled, JobFailed, JobOutcome
+from worker.attempt import Attempt, Cancelled, Interrupted, JobFailed, JobOutcome, Regroup
 from worker.claim import claim, wait_for_coalescing
 from worker.context import JobContext
+from worker.faults import Fault, classify
 
 log = logging.getLogger("ltu.worker")
 
 MAX_REBASES = 3
 
 
-def run_erasure(ctx: JobContext, request_id: str) -> JobOutcome:
-    """Execute one deletion request, with the waiting requests it can share a run with (see JobOutcome)."""
+def run_erasure(ctx: JobContext, request_id: str, *, stopping: Callable[[], bool] = lambda: False) -> JobOutcome:
+    """Execute one deletion request, with the waiting requests it can share a run with (see JobOutcome).
+
+    `stopping` (the process is shutting down) interrupts the run: its requests go back to the queue.
+    """
     with bind(deletion_request_id=request_id):
-        wait_for_coalescing(ctx, request_id)
-        attempt = claim(ctx, request_id)
+        if ctx.device_fault is not None:
+            log.warning("request %s: not taken; this worker's device failed (%s)", request_id, ctx.device_fault)
+            return JobOutcome.DEVICE_BROKEN
+        try:
+            wait_for_coalescing(ctx, request_id)
+            attempt = claim(ctx, request_id, stopping=stopping)
+        except Exception as exc:
+            if classify(exc) != Fault.TRANSIENT:
+                raise
+            log.warning("request %s: the claim hit a passing fault (%s: %s)", request_id, type(exc).__name__, exc)
+            return JobOutcome.UNAVAILABLE
         if isinstance(attempt, JobOutcome):
             return attempt
         return execute(attempt)
 
 
 def execute(attempt: Attempt) -> JobOutcome:
-    """The steps, redone on the newest version when the model moved on; every ending lands in the ledger."""
+    """The steps under the lease's heartbeat; every ending lands in the ledger."""
+    with attempt.heartbeat():
+        return _execute(attempt)
+
+
+def _execute(attempt: Attempt) -> JobOutcome:
+    """The steps, redone on the newest version when the model moved on, or without a request that left the run."""
     from ltu_core.errors import LTUError, UnlearningCancelled
 
     try:
-        for _ in range(MAX_REBASES):
+        rebases = 0
+        while True:
             try:
                 _steps(attempt)
                 return JobOutcome.COMPLETED
             except StaleBase:
+                rebases += 1
+                if rebases == MAX_REBASES:
+                    return _passing_fault(attempt, f"the model moved to a newer version {rebases} times", None)
                 log.info("request %s: the model moved to a newer version; redoing the work on it", attempt.leader)
-        raise JobFailed("stale_base", f"the model kept moving to newer versions; gave up after {MAX_REBASES} tries")
+            except Regroup:
+                log.info("request %s: a request left the run; redoing the run without its samples", attempt.leader)
     except LeaseLost:
         log.warning("request %s: lease lost; another execution owns it now", attempt.leader)
         return JobOutcome.LEASE_LOST
+    except Interrupted:
+        settings = attempt.ctx.settings.worker
+        return _give_back(
+            attempt,
+            "the worker is shutting down",
+            None,
+            give_back_attempt=True,
+            count_retry=False,
+            retry_in=0.0,
+            retry_cap=settings.retry_backoff_cap_seconds,
+        )
     except (Cancelled, UnlearningCancelled):
         return attempt.finish(CANCELLED, None, "cancelled on request")
     except JobFailed as exc:
@@ -70,10 +111,52 @@ def execute(attempt: Attempt) -> JobOutcome:
     except LTUError as exc:
         return attempt.finish(FAILED, _error_code(exc), str(exc))
     except Exception as exc:
-        log.exception("request %s failed unexpectedly", attempt.leader)
-        return attempt.finish(
-            FAILED, "internal_error", f"internal error ({type(exc).__name__}); the worker log has the details"
+        return _unexpected(attempt, exc)
+
+
+def _unexpected(attempt: Attempt, exc: Exception) -> JobOutcome:
+    """A passing fault or a broken device gives the requests back to the queue; a defect fails them."""
+    fault = classify(exc)
+    if fault == Fault.TRANSIENT:
+        log.warning("request %s: a passing fault", attempt.leader, exc_info=exc)
+        return _passing_fault(attempt, f"a passing fault ({type(exc).__name__})", str(exc)[:500])
+    if fault == Fault.DEVICE:
+        attempt.ctx.device_fault = f"{type(exc).__name__}: {str(exc)[:300]}"
+        log.critical("this worker's device failed; it takes no more work", exc_info=exc)
+        return _give_back(
+            attempt,
+            "the worker's device failed",
+            str(exc)[:500],
+            give_back_attempt=False,
+            count_retry=False,
+            retry_in=0.0,
+            retry_cap=0.0,
         )
+    log.exception("request %s failed unexpectedly", attempt.leader)
+    return attempt.finish(
+        FAILED, "internal_error", f"internal error ({type(exc).__name__}); the worker log has the details"
+    )
+
+
+def _passing_fault(attempt: Attempt, reason: str, error: str | None) -> JobOutcome:
+    settings = attempt.ctx.settings.worker
+    return _give_back(
+        attempt,
+        reason,
+        error,
+        give_back_attempt=True,
+        count_retry=True,
+        retry_in=settings.retry_backoff_seconds,
+        retry_cap=settings.retry_backoff_cap_seconds,
+    )
+
+
+def _give_back(attempt: Attempt, reason: str, error: str | None, **how) -> JobOutcome:
+    try:
+        return attempt.release(reason, error, **how)
+    except Exception:  # the database is still away: the lease expires and the reconciler requeues the requests
+        log.exception("request %s: could not give the run's requests back; the reconciler will", attempt.leader)
+        return JobOutcome.LEASE_LOST
 
 
 def _steps(attempt: Attempt) -> None:
@@ -85,6 +168,7 @@ def _steps(attempt: Attempt) -> None:
     attempt.restart()
     attempt.progress("preparing", 0, 1)
     prepared = prepare.run(attempt, device=ctx.device())
+    attempt.prepared = True
     attempt.check_cancelled()
     attempt.progress("measuring", 0, 1)
     before = measure.run(attempt, prepared, prepared.model)

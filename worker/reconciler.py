@@ -5,17 +5,20 @@ Interrupted work leaves a trace only in the ledger: a running request whose hear
 waited far longer than any queue should (the broker lost its message, e.g. Redis restarted with
 nothing on disk). Every Celery worker and `ltu serve` run a pass every `reconcile_interval`
 seconds; `requests.reconcile` dispatches each such request again through the outbox, at most
-`max_attempts` times, then fails it with the reason. Concurrent passes are harmless: each
+`max_attempts` executions, then fails it with the reason. Concurrent passes are harmless: each
 requeue is a compare-and-set, and a duplicate message finds the request claimed and does nothing.
 The audit's reference-model trainings are reconciled the same way (`references.reconcile`) in the
-same pass.
+same pass, which also deletes outbox rows dispatched longer than `outbox_retention_hours` ago.
+Only interrupted executions use up attempts: a request the broker lost is dispatched again as
+often as it takes.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
-from ledger import references, requests
+from ledger import outbox, references, requests
 from ledger.db import Database
 from ltu_settings import Settings
 from worker.periodic import PeriodicLoop
@@ -35,7 +38,9 @@ def reconcile_once(database: Database, settings: Settings) -> requests.Reconcile
     for request_id in outcome.requeued:
         log.warning("request %s: its work was interrupted; dispatched again", request_id)
     for request_id in outcome.failed:
-        log.error("request %s: interrupted %d times; failed", request_id, settings.worker.max_attempts)
+        log.error(
+            "request %s: its execution was interrupted %d times; failed", request_id, settings.worker.max_attempts
+        )
     return outcome
 
 
@@ -55,6 +60,12 @@ def reconcile_references_once(database: Database, settings: Settings) -> request
     return outcome
 
 
+def delete_old_dispatches(database: Database, settings: Settings) -> int:
+    """Delete outbox rows dispatched longer than `outbox_retention_hours` ago; how many."""
+    with database.transaction() as session:
+        return outbox.delete_dispatched(session, older_than=timedelta(hours=settings.worker.outbox_retention_hours))
+
+
 class ReconcileLoop(PeriodicLoop):
     """`reconcile_once` and `reconcile_references_once` every `settings.worker.reconcile_interval` seconds in a
     daemon thread."""
@@ -65,6 +76,7 @@ class ReconcileLoop(PeriodicLoop):
         super().__init__("ltu-reconciler", settings.worker.reconcile_interval, self.reconcile_pass)
 
     def reconcile_pass(self) -> None:
-        """Deletion requests first (they have deadlines), then reference sets."""
+        """Deletion requests first (they have deadlines), then reference sets, then the outbox's old rows."""
         reconcile_once(self.database, self.settings)
         reconcile_references_once(self.database, self.settings)
+        delete_old_dispatches(self.database, self.settings)

@@ -9,8 +9,10 @@ so a reference training never waits behind, or delays, an erasure request.
 
 As in the erasure job, every write goes through the lease token (ledger.references): a redelivered
 task finds the set running or finished and does nothing, a task redelivered after a crash takes
-over once the heartbeat is stale, and training starts again from the first model. The heartbeat
-is renewed inside training too, since one reference model may train longer than the lease. Only
+over once the heartbeat is stale, and training starts again from the first model. A heartbeat
+thread renews the lease whatever training does (one reference model may train longer than the
+lease). Failures end as in the erasure job (worker/faults.py): a passing fault puts the set back
+in the queue with a backoff, a broken device puts it back and this worker stops taking work. Only
 the models' scores are stored, never their weights. Torch is imported only when a job runs: the
 API process that embeds the runner stays light.
 """
@@ -18,23 +20,22 @@ API process that embeds the runner stays light.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable
 from enum import StrEnum
 
 from ledger import references, registry
-from ledger.artifacts import ArtifactStore, Blob, sha256_file
 from ledger.errors import LeaseLost
 from ledger.observability import bind
 from ledger.tables import Dataset, Model
 from worker.context import JobContext
+from worker.faults import Fault, classify
+from worker.heartbeat import Heartbeat
 
 log = logging.getLogger("ltu.worker")
 
 CANCEL_CHECK_INTERVAL = 1.0  # seconds between cancellation reads inside training
-HEARTBEAT_FRACTION = 0.25  # renew the lease after this share of it inside training
 
 
 class ReferenceOutcome(StrEnum):
@@ -72,31 +73,34 @@ class ReferenceLease:
         self.set_id = set_id
         self.token = token
         self.stopping = stopping
-        self.heartbeat_every = ctx.settings.worker.lease_seconds * HEARTBEAT_FRACTION
-        self._last_write = time.monotonic()
         self._last_check = 0.0
         self._cancelled = False
+        self.heartbeat = Heartbeat(
+            ctx.database,
+            lambda session: references.heartbeat(session, set_id=set_id, token=token),
+            lease_seconds=ctx.settings.worker.lease_seconds,
+            name="ltu-reference-heartbeat",
+        )
 
     def report(self, **values) -> None:
         """Write columns of the set (renews the lease; LeaseLost once it is not ours any more)."""
         with self.ctx.database.transaction() as session:
             references.report(session, set_id=self.set_id, token=self.token, **values)
-        self._last_write = time.monotonic()
 
     def progress(self, phase: str, step: int, total: int) -> None:
         """ltu_core progress callback: one write per reference model."""
         self.report(phase=phase, progress_step=step, progress_total=total)
 
     def should_cancel(self) -> bool:
-        """ltu_core cancellation hook, called every batch: reads the flag every second, renews the lease now and then.
+        """ltu_core cancellation hook, called every batch: reads the flag every second.
 
-        Interrupted when the process is stopping.
+        Interrupted when the process is stopping; LeaseLost once the heartbeat found the lease gone.
         """
         if self.stopping():
             raise Interrupted()
+        if self.heartbeat.lost.is_set():
+            raise LeaseLost(f"reference set {self.set_id} is no longer held by this execution")
         now = time.monotonic()
-        if now - self._last_write >= self.heartbeat_every:
-            self.report()
         if now - self._last_check >= CANCEL_CHECK_INTERVAL:
             self._last_check = now
             with self.ctx.database.session() as session:
@@ -148,7 +152,9 @@ def run_reference_training(
                 "reference set %s: nothing to do (finished, cancelled, or held by a live execution)", reference_set_id
             )
             return ReferenceOutcome.SKIPPED
-        return _execute(ReferenceLease(ctx, reference_set_id, token, stopping=stopping))
+        lease = ReferenceLease(ctx, reference_set_id, token, stopping=stopping)
+        with lease.heartbeat:
+            return _execute(lease)
 
 
 def _execute(lease: ReferenceLease) -> ReferenceOutcome:
@@ -162,9 +168,7 @@ def _execute(lease: ReferenceLease) -> ReferenceOutcome:
         log.warning("reference set %s: lease lost; another execution owns it now", lease.set_id)
         return ReferenceOutcome.SKIPPED
     except Interrupted:
-        with lease.ctx.database.transaction() as session:
-            released = references.release(session, set_id=lease.set_id, token=lease.token)
-        log.info("reference set %s: %s at shutdown", lease.set_id, "queued again" if released else "lost its lease")
+        _release(lease, reason="shutdown")
         return ReferenceOutcome.SKIPPED
     except (Cancelled, UnlearningCancelled):
         return lease.finish(references.CANCELLED, None, "cancelled on request", time.monotonic() - started)
@@ -174,11 +178,42 @@ def _execute(lease: ReferenceLease) -> ReferenceOutcome:
         code = "".join("_" + c.lower() if c.isupper() else c for c in type(exc).__name__).lstrip("_")
         return lease.finish(references.FAILED, code, str(exc), time.monotonic() - started)
     except Exception as exc:
+        fault = classify(exc)
+        if fault == Fault.DEVICE:
+            lease.ctx.device_fault = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.critical("this worker's device failed; it takes no more work", exc_info=exc)
+            _release(lease, reason=f"the worker's device failed ({type(exc).__name__})")
+            return ReferenceOutcome.SKIPPED
+        if fault == Fault.TRANSIENT:
+            log.warning("reference set %s: a passing fault", lease.set_id, exc_info=exc)
+            _release(lease, reason=f"a passing fault ({type(exc).__name__}: {str(exc)[:300]})", count_retry=True)
+            return ReferenceOutcome.SKIPPED
         log.exception("reference set %s failed unexpectedly", lease.set_id)
         message = (
             f"internal error ({type(exc).__name__}) while training the reference models; the worker log has the details"
         )
         return lease.finish(references.FAILED, "internal_error", message, time.monotonic() - started)
+
+
+def _release(lease: ReferenceLease, *, reason: str, count_retry: bool = False) -> None:
+    """Put the set back in the queue (with the backoff of its retries after a passing fault)."""
+    settings = lease.ctx.settings.worker
+    try:
+        with lease.ctx.database.transaction() as session:
+            released = references.release(
+                session,
+                set_id=lease.set_id,
+                token=lease.token,
+                reason=reason,
+                retry_in=settings.retry_backoff_seconds if count_retry else 0.0,
+                retry_cap=settings.retry_backoff_cap_seconds,
+                count_retry=count_retry,
+                max_retries=settings.max_transient_retries,
+            )
+    except Exception:  # the database is still away: the lease expires and the reconciler requeues the set
+        log.exception("reference set %s: could not put it back in the queue; the reconciler will", lease.set_id)
+        return
+    log.info("reference set %s: %s (%s)", lease.set_id, "back in the queue" if released else "lost its lease", reason)
 
 
 def _train(lease: ReferenceLease, started: float) -> None:
@@ -271,21 +306,21 @@ def _train(lease: ReferenceLease, started: float) -> None:
                 "device": str(device),
             },
         )
-        blob = store_scores(ctx.store, staged)
+        seconds = round(time.monotonic() - started, 3)
+        with ctx.database.transaction() as session:  # the file reaches references/ only as the set turns ready
+            blob = ctx.store.stage_scores(session, staged)
+            if not references.finish_ready(
+                session,
+                set_id=lease.set_id,
+                token=lease.token,
+                storage_key=blob.key,
+                sha256=blob.sha256,
+                size_bytes=blob.size,
+                seconds=seconds,
+            ):
+                raise LeaseLost(f"reference set {lease.set_id} is no longer held by this execution")
     finally:
-        ctx.store.discard(staged)
-    seconds = round(time.monotonic() - started, 3)
-    with ctx.database.transaction() as session:
-        if not references.finish_ready(
-            session,
-            set_id=lease.set_id,
-            token=lease.token,
-            storage_key=blob.key,
-            sha256=blob.sha256,
-            size_bytes=blob.size,
-            seconds=seconds,
-        ):
-            raise LeaseLost(f"reference set {lease.set_id} is no longer held by this execution")
+        ctx.store.discard(staged)  # a save that failed before the transaction took the file over
     log.info(
         "reference set %s: ready; %d reference models of model %s version %d on %d samples (%d erased left out) "
         "in %.1f s (sha256 %s)",
@@ -298,17 +333,3 @@ def _train(lease: ReferenceLease, started: float) -> None:
         seconds,
         blob.sha256,
     )
-
-
-def store_scores(store: ArtifactStore, staged: str | os.PathLike) -> Blob:
-    """Move a staged scores file to references/<sha256>.safetensors (consumes `staged`)."""
-    sha = sha256_file(staged)
-    key = f"references/{sha[:2]}/{sha}.safetensors"
-    target = store.path(key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    size = os.path.getsize(staged)
-    if target.exists():
-        os.unlink(staged)
-    else:
-        os.replace(staged, target)
-    return Blob(key, sha, size)

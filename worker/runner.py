@@ -5,6 +5,11 @@ background threads poll the outbox, each for its own task names: one calls the s
 the Celery task `ltu.erasure.run` calls, one the same `run_reference_training` the task
 `ltu.audit_references.train` calls. Reference models train for much longer than an erasure takes,
 so on one thread they would hold up erasure requests, which have a legal deadline.
+
+At shutdown a running job is interrupted at its next check and gives its request back to the
+queue (the next start runs it); `stop` waits at most `shutdown_timeout` seconds for that, after
+which the lease expires and the reconciler requeues the request. When the device fails, the
+erasure lane stops taking work and `/readyz` says so (`problem`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from ledger import outbox
 from ledger.db import Database
 from ltu_settings import Settings
 from worker.context import JobContext
-from worker.dispatch import OutboxDispatcher, mark_handed_over
+from worker.dispatch import OutboxDispatcher, RetryLater, mark_handed_over
 
 log = logging.getLogger("ltu.runner")
 
@@ -26,21 +31,24 @@ class EmbeddedRunner:
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.context = JobContext.from_settings(settings, database=database)
+        self.shutdown_timeout = settings.worker.shutdown_timeout
         self._stopping = threading.Event()
         # The claim lease outlives any job: this runner executes while it holds the claim.
-        lane = dict(
-            poll_interval=settings.worker.poll_interval,
-            claim_seconds=settings.worker.lease_seconds,
-            stopping=self._stopping.is_set,
-        )
+        lane = dict(poll_interval=settings.worker.poll_interval, claim_seconds=settings.worker.lease_seconds)
         self.erasures = OutboxDispatcher(
-            self.context.database, self._execute, task_names=(outbox.ERASURE_TASK,), name="ltu-embedded-runner", **lane
+            self.context.database,
+            self._execute,
+            task_names=(outbox.ERASURE_TASK,),
+            name="ltu-embedded-runner",
+            stopping=lambda: self._stopping.is_set() or self.context.device_fault is not None,
+            **lane,
         )
         self.references = OutboxDispatcher(
             self.context.database,
             self._execute,
             task_names=(outbox.AUDIT_REFERENCES_TASK,),
             name="ltu-embedded-references",
+            stopping=lambda: self._stopping.is_set() or self.context.device_fault is not None,
             **lane,
         )
 
@@ -57,7 +65,15 @@ class EmbeddedRunner:
 
         with self.context.database.transaction() as session:  # handed over: this runner is its queue
             mark_handed_over(session, task_name=task_name, payload=payload)
-        run_erasure(self.context, payload["request_id"])
+        outcome = run_erasure(self.context, payload["request_id"], stopping=self._stopping.is_set)
+        if outcome.retry_after is not None:
+            raise RetryLater(f"request {payload['request_id']}: {outcome}", outcome.retry_after)
+
+    @property
+    def problem(self) -> str | None:
+        """Why this runner takes no erasure work (its device failed), for /readyz; None when healthy."""
+        fault = self.context.device_fault
+        return None if fault is None else f"the embedded worker's device failed ({fault}); restart the service"
 
     def run_pending(self) -> int:
         """Execute every pending erasure job now, in this thread (tests, one-shot use); reference jobs stay queued."""
@@ -74,7 +90,7 @@ class EmbeddedRunner:
         self.references.start()
 
     def stop(self) -> None:
-        """Stop after the current erasure job; a reference training in progress is put back in the queue."""
+        """Interrupt the running jobs (their requests go back to the queue), waiting at most `shutdown_timeout`."""
         self._stopping.set()
-        self.erasures.stop(timeout=None)
-        self.references.stop(timeout=None)
+        self.erasures.stop(timeout=self.shutdown_timeout)
+        self.references.stop(timeout=self.shutdown_timeout)

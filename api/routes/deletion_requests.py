@@ -45,6 +45,7 @@ def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRe
         progress=Progress(phase=r.phase, step=r.progress_step, total=r.progress_total),
         cancel_requested=r.cancel_requested,
         attempts=r.attempts,
+        retries=r.retries,
         target_kind=r.target_kind,  # type: ignore[arg-type]
         num_targets=r.num_targets,
         subject_hashes=r.subject_hashes,

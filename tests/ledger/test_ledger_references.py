@@ -289,8 +289,9 @@ def test_the_reconciler_requeues_interrupted_trainings_then_gives_up(ledger):
             .where(OutboxMessage.task_name == outbox.AUDIT_REFERENCES_TASK)
         )
         assert rows == 3
+    claim(database, set_id, "dead-again")  # the requeued message ran it: its second execution
     age(database, set_id, 120)
-    assert reconcile().failed == (set_id,)
+    assert reconcile().failed == (set_id,)  # out of attempts: only executions count, not the broker requeue
     with database.session() as session:
         ref = references.load(session, set_id=set_id)
         assert (ref.status, ref.error_code, ref.lease_token) == ("failed", "attempts_exhausted", None)

@@ -15,7 +15,7 @@ from ltu_settings.settings import SECTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES = "postgresql+psycopg://ltu@db.invalid/ltu"
-STRONG = "k" * 40
+STRONG = "kZ3-q8Lw_0pVx7Rt2NbYc5He9Uj4Fs6Gd1Ma"  # as `secrets.token_urlsafe` would write it
 
 # A valid value other than the default for every field, as its variable would spell it, and what it reads
 # back as (None: the variable's value itself, or its absolute path for paths).
@@ -28,7 +28,9 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "LTU_CERTIFICATE_KEY_FILE": ("{tmp}/key.pem", None),
     "LTU_PURGE_GRACE_HOURS": ("0.5", 0.5),
     "LTU_PURGE_INTERVAL": ("60", 60.0),
-    "LTU_ADMIN_API_KEY": ("ltu_" + "a" * 40, None),
+    "LTU_ARTIFACT_SWEEP_GRACE_HOURS": ("12", 12.0),
+    "LTU_ADMIN_API_KEY": ("ltu_" + STRONG, None),
+    "LTU_FORWARDED_ALLOW_IPS": ("10.0.0.2,10.0.0.3", None),
     "LTU_DEFAULT_METHOD": ("salun", None),
     "LTU_DUE_SOON_DAYS": ("3", 3),
     "LTU_RETRY_AFTER_SECONDS": ("5", 5),
@@ -60,6 +62,11 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "LTU_COALESCE_MAX_BATCH": ("4", 4),
     "LTU_RECONCILE_INTERVAL": ("10", 10.0),
     "LTU_REQUEUE_QUEUED_AFTER": ("600", 600.0),
+    "LTU_MAX_TRANSIENT_RETRIES": ("4", 4),
+    "LTU_RETRY_BACKOFF_SECONDS": ("5", 5.0),
+    "LTU_RETRY_BACKOFF_CAP_SECONDS": ("60", 60.0),
+    "LTU_OUTBOX_RETENTION_HOURS": ("24", 24.0),
+    "LTU_SHUTDOWN_TIMEOUT": ("10", 10.0),
 }
 
 
@@ -238,3 +245,102 @@ def test_the_subject_ceiling_is_the_api_schemas(tmp_path):
         assert answer.status_code == 422 and "LTU_MAX_SUBJECTS_PER_REQUEST" in answer.json()["detail"]
         answer = http.post("/v1/deletion-requests", json={**body, "subject_ids": ["a", "b"]}, headers=headers)
         assert answer.status_code == 404  # within the limit: on to the model lookup
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["a" * 40, "ab" * 20, "abc" * 12, "0123456789" * 4, "Zx81Zx81" * 5, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"],
+)
+def test_typed_secrets_are_weak_wherever_weak_values_are_refused(tmp_path, secret):
+    postgres = {"LTU_HOME": str(tmp_path), "LTU_DATABASE_URL": POSTGRES}
+    with pytest.raises(ConfigError, match=r"^LTU_SECRET_KEY must be a random string") as caught:
+        Settings.from_env({**postgres, "LTU_SECRET_KEY": secret})
+    assert secret not in str(caught.value)
+    with pytest.raises(ConfigError, match=r"^LTU_ADMIN_API_KEY must be a random string"):
+        Settings.from_env({**postgres, "LTU_SECRET_KEY": STRONG, "LTU_ADMIN_API_KEY": secret})
+
+
+def test_generated_secrets_are_never_weak(tmp_path):
+    import secrets
+
+    from ltu_settings.sections import weak
+
+    generated = [secrets.token_urlsafe(48) for _ in range(500)] + [secrets.token_hex(32) for _ in range(500)]
+    generated += ["ltu_" + secrets.token_urlsafe(32) for _ in range(500)]
+    assert [s for s in generated if weak(s)] == []
+    openssl = subprocess.run(["openssl", "rand", "-hex", "32"], capture_output=True, text=True)
+    if openssl.returncode == 0:
+        assert not weak(openssl.stdout.strip())
+
+
+def test_secrets_may_come_from_files_never_from_both_places(tmp_path):
+    (tmp_path / "secret").write_text(STRONG + "\n")  # as `echo` and the generators write it
+    (tmp_path / "admin").write_text(f"ltu_{STRONG}\n")
+    (tmp_path / "url").write_text(POSTGRES + "\n")
+    environ = {
+        "LTU_HOME": str(tmp_path / "home"),
+        "LTU_DATABASE_URL_FILE": str(tmp_path / "url"),
+        "LTU_SECRET_KEY_FILE": str(tmp_path / "secret"),
+        "LTU_ADMIN_API_KEY_FILE": str(tmp_path / "admin"),
+    }
+    settings = Settings.from_env(environ)
+    assert (settings.ledger.secret_key, settings.api.admin_api_key) == (STRONG, f"ltu_{STRONG}")
+    assert settings.ledger.database_url == POSTGRES and not settings.dev_mode
+    with pytest.raises(ConfigError, match=r"^LTU_SECRET_KEY and LTU_SECRET_KEY_FILE are both set: keep one$"):
+        Settings.from_env({**environ, "LTU_SECRET_KEY": STRONG})
+    with pytest.raises(ConfigError, match=rf"^LTU_ADMIN_API_KEY_FILE: cannot read {tmp_path}/absent"):
+        Settings.from_env({**environ, "LTU_ADMIN_API_KEY_FILE": str(tmp_path / "absent")})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match=r"^LTU_SECRET_KEY_FILE: .*/empty is empty$"):
+        Settings.from_env({**environ, "LTU_SECRET_KEY_FILE": str(tmp_path / "empty")})
+
+
+def test_an_unreadable_secret_file_names_itself_its_mode_and_owner_and_the_fix():
+    """The compose fault: `openssl genpkey` writes 0600 files the image's uid cannot read."""
+    import os
+    import shutil
+    import tempfile
+
+    from ltu_settings.base import read_secret_file
+
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)
+        key = folder / "ltu_secret_key"
+        key.write_text(STRONG)
+        key.chmod(0o600)
+        message = _read_as_another_user(read_secret_file, "LTU_SECRET_KEY_FILE", key)
+    finally:
+        shutil.rmtree(folder)
+    owner = os.getuid()
+    assert message.startswith(f"LTU_SECRET_KEY_FILE: {key} is not readable by uid ")
+    assert f"it is mode 0600, owned by uid {owner}" in message and "entrypoint copies /run/secrets" in message
+
+
+def _read_as_another_user(read, var: str, path: Path) -> str:
+    """The error of a process that is not the file's owner (root reads anything, so it forks as nobody)."""
+    import os
+
+    if os.getuid() != 0:
+        path.chmod(0)
+        try:
+            read(var, path)
+        except ConfigError as exc:
+            return str(exc)
+        return "read"
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            read(var, path)
+            message = "read"
+        except BaseException as exc:  # anything goes back to the parent as text
+            message = str(exc)
+        os.write(writer, message.encode())
+        os._exit(0)
+    os.close(writer)
+    message = os.read(reader, 65536).decode()
+    os.waitpid(pid, 0)
+    return message
