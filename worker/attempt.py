@@ -192,6 +192,8 @@ class Attempt:
     def drop(self, request_id: str, to: str, code: str | None, message: str | None) -> None:
         """End one request of the run as failed or cancelled; the others go on."""
         self.request_ids.remove(request_id)  # first: the heartbeat must not miss it once it has ended
+        if self.request_ids and request_id == self.leader:
+            self.leader = self.request_ids[0]  # the request the published version names as its producer
         with self.ctx.database.transaction() as session:
             requests.finish(
                 session, request_id=request_id, token=self.token, to=to, error_code=code, error_message=message

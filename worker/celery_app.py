@@ -94,9 +94,12 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
 def stop_consuming(app: Celery, hostname: str | None, settings: Settings) -> None:
     """This worker's device failed: it leaves both queues, so other workers take the work, and stays up for
     inspection (`celery inspect active_queues` shows it consuming nothing)."""
+    if not hostname:  # never broadcast: that would stop every worker's consumers
+        log.critical("a worker's device failed, but it has no hostname to address; restart it")
+        return
     log.critical("worker %s: its device failed; it stops consuming the job queues", hostname)
     for queue in (settings.worker.queue, settings.worker.audit_queue):
-        app.control.cancel_consumer(queue, destination=[hostname] if hostname else None)
+        app.control.cancel_consumer(queue, destination=[hostname])
 
 
 def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:

@@ -264,6 +264,32 @@ def test_a_broken_device_stops_the_worker_and_another_one_completes_the_request(
         assert service.client.get_request(request.id).status == "completed"
 
 
+def test_a_celery_worker_whose_device_failed_leaves_its_queues_and_hands_deliveries_on(ready, monkeypatch):
+    from ledger import outbox
+    from worker.celery_app import create_celery
+    from worker.steps import unlearn
+
+    service, model = ready()
+    first, second = submit(service, model, 0), submit(service, model, 1, batch_size=8)
+    settings = service.settings.replace(broker_url="redis://127.0.0.1:1/0", queue="gpu-x", audit_queue="audit-x")
+    app = create_celery(settings)
+    task = app.tasks[outbox.ERASURE_TASK]
+    left, handed_on = [], []
+    monkeypatch.setattr(app.control, "cancel_consumer", lambda queue, destination: left.append((queue, destination)))
+    monkeypatch.setattr(task, "retry", lambda countdown: handed_on.append(countdown) or RuntimeError("retry"))
+    _fails_once(monkeypatch, unlearn, "run", RuntimeError("CUDA error: an illegal memory access was encountered"))
+    task.push_request(hostname="gpu0@host", id="t1")
+    try:
+        assert task.run(first.id) == "released"
+        assert left == [("gpu-x", ["gpu0@host"]), ("audit-x", ["gpu0@host"])]
+        with pytest.raises(RuntimeError, match="retry"):  # a delivery still in flight goes back to the broker
+            task.run(second.id)
+    finally:
+        task.pop_request()
+    assert handed_on == [5.0]
+    assert [service.client.get_request(r.id).status for r in (first, second)] == ["queued", "received"]
+
+
 def test_readiness_reports_a_broken_device(make_service, artifacts):
     from tests.support import problem
 
@@ -375,7 +401,8 @@ def test_workers_with_different_methods_on_one_model_take_turns_and_all_complete
 # --- 4. a member of a coalesced run cancelled mid-run -------------------------------------------------
 
 
-def test_a_member_cancelled_after_the_forget_set_was_built_is_not_unlearned(ready, monkeypatch):
+@pytest.mark.parametrize("leaving", ["member", "leader"])
+def test_a_request_cancelled_after_the_forget_set_was_built_is_not_unlearned(ready, monkeypatch, leaving):
     from worker.attempt import Attempt
     from worker.claim import claim
     from worker.job import execute
@@ -383,25 +410,27 @@ def test_a_member_cancelled_after_the_forget_set_was_built_is_not_unlearned(read
 
     service, model = ready()
     first, second = submit(service, model, 0), submit(service, model, 1)
+    gone, staying = (second, first) if leaving == "member" else (first, second)
     original, forget_sizes = unlearn.run, []
 
-    def cancel_second_then_unlearn(attempt, prepared, *args, **kwargs):
+    def cancel_then_unlearn(attempt, prepared, *args, **kwargs):
         forget_sizes.append(len(prepared.split.forget))
-        if len(forget_sizes) == 1:  # the run already forgets both; now the second is cancelled
-            assert service.client.cancel_request(second.id).cancel_requested
+        if len(forget_sizes) == 1:  # the run already forgets both; now one of them is cancelled
+            assert service.client.cancel_request(gone.id).cancel_requested
             attempt.check_cancelled()
         return original(attempt, prepared, *args, **kwargs)
 
-    monkeypatch.setattr(unlearn, "run", cancel_second_then_unlearn)
+    monkeypatch.setattr(unlearn, "run", cancel_then_unlearn)
     attempt = claim(job_context(service), first.id)
     assert isinstance(attempt, Attempt) and attempt.request_ids == [first.id, second.id]
     assert execute(attempt) == "completed"
-    done, cancelled = service.client.get_request(first.id), service.client.get_request(second.id)
+    done, cancelled = service.client.get_request(staying.id), service.client.get_request(gone.id)
     own = done.details["own_forget_samples"]
     assert forget_sizes[0] > own and forget_sizes[1:] == [own]  # redone without the cancelled samples
     assert done.details["forget_samples"] == own and done.verification["batch"] is None
+    assert service.client.list_versions(model.id)[0].producing_request_id == staying.id
     assert cancelled.status == "cancelled" and cancelled.result_version is None
-    assert all(s.erased_by_request_id is None for s in service.client.request_samples(second.id))
+    assert all(s.erased_by_request_id is None for s in service.client.request_samples(gone.id))
 
 
 # --- 5. shutdown, the outbox ---------------------------------------------------------------------------
