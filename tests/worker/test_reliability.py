@@ -48,6 +48,24 @@ def events(service, request_id: str, action: str) -> list[dict]:
     return [e.data for e in service.client.audit_events(request_id=request_id) if e.action == action]
 
 
+@contextlib.contextmanager
+def reconciling(reconcile_pass):
+    """Run `reconcile_pass` every 0.1 s in a thread for the block; yields the list of the passes' outcomes."""
+    stop, passes = threading.Event(), []
+
+    def loop():
+        while not stop.wait(0.1):
+            passes.append(reconcile_pass())
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield passes
+    finally:
+        stop.set()
+        thread.join()
+
+
 # --- 1. silent phases and waiting ----------------------------------------------------------------
 
 
@@ -68,19 +86,8 @@ def test_a_phase_silent_for_many_leases_keeps_its_request(ready, monkeypatch):
 
     monkeypatch.setattr(measure, "run", slow)
     ctx = job_context(service, coalesce_max_batch=1)
-    stop, passes = threading.Event(), []
-
-    def reconciler():
-        while not stop.wait(0.1):
-            passes.append(reconcile_once(ctx.database, service.settings))
-
-    thread = threading.Thread(target=reconciler, daemon=True)
-    thread.start()
-    try:
+    with reconciling(lambda: reconcile_once(ctx.database, service.settings)) as passes:
         assert run_erasure(ctx, request.id) == "completed"
-    finally:
-        stop.set()
-        thread.join()
     assert len(passes) > 30 and not any(p.requeued or p.failed for p in passes)
     done = service.client.get_request(request.id)
     assert done.status == "completed" and done.attempts == 1
@@ -511,19 +518,8 @@ def test_a_reference_training_silent_for_many_leases_is_not_taken_away(make_serv
 
     monkeypatch.setattr(ltu_core.audit, "train_references", silent)
     ctx = job_context(service)
-    stop, passes = threading.Event(), []
-
-    def reconciler():
-        while not stop.wait(0.1):
-            passes.append(reconcile_references_once(ctx.database, service.settings))
-
-    thread = threading.Thread(target=reconciler, daemon=True)
-    thread.start()
-    try:
+    with reconciling(lambda: reconcile_references_once(ctx.database, service.settings)) as passes:
         assert run_reference_training(ctx, set_id) == "completed"
-    finally:
-        stop.set()
-        thread.join()
     assert len(passes) > 30 and not any(p.requeued or p.failed for p in passes)
     assert service.client.get_audit_references(model.id).in_use["attempts"] == 1
 
