@@ -51,6 +51,7 @@ class ProblemError(Exception):
         code: str | None = None,
         title: str | None = None,
         headers: dict[str, str] | None = None,
+        errors: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -58,6 +59,7 @@ class ProblemError(Exception):
         self.code = code or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
         self.title = title or HTTPStatus(status).phrase
         self.headers = headers or {}
+        self.errors = errors  # validation-style entries (loc, msg, type) naming where the problem is
 
 
 def problem_response(
@@ -97,7 +99,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(request, exc.status, exc.detail, code=exc.code, title=exc.title, headers=exc.headers)
+        return problem_response(
+            request, exc.status, exc.detail, code=exc.code, title=exc.title, headers=exc.headers, errors=exc.errors
+        )
 
     @app.exception_handler(LedgerError)
     async def _ledger(request: Request, exc: LedgerError) -> JSONResponse:

@@ -23,6 +23,12 @@ MAX_PARAMETERS_BYTES = 16_384
 Identifier = Field(min_length=1, max_length=255)
 
 
+class InputBody(BaseModel):
+    """A request body: unknown fields refused, and no coercion (`true` or `"1"` is not the integer 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details (media type application/problem+json)."""
 
@@ -47,10 +53,8 @@ class Health(BaseModel):
 # --- API keys -------------------------------------------------------------------------------------
 
 
-class ApiKeyCreate(BaseModel):
+class ApiKeyCreate(InputBody):
     """A new key for the caller's tenant."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
     scopes: list[Scope] = Field(min_length=1)
@@ -111,10 +115,8 @@ class DatasetPage(BaseModel):
 # --- models and versions -------------------------------------------------------------------------
 
 
-class TrainRecipeCreate(BaseModel):
+class TrainRecipeCreate(InputBody):
     """The original training recipe (ltu_core.train.TrainRecipe); Retrain reuses it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(30, ge=1, le=10_000)
     batch_size: int = Field(64, ge=2, le=65_536)
@@ -162,10 +164,8 @@ class ModelPage(BaseModel):
     next_cursor: str | None = None
 
 
-class AuditReferencesCreate(BaseModel):
+class AuditReferencesCreate(InputBody):
     """Train a new set of the model's audit reference models (the likelihood-ratio tier)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     count: int | None = Field(
         default=None,
@@ -262,11 +262,10 @@ class ModelVersionPage(BaseModel):
 # --- deletion requests ---------------------------------------------------------------------------
 
 
-class DeletionRequestCreate(BaseModel):
+class DeletionRequestCreate(InputBody):
     """An erasure request: a model and either data subjects or individual samples."""
 
     model_config = ConfigDict(
-        extra="forbid",
         json_schema_extra={"examples": [{"model_id": "3f0c…", "subject_ids": ["customer-1234"]}]},
     )
 
@@ -338,10 +337,8 @@ class DeadlineExtension(BaseModel):
     previous_due_at: datetime
 
 
-class DeadlineExtensionCreate(BaseModel):
+class DeadlineExtensionCreate(InputBody):
     """Extend an open request's deadline by one or two further months, with the reason (recorded)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     months: int = Field(ge=1, le=2, description="Further months: 1 or 2 (GDPR allows at most two).")
     reason: str = Field(
@@ -470,14 +467,21 @@ class BrokenLink(BaseModel):
 
 
 class ChainVerification(BaseModel):
-    """The outcome of walking the audit chain (or a range of it)."""
+    """The outcome of walking one page of an audit chain: the deployment's (positions are `seq`) or the
+    caller's tenant's (positions are `tenant_seq`; nothing about other tenants' events)."""
 
-    valid: bool
-    checked: int = Field(description="Events checked before the first broken link (all of them when valid).")
-    first_seq: int | None
-    last_seq: int | None = Field(description="The last intact event checked.")
+    chain: Literal["deployment", "tenant"] = Field(description="Which chain was walked.")
+    tenant_id: str | None = Field(description="The tenant whose chain it is; null for the deployment's.")
+    valid: bool = Field(description="No broken link in the events checked.")
+    checked: int = Field(description="Events checked before the first broken link (all of the page when valid).")
+    first_seq: int | None = Field(description="The first event checked (a position in the walked chain).")
+    last_seq: int | None = Field(description="The last intact event checked: where this page stopped.")
     last_hash: str | None = Field(description="Its hash: compare it with a certificate's audit anchor.")
-    broken: BrokenLink | None
+    broken: BrokenLink | None = Field(description="The first broken link (its position in the walked chain), if any.")
+    next_from_seq: int | None = Field(
+        description="The range goes on past this page: call again with from_seq set to this. Null when the walk "
+        "reached to_seq or the chain's head, or found a broken link."
+    )
 
 
 class CompletionTimes(BaseModel):

@@ -19,6 +19,12 @@ class InvalidInput(LedgerError):
     code = "invalid_input"
 
 
+class AlreadyErased(InvalidInput):
+    """A subject or sample named by a new request was erased from the model by an earlier one."""
+
+    code = "already_erased"
+
+
 class IdempotencyConflict(LedgerError):
     """The Idempotency-Key was used before with a different body."""
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from ledger import audit, datasets, leases, outbox, ratelimit, registry
 from ledger.errors import (
+    AlreadyErased,
     Conflict,
     IdempotencyConflict,
     InvalidInput,
@@ -136,7 +137,7 @@ def resolve_target(session: Session, *, model: Model, target: Target) -> list[Da
                     "(only test/holdout samples): the model never learned from this subject"
                 )
             if not still_to_forget(groups[h], erased=forgotten):
-                raise InvalidInput(f"subject_ids[{i}] has already been erased from model {model.id}")
+                raise AlreadyErased(f"subject_ids[{i}] has already been erased from model {model.id}")
             chosen.extend(groups[h])
     else:
         found = datasets.samples_by_id(session, dataset_id=model.dataset_id, sample_ids=list(target.sample_ids))
@@ -150,7 +151,7 @@ def resolve_target(session: Session, *, model: Model, target: Target) -> list[Da
                     f"sample_ids[{i}] is a {sample.split!r} sample; only training samples can be unlearned"
                 )
             if not still_to_forget([sample], erased=forgotten):
-                raise InvalidInput(f"sample_ids[{i}] has already been erased from model {model.id}")
+                raise AlreadyErased(f"sample_ids[{i}] has already been erased from model {model.id}")
             chosen.append(sample)
     return list({s.id: s for s in chosen}.values())
 

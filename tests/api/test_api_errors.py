@@ -189,11 +189,11 @@ def test_other_tenants_resources_are_404(api, registered, artifacts):
 # --- uploads ------------------------------------------------------------------------------------
 
 
-def upload_model(api, dataset_id: str, payload: bytes, key=None):
+def upload_model(api, dataset_id: str, payload: bytes, key=None, **fields: str):
     headers = {"Authorization": f"Bearer {key}"} if key else api.client.headers
     return api.http.post(
         "/v1/models",
-        data={"dataset_id": dataset_id},
+        data={"dataset_id": dataset_id, **fields},
         headers=headers,
         files={"weights": ("w.safetensors", payload, "application/octet-stream")},
     )
@@ -272,7 +272,7 @@ def test_bad_dataset_archives(api, artifacts, tmp_path):
         info = tarfile.TarInfo("../evil.sh")
         info.size = 4
         tar.addfile(info, io.BytesIO(b"boom"))
-    assert "unexpected entries" in problem(upload(extra.getvalue()), 422)["detail"]
+    assert problem(upload(extra.getvalue()), 422)["code"] == "unsafe_archive_member"
     assert not (api.settings.ledger.artifacts_dir.parent / "evil.sh").exists()
     truncated = io.BytesIO()
     with tarfile.open(fileobj=truncated, mode="w") as tar, tarfile.open(artifacts.archive) as src:
@@ -284,3 +284,109 @@ def test_bad_dataset_archives(api, artifacts, tmp_path):
             tar.addfile(member, io.BytesIO(data))
     assert "images.u8" in problem(upload(truncated.getvalue()), 422)["detail"]
     assert api.client.list_models() == []
+
+
+# --- the edge (api/edge.py): the same 422 whatever the ledger ---------------------------------------
+
+
+def post_raw(api, path: str, text: str):
+    return api.http.post(
+        path, content=text.encode(), headers={**api.client.headers, "Content-Type": "application/json"}
+    )
+
+
+def nested(depth: int) -> str:
+    """JSON `parameters` that make the body `depth` levels deep (the body itself is level 1)."""
+    return '{"a": ' + "[" * (depth - 2) + "]" * (depth - 2) + "}"
+
+
+@pytest.mark.parametrize(
+    ("parameters", "code", "loc"),
+    [
+        ('{"lr": 1e400}', "non_finite_number", ["body", "parameters", "lr"]),
+        ('{"lr": NaN}', "non_finite_number", ["body", "parameters", "lr"]),
+        ('{"lr": [Infinity]}', "non_finite_number", ["body", "parameters", "lr", 0]),
+        ('{"seed": 9007199254740993}', "integer_out_of_range", ["body", "parameters", "seed"]),
+        ('{"x": "\\udfff"}', "lone_surrogate", ["body", "parameters", "x"]),
+        ('{"\\ud800": 1}', "lone_surrogate", ["body", "parameters"]),
+        ('{"x": "a\\u0000"}', "nul_character", ["body", "parameters", "x"]),
+        (nested(33), "nesting_too_deep", ["body", "parameters", "a", *[0] * 30]),
+        (nested(5000), "nesting_too_deep", ["body"]),
+    ],
+)
+def test_the_edge_refuses_what_a_ledger_could_not_store_or_sign(api, registered, parameters, code, loc):
+    _, model = registered
+    text = f'{{"model_id": "{model.id}", "subject_ids": ["someone"], "parameters": {parameters}}}'
+    body = problem(post_raw(api, "/v1/deletion-requests", text), 422)
+    assert body["code"] == code and body["errors"][0]["loc"] == loc
+
+
+def test_the_edge_admits_its_limits_and_real_text(api, registered):
+    _, model = registered
+    # 32 levels, ±2^53, a surrogate pair (one character, not a lone half): all pass the edge, to the ledger's 404.
+    for parameters in (nested(32), '{"seed": -9007199254740992}', '{"x": "\\ud83d\\ude00"}'):
+        text = f'{{"model_id": "{model.id}", "subject_ids": ["someone"], "parameters": {parameters}}}'
+        assert problem(post_raw(api, "/v1/deletion-requests", text), 404)["code"] == "not_found"
+
+
+def test_nul_in_a_query_path_or_form_field_is_refused(api, registered, artifacts):
+    dataset, _ = registered
+    auth = api.client.headers
+    for path in ("/v1/deletion-requests?model_id=%00", "/v1/models/a%00b", "/v1/audit/summary?model_id=%00"):
+        assert problem(api.http.get(path, headers=auth), 422)["code"] == "nul_character", path
+    response = upload_model(api, dataset.id, artifacts.weights.read_bytes(), name="a\x00b")
+    body = problem(response, 422)
+    assert body["code"] == "nul_character" and body["errors"][0]["loc"] == ["body", "name"]
+
+
+def test_types_are_strict_and_an_empty_model_name_is_refused(api, registered, artifacts):
+    dataset, model = registered
+    request = api.client.submit_deletion(model.id, subject_ids=[artifacts.subject_with_train_samples()])
+    for months in ("true", '"1"', "1.0"):
+        response = post_raw(
+            api, f"/v1/deletion-requests/{request.id}/deadline-extension", f'{{"months": {months}, "reason": "r"}}'
+        )
+        assert problem(response, 422)["errors"][0]["loc"] == ["body", "months"]
+    assert problem(post_raw(api, f"/v1/models/{model.id}/audit-references", '{"count": "4"}'), 422)
+    assert (
+        problem(upload_model(api, dataset.id, artifacts.weights.read_bytes(), name=""), 422)["code"]
+        == "validation_error"
+    )
+    response = api.http.post(
+        "/v1/models",
+        data={"dataset_id": dataset.id, "recipe": '{"lr": 1e400}'},
+        headers=api.client.headers,
+        files={"weights": ("w.safetensors", artifacts.weights.read_bytes(), "application/octet-stream")},
+    )
+    assert problem(response, 422)["code"] == "non_finite_number"
+
+
+def test_weights_range_errors_are_problems(api, registered):
+    _, model = registered
+    url = f"/v1/models/{model.id}/versions/1/weights"
+    size = len(api.http.get(url, headers=api.client.headers).content)
+    response = api.http.get(url, headers={**api.client.headers, "Range": "bytes=999999999-"})
+    assert problem(response, 416)["code"] == "range_not_satisfiable"
+    assert response.headers["Content-Range"] == f"bytes */{size}"
+    assert (
+        problem(api.http.get(url, headers={**api.client.headers, "Range": "bytes=abc"}), 400)["code"] == "invalid_range"
+    )
+    partial = api.http.get(url, headers={**api.client.headers, "Range": "bytes=0-7"})
+    assert partial.status_code == 206 and len(partial.content) == 8
+
+
+def test_an_erased_subject_or_sample_again_is_already_erased(completed, artifacts):
+    api, model = completed.service, completed.model
+    sample = next(s.sample_id for s in api.client.request_samples(completed.request.id) if s.split == "train")
+    for target in ({"subject_ids": [artifacts.subject_with_train_samples()]}, {"sample_ids": [sample]}):
+        assert problem(post_request(api, {"model_id": model.id, **target}), 422)["code"] == "already_erased"
+
+
+def test_the_summary_of_an_unknown_or_foreign_model_is_404(api, registered):
+    _, model = registered
+    assert problem(api.http.get("/v1/audit/summary", params={"model_id": "nope"}, headers=api.client.headers), 404)
+    foreign = {"Authorization": f"Bearer {new_key(api, scopes=['audit'], tenant='acme')}"}
+    assert problem(api.http.get("/v1/audit/summary", params={"model_id": model.id}, headers=foreign), 404)
+    assert (
+        api.http.get("/v1/audit/summary", params={"model_id": model.id}, headers=api.client.headers).status_code == 200
+    )
