@@ -39,20 +39,29 @@ def register_dataset(
     response: Response,
     name: Annotated[str | None, Form(max_length=200, description="Defaults to the manifest's name.")] = None,
 ) -> DatasetRead:
-    """Register a dataset; subject ids are stored only as keyed hashes."""
+    """Register a dataset; subject ids are stored only as keyed hashes.
+
+    Upload limit: the archive may be at most LTU_MAX_DATASET_BYTES (default 2 GiB); a larger one is refused
+    with 413 (`payload_too_large`) as soon as it passes the limit. The format: README, "Datasets: the
+    ltu-dataset format"; `ltu dataset pack` builds one and `ltu dataset validate` checks one.
+    """
     staged, folder = store.staging_file(".tar"), store.staging_dir()
     try:
         save_stream(archive.file, staged, limit=settings.api.max_dataset_bytes)
-        upload = unpack_dataset_archive(staged, folder, hash_subject=partial(subject_hash, settings.ledger.secret_key))
+        upload = unpack_dataset_archive(
+            staged,
+            folder,
+            hash_subject=partial(subject_hash, settings.ledger.secret_key),
+            max_bytes=settings.api.max_dataset_bytes,
+        )
         dataset_id = new_id()
         archive_sha = sha256_file(staged)
         storage_key = store.stage_dataset(session, folder, dataset_id)  # in place once the registration commits
     except TooLarge as exc:
         raise ProblemError(413, str(exc), code="payload_too_large") from None
     except UploadError as exc:
-        raise ProblemError(
-            exc.status, str(exc), code="unsupported_media_type" if exc.status == 415 else "invalid_dataset"
-        ) from None
+        default = "unsupported_media_type" if exc.status == 415 else "invalid_dataset"
+        raise ProblemError(exc.status, str(exc), code=exc.code or default) from None
     finally:
         store.discard(staged)
         store.discard(folder)

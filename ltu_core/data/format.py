@@ -66,7 +66,7 @@ def read_manifest(folder: Path) -> dict:
         raise DatasetFormatError(f"{folder}: missing {MANIFEST} (is this an ltu-dataset folder?)")
     try:
         manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, huge ints
         raise DatasetFormatError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict):
         raise DatasetFormatError(f"{path}: expected a JSON object")
@@ -171,8 +171,9 @@ def pack_dataset(folder: str | os.PathLike, archive: str | os.PathLike) -> Path:
 def unpack_dataset(archive: str | os.PathLike, folder: str | os.PathLike) -> Path:
     """Safely extract an uploaded tar into `folder`, then validate it; returns the folder.
 
-    Only the three format files are accepted, as regular files at the archive's top level, so a
-    crafted archive cannot write outside `folder` or smuggle links.
+    Only the three format files are accepted, as regular files at the archive's top level and not
+    sparse, so a crafted archive cannot write outside `folder`, smuggle links or unfold a few stored
+    bytes into a file of gigabytes.
     """
     folder = Path(folder)
     try:
@@ -191,8 +192,8 @@ def unpack_dataset(archive: str | os.PathLike, folder: str | os.PathLike) -> Pat
             member = members.get(name)
             if member is None:
                 raise DatasetFormatError(f"{archive}: missing {name}")
-            if not member.isfile():
-                raise DatasetFormatError(f"{archive}: {name} must be a regular file")
+            if not member.isfile() or member.issparse():
+                raise DatasetFormatError(f"{archive}: {name} must be a regular file (not sparse)")
         folder.mkdir(parents=True, exist_ok=True)
         for name in (MANIFEST, INDEX, IMAGES):
             src = tar.extractfile(members[name])

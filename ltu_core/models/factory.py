@@ -11,6 +11,12 @@ small-image adaptation because timm's defaults target 224 px inputs:
 
 Any other timm name is passed through with `num_classes`, `in_chans` and `kwargs`.
 
+A checkpoint's header is input the service takes from clients, so an `ArchConfig` holds only what
+the allow-list below admits: a plain timm name (no pretrained tag, no `hf-hub:` or `local-dir:`
+source), bounded sizes, and keyword arguments that shape the network. Nothing names a file
+(`checkpoint_path`, `pretrained_cfg`) or downloads (`pretrained`). api/uploads.py refuses the same
+at upload; a test keeps the two lists equal.
+
 A checkpoint is one safetensors file: the full state dict (buffers included, so BatchNorm
 statistics survive) and, in the header metadata, the `ArchConfig` as JSON, so a file alone
 rebuilds its model. Nothing is ever unpickled.
@@ -19,7 +25,9 @@ rebuilds its model. Nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import numbers
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +41,17 @@ from ltu_core.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "ltu-model/1"
 _VIT_MICRO = dict(patch_size=4, embed_dim=96, depth=4, num_heads=3, mlp_ratio=2.0)
+ARCH_NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
+ARCH_BOUNDS = {"num_classes": (2, 100_000), "in_chans": (1, 16), "img_size": (1, 1024), "width": (1 / 64, 4.0)}
+ARCH_KWARGS = {  # vit_micro's geometry and dropout rates; an int bound admits integers only
+    "patch_size": (1, 64),
+    "embed_dim": (8, 1024),
+    "depth": (1, 48),
+    "num_heads": (1, 16),
+    "mlp_ratio": (0.25, 8.0),
+    "drop_rate": (0.0, 0.9),
+    "drop_path_rate": (0.0, 0.9),
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,11 @@ class ArchConfig:
     small_stem: bool = True
     kwargs: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        problem = _outside_allow_list(self)
+        if problem:
+            raise CheckpointError(f"architecture {self.name!r}: {problem}")
+
     def to_json(self) -> str:
         """Stable JSON form (sorted keys), as stored in checkpoints."""
         return json.dumps(asdict(self), sort_keys=True)
@@ -57,8 +81,33 @@ class ArchConfig:
         try:
             data = json.loads(text)
             return cls(**data)
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # ValueError: JSONDecodeError, 5,000-digit ints
             raise CheckpointError(f"invalid architecture config in checkpoint: {exc}") from exc
+
+
+def _outside_allow_list(arch: ArchConfig) -> str | None:
+    if not isinstance(arch.name, str) or not re.fullmatch(ARCH_NAME_PATTERN, arch.name):
+        return f"the name must be a timm model name matching {ARCH_NAME_PATTERN}"
+    if not isinstance(arch.small_stem, bool):
+        return "small_stem must be True or False"
+    for key, bounds in ARCH_BOUNDS.items():
+        if not _within(getattr(arch, key), bounds):
+            return f"{key} must be a number in [{bounds[0]}, {bounds[1]}]"
+    if not isinstance(arch.kwargs, dict):
+        return "kwargs must be a dict"
+    for key, value in arch.kwargs.items():
+        if key not in ARCH_KWARGS:
+            return f"keyword argument {key!r} is not allowed (allowed: {', '.join(sorted(ARCH_KWARGS))})"
+        if not _within(value, ARCH_KWARGS[key]):
+            return f"keyword argument {key!r} must be a number in [{ARCH_KWARGS[key][0]}, {ARCH_KWARGS[key][1]}]"
+    return None
+
+
+def _within(value: object, bounds: tuple[float, float]) -> bool:
+    low, high = bounds
+    kind = numbers.Real if isinstance(low, float) else numbers.Integral
+    # NaN compares false and the infinities fall outside: no separate finiteness check.
+    return isinstance(value, kind) and not isinstance(value, bool) and low <= value <= high
 
 
 def build_model(arch: ArchConfig, *, seed: int = 0) -> nn.Module:
@@ -67,8 +116,10 @@ def build_model(arch: ArchConfig, *, seed: int = 0) -> nn.Module:
         torch.manual_seed(seed)
         try:
             return _create(arch)
-        except RuntimeError as exc:  # timm: unknown model name
-            raise CheckpointError(str(exc)) from exc
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+            # timm: an unknown model name, or allowed keyword arguments this model does not take or
+            # cannot combine (embed_dim not divisible by num_heads).
+            raise CheckpointError(f"architecture {arch.name!r}: {exc}") from exc
 
 
 def _create(arch: ArchConfig) -> nn.Module:
@@ -120,7 +171,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], A
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({exc})") from exc
     if meta.get("format") != CHECKPOINT_FORMAT or "arch" not in meta:
         raise CheckpointError(f"{path}: safetensors file without an ltu architecture header")
-    extra = json.loads(meta["extra"]) if "extra" in meta else {}
+    try:
+        extra = json.loads(meta["extra"]) if "extra" in meta else {}
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: the 'extra' header is not JSON ({exc.__class__.__name__})") from exc
     return state, ArchConfig.from_json(meta["arch"]), extra
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 
@@ -257,3 +258,25 @@ def test_with_train_size_keeps_the_first_rows_in_split_hash_order(tmp_path):
     for bad, message in ((31, "exceeds the 30 train samples"), (1, "at least 2"), (2.5, "must be an integer")):
         with pytest.raises(ValueError, match=message):
             small.with_train_size(bad)
+
+
+def test_unpack_refuses_sparse_members_before_writing_them(tmp_path, synthetic):
+    folder = write_dataset(synthetic, tmp_path / "ds")
+    sparse = tmp_path / "sparse.tar"
+    with tarfile.open(sparse, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(folder / "manifest.json", arcname="manifest.json")
+        tar.add(folder / "samples.csv", arcname="samples.csv")
+        # GNU tar's PAX sparse format 0.1: 512 stored bytes stand for a 1.5 GB file of holes.
+        info = tarfile.TarInfo("images.u8")
+        info.size, info.pax_headers = 512, {"GNU.sparse.map": "0,512", "GNU.sparse.size": "1500000000"}
+        tar.addfile(info, io.BytesIO(b"\1" * 512))
+    with pytest.raises(DatasetFormatError, match="not sparse"):
+        unpack_dataset(sparse, tmp_path / "out")
+    assert not (tmp_path / "out" / "images.u8").exists()
+
+
+def test_manifests_nested_too_deep_are_format_errors(tmp_path, synthetic):
+    folder = write_dataset(synthetic, tmp_path / "ds")
+    (folder / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetFormatError, match="not valid JSON"):
+        read_dataset(folder)

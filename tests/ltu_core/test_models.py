@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -64,3 +67,62 @@ def test_checkpoints_that_are_not_ours_are_rejected(tmp_path):
         load_model(foreign)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def stored_checkpoint(tmp_path, arch_json: str, **metadata: str):
+    """A safetensors file whose header says `arch_json`, as a client could upload it (save_model would refuse)."""
+    path = tmp_path / "crafted.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "ltu-model/1", "arch": arch_json, **metadata})
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"checkpoint_path": "/etc/passwd"}, {"pretrained": True}, {"pretrained_cfg": {}}, {"no_such_argument": 1}],
+)
+def test_keyword_arguments_outside_the_allow_list_never_reach_timm(tmp_path, monkeypatch, kwargs):
+    from ltu_core.models import factory
+
+    calls = []
+    monkeypatch.setattr(factory.timm, "create_model", lambda *a, **kw: calls.append(kw))
+    with pytest.raises(CheckpointError, match=repr(next(iter(kwargs)))):
+        ArchConfig("resnet18", num_classes=4, kwargs=kwargs)
+    arch = json.dumps({"name": "resnet18", "num_classes": 4, "kwargs": kwargs})
+    with pytest.raises(CheckpointError, match=repr(next(iter(kwargs)))):
+        load_model(stored_checkpoint(tmp_path, arch))  # a header stored before the API checked it
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"name": "hf-hub:someone/model"}, "timm model name"),
+        ({"name": "resnet18.a1_in1k"}, "timm model name"),
+        ({"width": 64.0}, "width"),
+        ({"img_size": 10**6}, "img_size"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"small_stem": "no"}, "small_stem"),
+        ({"kwargs": {"embed_dim": 1 << 20}}, "'embed_dim'"),
+        ({"kwargs": {"drop_rate": float("nan")}}, "'drop_rate'"),
+    ],
+)
+def test_names_and_sizes_outside_the_allow_list_are_refused(fields, problem):
+    with pytest.raises(CheckpointError, match=re.escape(problem)):
+        ArchConfig(**{"name": "resnet18", "num_classes": 4, **fields})
+
+
+def test_allowed_keyword_arguments_build_and_misfits_are_checkpoint_errors():
+    vit = build_model(ArchConfig("vit_micro", num_classes=3, img_size=16, kwargs={"depth": 2, "drop_path_rate": 0.1}))
+    assert len(vit.blocks) == 2 and vit(torch.zeros(1, 1, 16, 16)).shape == (1, 3)
+    with pytest.raises(CheckpointError, match="patch_size"):  # allowed, but resnets take no such argument
+        build_model(ArchConfig("resnet18", num_classes=3, kwargs={"patch_size": 4}))
+
+
+def test_headers_nested_too_deep_or_not_json_are_checkpoint_errors(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(CheckpointError, match="invalid architecture config"):
+        load_model(stored_checkpoint(tmp_path, deep))
+    arch = ArchConfig("resnet18", num_classes=4).to_json()
+    for extra in (deep, "{not json"):
+        with pytest.raises(CheckpointError, match="'extra' header is not JSON"):
+            read_checkpoint(stored_checkpoint(tmp_path, arch, extra=extra))
