@@ -18,6 +18,7 @@ from ledger.db import Database
 from ledger.tables import ApiKey
 from ltu_settings import Settings
 
+SAFE_METHODS = ("GET", "HEAD")  # HTTP's read-only methods
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
@@ -48,13 +49,14 @@ def get_signer(request: Request) -> Signer:
     return signer
 
 
-def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
+def get_session(request: Request, database: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
     """One unit of work per HTTP request: committed when the route returns, rolled back if it raises.
 
     Used with scope="function", so the commit happens before the response is sent: a client never
-    sees a 202 for a request that was not stored.
+    sees a 202 for a request that was not stored. GET and HEAD only read: their session is a read
+    session (Database.read), which never holds SQLite's write lock however long the route reads.
     """
-    with database.session() as session:
+    with (database.read if request.method in SAFE_METHODS else database.session)() as session:
         yield session
         session.commit()
 
@@ -78,6 +80,9 @@ def get_current_key(
     key = tenants.authenticate(session, secret=credentials.credentials)
     if key is None:
         raise ProblemError(401, "invalid or revoked API key", code="invalid_api_key", headers=challenge)
+    # The lookup's transaction ends here: a write transaction (SQLite's write lock) begins only when the
+    # route first touches the ledger, not while it copies and checks an upload of up to gigabytes.
+    session.commit()
     return key
 
 

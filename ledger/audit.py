@@ -8,6 +8,13 @@ inserts them just before COMMIT. Sealing last makes the chain lock the transacti
 held for an instant: it can never close a deadlock with the row locks the change itself takes.
 Events recorded inside a savepoint that rolls back are dropped with it.
 
+Each tenant's events form a chain of their own inside it: `tenant_seq` counts them from 1 and
+`tenant_prev_hash` is the hash of the tenant's previous event, both in the chained body (events of
+no tenant, such as the sweeper's, have neither). A tenant walks its own chain without reading, or
+learning the number of, anyone else's events; the operator walks the deployment's. Events sealed
+before migration 0007 keep their bodies (certificates anchor their hashes) and have the tenant
+link as columns only, set by that migration's backfill with the same `TenantHeads` rule.
+
 Serialisation, so the chain never forks and `seq` has no gaps: on Postgres a transaction-level
 advisory lock, released by COMMIT after the new rows are visible (READ COMMITTED, the default,
 reads the newest head once the lock is held); on SQLite every transaction begins IMMEDIATE
@@ -16,14 +23,14 @@ reads the newest head once the lock is held); on SQLite every transaction begins
 The chained body holds no personal data: subject ids appear only as keyed hashes, and free text
 that could hold some (a deadline extension's reason) only as its keyed hash, so erasing personal
 data later never breaks the chain. UPDATE, DELETE and TRUNCATE are rejected by triggers (migration
-0002); `verify_chain` finds any row changed behind their back.
+0002); `verify_chain` finds any row changed behind their back, one bounded page at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,6 +60,8 @@ CHAIN_COLUMNS = (
     "model_id",
     "request_id",
 )
+TENANT_LINK = ("tenant_seq", "tenant_prev_hash")  # in the chained body of events sealed since migration 0007
+VERIFY_LIMIT = 10_000  # events one verify call checks at most: every call's work is bounded
 
 
 def record(
@@ -125,6 +134,42 @@ def _ended(session: Session, transaction: SessionTransaction) -> None:
         session.info[PENDING], session.info[MARKS] = [], {}
 
 
+class TenantHeads:
+    """The newest link (tenant_seq, hash) of each tenant's chain, extended event by event: the one rule
+    by which sealing and migration 0007's backfill give events their tenant link."""
+
+    def __init__(self, lookup: Callable[[str], tuple[int, str] | None]) -> None:
+        self._lookup = lookup  # a tenant's stored head, asked once per tenant
+        self._heads: dict[str, tuple[int, str]] = {}
+
+    def next_link(self, tenant_id: str | None) -> dict[str, Any]:
+        """The tenant_seq and tenant_prev_hash of the tenant's next event (None for no tenant)."""
+        if tenant_id is None:
+            return {"tenant_seq": None, "tenant_prev_hash": None}
+        if tenant_id not in self._heads:
+            self._heads[tenant_id] = self._lookup(tenant_id) or (0, GENESIS)
+        tenant_seq, tenant_hash = self._heads[tenant_id]
+        return {"tenant_seq": tenant_seq + 1, "tenant_prev_hash": tenant_hash}
+
+    def advance(self, tenant_id: str | None, tenant_seq: int | None, digest: str) -> None:
+        """The tenant's event at `tenant_seq` hashed to `digest`: it is the tenant's head now."""
+        if tenant_id is not None:
+            self._heads[tenant_id] = (tenant_seq, digest)
+
+
+def _stored_tenant_head(session: Session) -> Callable[[str], tuple[int, str] | None]:
+    def lookup(tenant_id: str) -> tuple[int, str] | None:
+        head = session.execute(
+            select(AuditEvent.tenant_seq, AuditEvent.hash)
+            .where(AuditEvent.tenant_id == tenant_id, AuditEvent.tenant_seq.is_not(None))
+            .order_by(AuditEvent.tenant_seq.desc())
+            .limit(1)
+        ).first()
+        return tuple(head) if head else None
+
+    return lookup
+
+
 def _seal(session: Session) -> None:
     pending = session.info.get(PENDING)
     if not pending or session.in_nested_transaction():  # a savepoint's release: the outer commit seals
@@ -134,9 +179,11 @@ def _seal(session: Session) -> None:
         session.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK)))
     head = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    tenant_heads = TenantHeads(_stored_tenant_head(session))
     rows = []
     for fields in pending:
         seq += 1
+        fields = {**fields, **tenant_heads.next_link(fields["tenant_id"])}
         try:
             body, digest = link(fields, seq=seq, prev_hash=prev)
         except (TypeError, ValueError) as exc:  # a programming error: name the event it came from
@@ -150,6 +197,7 @@ def _seal(session: Session) -> None:
                 "hash": digest,
             }
         )
+        tenant_heads.advance(fields["tenant_id"], fields["tenant_seq"], digest)
         prev = digest
     session.execute(insert(AuditEvent), rows)
     pending.clear()
@@ -209,7 +257,7 @@ def after_cursor(cursor: str) -> int:
 
 def head_seq(session: Session) -> int:
     """The newest sequence number (0 for an empty chain)."""
-    return session.scalar(select(func.max(AuditEvent.seq))) or 0
+    return _head(session, DEPLOYMENT)
 
 
 def export_chunk(session: Session, *, where: EventFilter, after_seq: int, upto_seq: int, limit: int) -> list[Row]:
@@ -223,8 +271,38 @@ def export_chunk(session: Session, *, where: EventFilter, after_seq: int, upto_s
 
 
 @dataclass(frozen=True)
+class Chain:
+    """A chain to walk: the deployment's (every event, by `seq`) or one tenant's (its events, by `tenant_seq`)."""
+
+    tenant_id: str | None = None  # None: the deployment's chain
+
+    @property
+    def position(self):
+        """The column that numbers the chain's events from 1."""
+        return AuditEvent.seq if self.tenant_id is None else AuditEvent.tenant_seq
+
+    @property
+    def name(self) -> str:
+        """The position's name, as the reasons spell it."""
+        return "seq" if self.tenant_id is None else "tenant_seq"
+
+    def previous(self, row: Row) -> str:
+        """The hash `row` records for its predecessor in this chain."""
+        return row.prev_hash if self.tenant_id is None else row.tenant_prev_hash
+
+    def select(self, *columns):
+        """A query over the chain's events."""
+        query = select(*columns)
+        return query if self.tenant_id is None else query.where(AuditEvent.tenant_id == self.tenant_id)
+
+
+DEPLOYMENT = Chain()
+
+
+@dataclass(frozen=True)
 class ChainReport:
-    """The outcome of walking the chain: how far it holds, and the first broken link if any."""
+    """The outcome of walking (a page of) a chain: how far it holds, the first broken link if any,
+    and where to continue when the page ended before the range did."""
 
     checked: int
     first_seq: int | None
@@ -232,6 +310,7 @@ class ChainReport:
     last_hash: str | None  # of the last intact event checked (compare it with a certificate's anchor)
     broken_seq: int | None = None
     reason: str | None = None
+    next_from_seq: int | None = None  # the range goes on: walk again from here
 
     @property
     def valid(self) -> bool:
@@ -239,69 +318,113 @@ class ChainReport:
         return self.broken_seq is None
 
 
-def verify_chain(session: Session, *, from_seq: int = 1, to_seq: int | None = None, chunk: int = 1000) -> ChainReport:
-    """Walk the chain from `from_seq` to `to_seq` (default: the head) and report the first broken link.
+def verify_chain(
+    session: Session,
+    *,
+    chain: Chain = DEPLOYMENT,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    limit: int = VERIFY_LIMIT,
+    chunk: int = 1000,
+) -> ChainReport:
+    """Walk `chain` from position `from_seq` to `to_seq` (default: its head), at most `limit` events,
+    and report the first broken link.
 
     A row is broken when its body does not hash to its hash, its columns differ from its body,
-    its sequence number is missing, or the next row's prev_hash is not its hash (it was rewritten
-    together with its own hash). The walk reads `chunk` rows per query and keeps none.
+    its position is missing, or the next row's link is not its hash (it was rewritten together
+    with its own hash). A tenant's walk reads only that tenant's rows. The walk reads `chunk` rows
+    per query and keeps none.
     """
     prev_seq, prev_hash = from_seq - 1, GENESIS
     if from_seq > 1:
-        anchor = session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == prev_seq))
+        anchor = session.scalar(chain.select(AuditEvent.hash).where(chain.position == prev_seq))
         if anchor is None:
-            if head_seq(session) < from_seq:  # nothing to check
+            if _head(session, chain) < from_seq:  # nothing to check
                 return ChainReport(0, None, None, None)
-            return ChainReport(0, None, None, None, prev_seq, f"seq {prev_seq} is missing: the event was deleted")
+            missing = f"{chain.name} {prev_seq} is missing: the event was deleted"
+            return ChainReport(0, None, None, None, prev_seq, missing)
         prev_hash = anchor
-    checked, broken, earlier_hash = 0, None, None
-    for row in _walk(session, after_seq=prev_seq, to_seq=to_seq, chunk=chunk):
-        broken = _broken(row, prev_seq, prev_hash)
+    checked, broken, earlier_hash, next_from_seq = 0, None, None, None
+    for row in _walk(session, chain, after_seq=prev_seq, to_seq=to_seq, count=limit + 1, chunk=chunk):
+        full = checked == limit  # the range goes on: the next row only confirms the page's last hash
+        broken = (_unlinked if full else _broken)(chain, row, prev_seq, prev_hash)
         if broken is not None:
             if broken[0] == prev_seq and checked:  # the previous row was rewritten: not intact after all
                 checked, prev_seq, prev_hash = checked - 1, prev_seq - 1, earlier_hash
             break
-        earlier_hash, prev_seq, prev_hash = prev_hash, row.seq, row.hash
+        if full:
+            next_from_seq = prev_seq + 1
+            break
+        earlier_hash, prev_seq, prev_hash = prev_hash, _position(chain, row), row.hash
         checked += 1
     intact = (from_seq, prev_seq, prev_hash) if checked else (None, None, None)
-    return ChainReport(checked, *intact, *(broken or (None, None)))
+    return ChainReport(checked, *intact, *(broken or (None, None)), next_from_seq)
 
 
-def _walk(session: Session, *, after_seq: int, to_seq: int | None, chunk: int) -> Iterator[Row]:
-    columns = [getattr(AuditEvent, name) for name in CHAIN_COLUMNS] + [AuditEvent.body, AuditEvent.hash]
-    while True:
-        query = select(*columns).where(AuditEvent.seq > after_seq)
+def _head(session: Session, chain: Chain) -> int:
+    return session.scalar(chain.select(func.max(chain.position))) or 0
+
+
+def _position(chain: Chain, row: Row) -> int:
+    return row.seq if chain.tenant_id is None else row.tenant_seq
+
+
+def _walk(
+    session: Session, chain: Chain, *, after_seq: int, to_seq: int | None, count: int, chunk: int
+) -> Iterator[Row]:
+    """Up to `count` rows of the chain after `after_seq`, read `chunk` at a time."""
+    columns = [getattr(AuditEvent, name) for name in (*CHAIN_COLUMNS, *TENANT_LINK, "body", "hash")]
+    while count > 0:
+        query = chain.select(*columns).where(chain.position > after_seq)
         if to_seq is not None:
-            query = query.where(AuditEvent.seq <= to_seq)
-        rows = list(session.execute(query.order_by(AuditEvent.seq).limit(chunk)))
+            query = query.where(chain.position <= to_seq)
+        rows = list(session.execute(query.order_by(chain.position).limit(min(chunk, count))))
         if not rows:
             return
         yield from rows
-        after_seq = rows[-1].seq
+        after_seq, count = _position(chain, rows[-1]), count - len(rows)
 
 
-def _broken(row: Row, prev_seq: int, prev_hash: str) -> tuple[int, str] | None:
-    """(seq, why) when `row` does not continue the chain after (prev_seq, prev_hash), else None."""
-    if row.seq != prev_seq + 1:
-        return prev_seq + 1, f"seq {prev_seq + 1} is missing: the event was deleted"
+def _broken(chain: Chain, row: Row, prev_seq: int, prev_hash: str) -> tuple[int, str] | None:
+    """(position, why) when `row` does not continue `chain` after (prev_seq, prev_hash), else None."""
+    position = _position(chain, row)
+    if position != prev_seq + 1:
+        return prev_seq + 1, f"{chain.name} {prev_seq + 1} is missing: the event was deleted"
     if hashlib.sha256(row.body.encode()).hexdigest() != row.hash:
-        return row.seq, "the body does not hash to the stored hash: the event was edited"
+        return position, "the body does not hash to the stored hash: the event was edited"
     try:
         body = json.loads(row.body)
     except ValueError:
-        return row.seq, "the body is not JSON: the event was edited"
-    stored = {name: getattr(row, name) for name in CHAIN_COLUMNS}
+        return position, "the body is not JSON: the event was edited"
+    chained = _chained_columns(body)
+    if chained is None:
+        return position, "the body does not have the fields of an event: the event was edited"
+    stored = {name: getattr(row, name) for name in chained}
     stored["occurred_at"] = timestamp(row.occurred_at)
-    if not isinstance(body, dict) or set(body) != {*CHAIN_COLUMNS, "data"}:
-        return row.seq, "the body does not have the fields of an event: the event was edited"
-    changed = [name for name in CHAIN_COLUMNS if body[name] != stored[name]]
+    changed = [name for name in chained if body[name] != stored[name]]
     if changed:
-        return row.seq, f"the column {changed[0]} differs from the chained body: the row was edited"
-    if row.prev_hash != prev_hash:
-        if prev_seq == 0:
-            return row.seq, "the first event does not start from the genesis hash"
-        return prev_seq, (
-            f"seq {row.seq} records prev_hash {row.prev_hash[:16]}… but seq {prev_seq} hashes to "
-            f"{prev_hash[:16]}…: seq {prev_seq} was rewritten"
-        )
+        return position, f"the column {changed[0]} differs from the chained body: the row was edited"
+    return _unlinked(chain, row, prev_seq, prev_hash)
+
+
+def _unlinked(chain: Chain, row: Row, prev_seq: int, prev_hash: str) -> tuple[int, str] | None:
+    """(position, why) when `row` follows (prev_seq, prev_hash) but does not record prev_hash, else None."""
+    if _position(chain, row) != prev_seq + 1 or chain.previous(row) == prev_hash:
+        return None
+    if prev_seq == 0:
+        return 1, "the first event does not start from the genesis hash"
+    return prev_seq, (
+        f"{chain.name} {prev_seq + 1} records its predecessor's hash as {chain.previous(row)[:16]}… but "
+        f"{chain.name} {prev_seq} hashes to {prev_hash[:16]}…: {chain.name} {prev_seq} was rewritten"
+    )
+
+
+def _chained_columns(body: Any) -> tuple[str, ...] | None:
+    """The columns a body chains: with the tenant link since migration 0007, without it before; None if neither."""
+    if not isinstance(body, dict):
+        return None
+    if set(body) == {*CHAIN_COLUMNS, *TENANT_LINK, "data"}:
+        return (*CHAIN_COLUMNS, *TENANT_LINK)
+    if set(body) == {*CHAIN_COLUMNS, "data"}:
+        return CHAIN_COLUMNS
     return None

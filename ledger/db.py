@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from ledger import artifacts, audit
+
+SQLITE_READ_ONLY = "ltu_sqlite_read_only"  # execution option: the transaction only reads (Database.read)
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
@@ -28,10 +30,14 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn) -> None:
-            # IMMEDIATE: every transaction takes the write lock up front (waiting up to the busy
-            # timeout), so a read-then-write transaction can never fail on a stale snapshot. The
-            # embedded ledger's transactions are all short; nothing holds one during a job.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # IMMEDIATE: a transaction that may write takes the write lock up front (waiting up to
+            # the busy timeout), so a read-then-write transaction can never fail on a stale
+            # snapshot; such transactions are all short, nothing holds one during a job. A read
+            # session's transaction stays deferred (a WAL snapshot: no lock that blocks a writer),
+            # and query_only makes any write in it fail instead of taking the lock late.
+            read_only = bool(conn.get_execution_options().get(SQLITE_READ_ONLY))
+            conn.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):
@@ -41,8 +47,16 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
 
+def read_only_options(engine: Engine) -> dict[str, bool]:
+    """Execution options that make an engine's transactions read-only (and, on SQLite, lock-free)."""
+    if engine.dialect.name == "postgresql":
+        return {"postgresql_readonly": True}
+    return {SQLITE_READ_ONLY: True}
+
+
 class Database:
-    """An engine plus its session factory; `session()` is a unit of work the caller commits."""
+    """An engine plus its session factories: `session()` is a unit of work the caller commits, `read()`
+    one that only reads."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
@@ -51,11 +65,22 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         audit.install(self.sessions)  # recorded audit events join the hash chain when a session commits
         artifacts.install(self.sessions)  # after the audit seal: files land once every row is written
+        # Same pool; neither hook is installed, so recording an event or staging a file there raises.
+        self.reader = self.engine.execution_options(**read_only_options(self.engine))
+        self.readers = sessionmaker(self.reader, expire_on_commit=False)
+
+    def session(self) -> AbstractContextManager[Session]:
+        """A session that rolls back on error and always closes; the caller commits."""
+        return self._scope(self.sessions)
+
+    def read(self) -> AbstractContextManager[Session]:
+        """A session that only reads and always closes: it never holds SQLite's write lock, so a long
+        read (a chain walk, a listing) lets writers commit meanwhile. Any write in it fails."""
+        return self._scope(self.readers)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session that rolls back on error and always closes; the caller commits."""
-        session = self.sessions()
+    def _scope(self, sessions: sessionmaker) -> Iterator[Session]:
+        session = sessions()
         try:
             yield session
         except BaseException:
@@ -73,7 +98,7 @@ class Database:
 
     def ping(self) -> None:
         """Raise if the database does not answer."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:  # a readiness probe never waits for SQLite's write lock
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:

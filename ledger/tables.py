@@ -320,13 +320,17 @@ class AuditEvent(Base):
 
     `body` is the canonical JSON (ledger.canonical) of every other column plus the event's data;
     `hash` is the SHA-256 of `body`, whose `prev_hash` is its predecessor's hash. `seq` counts
-    the deployment's events from 1 without gaps. The table is append-only (a trigger on
+    the deployment's events from 1 without gaps. A tenant's events form a chain of their own
+    too: `tenant_seq` counts them from 1 and `tenant_prev_hash` is the hash of the tenant's
+    previous event (both None for events of no tenant). Events sealed before migration 0007
+    have them as columns only; later bodies hold them. The table is append-only (a trigger on
     Postgres and SQLite); the filter columns are copies of the body's fields.
     """
 
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_events_tenant_seq", "tenant_id", "seq"),
+        Index("ix_audit_events_tenant_chain", "tenant_id", "tenant_seq", unique=True),
         Index("ix_audit_events_request_seq", "request_id", "seq"),
         Index("ix_audit_events_model_seq", "model_id", "seq"),
     )
@@ -345,6 +349,8 @@ class AuditEvent(Base):
     body: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    tenant_seq: Mapped[int | None] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    tenant_prev_hash: Mapped[str | None] = mapped_column(String(64))
 
     @property
     def data(self) -> dict[str, Any]:

@@ -354,9 +354,33 @@ class Client:
                     f.write(chunk)
         return dest
 
-    def verify_audit(self, *, from_seq: int | None = None, to_seq: int | None = None) -> dict[str, Any]:
-        """Walk the audit hash chain (or a range); `valid`, and `broken` (seq, reason) if not."""
-        return self._json("GET", "/v1/audit/verify", params=_present(from_seq=from_seq, to_seq=to_seq))
+    def verify_audit(
+        self,
+        *,
+        chain: str | None = None,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        page_size: int | None = None,
+    ) -> dict[str, Any]:
+        """Walk an audit hash chain (or a range of it) to its end, page after page; `valid`, `checked`,
+        and `broken` (position, reason) if not.
+
+        chain: "deployment" (every event, by seq: the operator tenant's audit or admin keys only) or
+        "tenant" (the caller's own events, by tenant_seq); by default the operator walks the deployment's.
+        page_size: events per call (the server's maximum by default).
+        """
+        params = _present(chain=chain, to_seq=to_seq, limit=page_size)
+        report = self._json("GET", "/v1/audit/verify", params={**params, **_present(from_seq=from_seq)})
+        while report["next_from_seq"] is not None:
+            page = self._json("GET", "/v1/audit/verify", params={**params, "from_seq": report["next_from_seq"]})
+            report = {
+                **page,
+                "checked": report["checked"] + page["checked"],
+                "first_seq": report["first_seq"],
+                "last_seq": page["last_seq"] or report["last_seq"],
+                "last_hash": page["last_hash"] or report["last_hash"],
+            }
+        return report
 
     def audit_summary(self, *, model_id: str | None = None, tenant_id: str | None = None) -> dict[str, Any]:
         """Compliance figures: requests by status, overdue, due soon, completion p50/p95, pass rate; per model."""

@@ -26,10 +26,10 @@ from api.schemas import (
     ModelFigures,
     RequestFigures,
 )
-from ledger import audit, reports, tenants
+from ledger import audit, registry, reports, tenants
 from ledger.db import Database
 from ledger.reports import Figures
-from ledger.tables import ApiKey, utcnow
+from ledger.tables import ApiKey, Tenant, utcnow
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -133,9 +133,9 @@ def list_audit_events(
 
 
 def _chunks(database: Database, where: audit.EventFilter, after: int, upto: int) -> Iterator[list]:
-    # One short transaction per chunk: a slow reader never holds the database (SQLite's write lock).
+    # One short read transaction per chunk: a slow reader never holds a snapshot (or a connection) for long.
     while True:
-        with database.session() as session:
+        with database.read() as session:
             rows = audit.export_chunk(session, where=where, after_seq=after, upto_seq=upto, limit=EXPORT_CHUNK)
         if not rows:
             return
@@ -166,22 +166,47 @@ def _csv(database: Database, where: audit.EventFilter, after: int, upto: int) ->
 def verify_audit_chain(
     session: SessionDep,
     key: AuditKey,
-    from_seq: Annotated[int, Query(ge=1, le=audit.MAX_SEQ, description="First sequence number to check.")] = 1,
-    to_seq: Annotated[
-        int | None, Query(ge=1, le=audit.MAX_SEQ, description="Last sequence number to check (default: the newest).")
+    chain: Annotated[
+        Literal["deployment", "tenant"] | None,
+        Query(
+            description="deployment: every event, by seq (audit or admin keys of the operator tenant only); tenant: "
+            "the caller's tenant's events, by tenant_seq. Default: deployment for the operator, tenant otherwise."
+        ),
     ] = None,
+    from_seq: Annotated[
+        int, Query(ge=1, le=audit.MAX_SEQ, description="First position to check (a page's next_from_seq).")
+    ] = 1,
+    to_seq: Annotated[
+        int | None, Query(ge=1, le=audit.MAX_SEQ, description="Last position to check (default: the chain's head).")
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=audit.VERIFY_LIMIT, description="Events to check at most in this call.")
+    ] = audit.VERIFY_LIMIT,
 ) -> ChainVerification:
-    """Walk the deployment's hash chain and report the first broken link (sequence number and why)."""
+    """Walk one page of a hash chain and report the first broken link (position and why), or where to go on."""
     if to_seq is not None and to_seq < from_seq:
         raise ProblemError(422, f"to_seq ({to_seq}) is before from_seq ({from_seq})", code="validation_error")
-    report = audit.verify_chain(session, from_seq=from_seq, to_seq=to_seq)
+    operator = session.get(Tenant, key.tenant_id).name == tenants.DEFAULT_TENANT  # the key is audit or admin
+    chain = chain or ("deployment" if operator else "tenant")
+    if chain == "deployment" and not operator:
+        raise ProblemError(
+            403,
+            "the deployment's chain covers every tenant: walking it needs an audit or admin key of the operator "
+            f"tenant ({tenants.DEFAULT_TENANT!r}); chain=tenant walks your own",
+            code="insufficient_scope",
+        )
+    walked = audit.DEPLOYMENT if chain == "deployment" else audit.Chain(tenant_id=key.tenant_id)
+    report = audit.verify_chain(session, chain=walked, from_seq=from_seq, to_seq=to_seq, limit=limit)
     return ChainVerification(
+        chain=chain,
+        tenant_id=walked.tenant_id,
         valid=report.valid,
         checked=report.checked,
         first_seq=report.first_seq,
         last_seq=report.last_seq,
         last_hash=report.last_hash,
         broken=BrokenLink(seq=report.broken_seq, reason=report.reason) if report.broken_seq is not None else None,
+        next_from_seq=report.next_from_seq,
     )
 
 
@@ -195,6 +220,8 @@ def audit_summary(
 ) -> AuditSummary:
     """Requests by status, overdue and due soon, receipt-to-completion p50/p95, verification pass rate; per model too."""
     tenant = audited_tenant(session, key, tenant_id)
+    if model_id is not None:  # a model unknown to the tenant is 404, as an unknown tenant is, not a row of zeros
+        registry.get_model(session, tenant_id=tenant, model_id=model_id)
     now = utcnow()
     overall, per_model = reports.summarize(
         session, tenant_id=tenant, model_id=model_id, now=now, due_soon=timedelta(days=settings.api.due_soon_days)

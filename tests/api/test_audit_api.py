@@ -132,7 +132,9 @@ def test_openapi_documents_the_compliance_routes(api):
         "limit",
         "format",
     }
-    assert not any(path.startswith("/dashboard") for path in paths)  # pages, not API
+    assert all(
+        op["tags"] == ["dashboard"] for path in paths if path.startswith("/dashboard") for op in paths[path].values()
+    )
 
 
 def test_summary_counts_statuses_deadlines_durations_and_verdicts(completed, submit_backdated, artifacts):
@@ -159,7 +161,8 @@ def test_summary_counts_statuses_deadlines_durations_and_verdicts(completed, sub
     assert overall["verified"] == 1 and overall["verification_pass_rate"] == (1.0 if passed else 0.0)
     assert [m["model_id"] for m in summary["models"]] == [model.id]
     assert summary["models"][0]["overdue"] == 1 and summary["due_soon_days"] == 7
-    assert client.audit_summary(model_id="another-model")["overall"]["total"] == 0
+    unknown = service.http.get("/v1/audit/summary", params={"model_id": "another-model"}, headers=client.headers)
+    assert problem(unknown, 404)["code"] == "not_found"  # as an unknown tenant_id is, not a row of zeros
     assert {r.id for r in client.list_requests(deadline="overdue").items} == {overdue}
     assert {r.id for r in client.list_requests(deadline="due_soon").items} == {due_soon}
 
@@ -223,3 +226,94 @@ def test_a_100000_event_csv_export_streams_in_memory_independent_of_its_size(api
     )
     # Ten times the events, not ten times the memory: one chunk of rows at a time.
     assert peak_large < 1.5 * peak_small + 1_000_000
+
+
+# --- verifying the chains -------------------------------------------------------------------------
+
+
+def _tenant_clients(api):
+    """acme (an audit key and three more keys: 5 events) and globex (an audit key: 2 events)."""
+    acme = api.client_for(new_key(api, scopes=["audit"], tenant="acme"))
+    acme_admin = api.client_for(new_key(api, scopes=["admin"], tenant="acme"))
+    for i in range(2):
+        acme_admin.create_api_key(f"extra-{i}", ["read"])
+    globex = api.client_for(new_key(api, scopes=["audit"], tenant="globex"))
+    return acme, acme_admin, globex
+
+
+def test_a_tenant_verifies_its_own_chain_and_learns_nothing_of_other_tenants(api):
+    acme, acme_admin, globex = _tenant_clients(api)
+    deployment = api.client.verify_audit()  # the operator's default: every event
+    assert (deployment["chain"], deployment["valid"]) == ("deployment", True)
+    assert deployment["checked"] == len(api.client.audit_events()) + len(acme.audit_events()) + len(
+        globex.audit_events()
+    )
+    for client, count in ((acme, 5), (acme_admin, 5), (globex, 2)):
+        events = client.audit_events()
+        assert len(events) == count
+        report = client.verify_audit()
+        assert report == {
+            "chain": "tenant",
+            "tenant_id": events[0].tenant_id,
+            "valid": True,
+            "checked": count,  # its own events: not the deployment's count
+            "first_seq": 1,
+            "last_seq": count,
+            "last_hash": events[-1].hash,  # its own head: not the deployment's
+            "broken": None,
+            "next_from_seq": None,
+        }
+        assert client.verify_audit(chain="tenant") == report
+        body = problem(api.http.get("/v1/audit/verify", params={"chain": "deployment"}, headers=client.headers), 403)
+        assert "operator" in body["detail"]
+    # The operator's audit keys walk the deployment's chain too, and their own tenant's on request.
+    operator_auditor = api.client_for(new_key(api, scopes=["audit"]))
+    assert operator_auditor.verify_audit()["checked"] == deployment["checked"] + 1  # + that key's creation
+    own = operator_auditor.verify_audit(chain="tenant")
+    assert own["chain"] == "tenant" and own["checked"] == len(api.client.audit_events())
+
+
+def test_a_tampered_tenant_event_is_found_by_the_tenants_walk_and_the_operators(api):
+    import sqlite3
+
+    acme, _, globex = _tenant_clients(api)
+    target = acme.audit_events()[2]  # acme's third event
+    conn = sqlite3.connect(api.settings.ledger.home / "ledger.db")
+    conn.execute("DROP TRIGGER audit_events_no_update")
+    conn.execute("UPDATE audit_events SET actor = 'key:forged' WHERE seq = ?", (target.seq,))
+    conn.commit()
+    conn.close()
+    mine = acme.verify_audit()
+    assert (mine["valid"], mine["broken"]["seq"], mine["checked"], mine["last_seq"]) == (False, 3, 2, 2)
+    assert "actor" in mine["broken"]["reason"]
+    operator = api.client.verify_audit()
+    assert (operator["valid"], operator["broken"]["seq"]) == (False, target.seq)
+    assert globex.verify_audit()["valid"]  # another tenant's chain does not pass through acme's events
+
+
+def test_verify_pages_are_bounded_and_their_cursor_covers_every_event_once(api):
+    acme, _, _ = _tenant_clients(api)
+    for client, chain in ((api.client, "deployment"), (acme, "tenant")):
+        whole = client.verify_audit()
+        covered, start = [], 1
+        while start is not None:
+            page = client.http.get(
+                "/v1/audit/verify", params={"limit": 2, "from_seq": start}, headers=client.headers
+            ).json()
+            assert page["valid"] and page["chain"] == chain and page["checked"] <= 2
+            covered += range(page["first_seq"], page["last_seq"] + 1)
+            start = page["next_from_seq"]
+        assert covered == list(range(1, whole["checked"] + 1))
+        assert client.verify_audit(page_size=2) == whole  # the client follows the cursor to the end
+    for limit in (0, 10_001):
+        problem(api.http.get("/v1/audit/verify", params={"limit": limit}, headers=api.client.headers), 422)
+
+
+def test_openapi_documents_the_verify_answer(api):
+    spec = api.http.get("/openapi.json").json()
+    answer = spec["components"]["schemas"]["ChainVerification"]
+    assert {"chain", "tenant_id", "valid", "checked", "last_seq", "last_hash", "broken", "next_from_seq"} <= set(
+        answer["properties"]
+    )
+    parameters = {p["name"] for p in spec["paths"]["/v1/audit/verify"]["get"]["parameters"]}
+    assert parameters == {"chain", "from_seq", "to_seq", "limit"}

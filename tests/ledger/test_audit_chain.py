@@ -102,18 +102,23 @@ def test_events_are_sealed_at_commit_and_rolled_back_savepoints_leave_no_trace(t
     database.dispose()
 
 
-def test_every_event_hashes_its_canonical_body_and_links_to_its_predecessor(completed):
+def test_every_event_hashes_its_canonical_body_and_links_to_its_predecessor(completed, tmp_path):
     from ledger.audit import GENESIS
-    from ledger.canonical import canonical_json
+    from ledger.canonical import canonical_json, timestamp
 
     events = completed.client.audit_events()
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-    previous = GENESIS
-    for event in events:
-        body = {
+    export = completed.client.export_audit(tmp_path / "events.ndjson", format="ndjson")
+    bodies = [json.loads(line) for line in export.read_text().splitlines()]
+    previous, tenant_heads = GENESIS, {}
+    for event, body in zip(events, bodies, strict=True):
+        digest = body.pop("hash")
+        assert body == {
             "seq": event.seq,
             "prev_hash": event.prev_hash,
-            "occurred_at": event.occurred_at.astimezone(UTC),
+            "tenant_seq": body["tenant_seq"],
+            "tenant_prev_hash": body["tenant_prev_hash"],
+            "occurred_at": timestamp(event.occurred_at),
             "tenant_id": event.tenant_id,
             "actor": event.actor,
             "action": event.action,
@@ -124,19 +129,27 @@ def test_every_event_hashes_its_canonical_body_and_links_to_its_predecessor(comp
             "data": event.data,
         }
         assert event.prev_hash == previous
-        assert hashlib.sha256(canonical_json(body).encode()).hexdigest() == event.hash
+        assert hashlib.sha256(canonical_json(body).encode()).hexdigest() == digest == event.hash
         previous = event.hash
+        # The tenant's own chain: its events numbered from 1, each naming the tenant's previous one.
+        tenant_seq, tenant_prev = tenant_heads.get(event.tenant_id, (0, GENESIS))
+        assert (body["tenant_seq"], body["tenant_prev_hash"]) == (tenant_seq + 1, tenant_prev)
+        tenant_heads[event.tenant_id] = (tenant_seq + 1, event.hash)
+    assert None not in tenant_heads  # every event of this service belongs to a tenant
     # No raw subject id anywhere in the chain: subjects appear as keyed hashes only.
     received = next(e for e in events if e.action == "deletion_request.received")
     assert received.data["subject_hashes"] == completed.request.subject_hashes
     report = completed.client.verify_audit()
     assert report == {
+        "chain": "deployment",
+        "tenant_id": None,
         "valid": True,
         "checked": len(events),
         "first_seq": 1,
         "last_seq": len(events),
         "last_hash": events[-1].hash,
         "broken": None,
+        "next_from_seq": None,
     }
 
 
@@ -234,7 +247,7 @@ def test_editing_any_row_behind_the_trigger_is_reported_at_its_sequence_number(p
             seq: row
             for seq, *row in conn.execute(
                 "SELECT seq, tenant_id, occurred_at, actor, action, resource_type, resource_id, model_id, request_id, "
-                "body, prev_hash, hash FROM audit_events ORDER BY seq"
+                "body, prev_hash, hash, tenant_seq, tenant_prev_hash FROM audit_events ORDER BY seq"
             )
         }
 
@@ -242,8 +255,8 @@ def test_editing_any_row_behind_the_trigger_is_reported_at_its_sequence_number(p
             conn.execute("DELETE FROM audit_events WHERE seq = %s", (seq,))
             conn.execute(
                 "INSERT INTO audit_events (seq, tenant_id, occurred_at, actor, action, resource_type, "
-                "resource_id, model_id, request_id, body, prev_hash, hash) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "resource_id, model_id, request_id, body, prev_hash, hash, tenant_seq, tenant_prev_hash) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (seq, *original[seq]),
             )
 
@@ -274,12 +287,12 @@ def test_editing_any_row_behind_the_trigger_is_reported_at_its_sequence_number(p
     assert client.verify_audit(from_seq=4, to_seq=8)["broken"]["seq"] == 6
 
 
-def test_postgres_answers_the_compliance_queries_and_refuses_unstorable_values(postgres_service):
+def test_postgres_answers_the_compliance_queries_and_the_edge_refuses_nul(postgres_service):
     client, _ = postgres_service
     assert client.audit_summary()["overall"]["total"] == 0  # JSON verdict extraction and deadline filters in SQL
     assert client.list_requests(deadline="overdue").items == client.list_requests(deadline="due_soon").items == []
     answer = client.http.get("/v1/deletion-requests", params={"model_id": "nul\x00byte"}, headers=client.headers)
-    assert answer.status_code == 422 and answer.json()["code"] == "unstorable_value"
+    assert answer.status_code == 422 and answer.json()["code"] == "nul_character"  # before Postgres sees it
 
 
 def test_the_application_role_can_neither_update_nor_delete_nor_switch_the_trigger_off(postgres_service):
@@ -399,3 +412,178 @@ def test_the_migration_chains_existing_events_and_downgrades(backend, tmp_path, 
         rows = conn.execute(sa.text("SELECT id, action FROM audit_events ORDER BY id")).all()
     engine.dispose()
     assert [tuple(r) for r in rows] == [(1, "old.event"), (2, "old.event"), (3, "old.event"), (4, "new.event")]
+
+
+# --- tenant chains, paging, read sessions ---------------------------------------------------------
+
+
+def _insert_as_0006_sealed(url: str, owners: list[str | None]) -> None:
+    """Tenants acme and globex, and one event per owner chained as revision 0006 sealed them (no tenant link)."""
+    import sqlalchemy as sa
+
+    from ledger.audit import GENESIS, link
+    from ledger.db import make_engine
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for name in ("acme", "globex"):
+            conn.execute(
+                sa.text("INSERT INTO tenants (id, name, created_at) VALUES (:n, :n, :at)"), {"n": name, "at": at}
+            )
+        prev = GENESIS
+        for seq, owner in enumerate(owners, start=1):
+            fields = {
+                "occurred_at": at + timedelta(seconds=seq),
+                "tenant_id": owner,
+                "actor": "system",
+                "action": "old.event",
+                "resource_type": "test",
+                "resource_id": str(seq),
+                "model_id": None,
+                "request_id": None,
+                "data": {"seq": seq},
+            }
+            body, digest = link(fields, seq=seq, prev_hash=prev)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO audit_events (seq, tenant_id, occurred_at, actor, action, resource_type, resource_id, "
+                    "body, prev_hash, hash) VALUES (:seq, :tenant_id, :occurred_at, 'system', 'old.event', 'test', "
+                    ":resource_id, :body, :prev, :hash)"
+                ),
+                {**fields, "seq": seq, "body": body, "prev": prev, "hash": digest},
+            )
+            prev = digest
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_tenant_chain_migration_links_existing_events_as_sealing_does(backend, tmp_path, request):
+    import sqlalchemy as sa
+    from alembic import command
+
+    from ledger import audit, migrate
+    from ledger.audit import GENESIS
+    from ledger.db import Database, make_engine
+    from ledger.tables import AuditEvent
+
+    url = (
+        f"sqlite:///{tmp_path / 'ledger.db'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+    )
+    config = migrate.alembic_config(url)
+    if backend == "postgres":
+        command.downgrade(config, "base")
+    command.upgrade(config, "0006")
+    owners = ["acme", "acme", None, "globex", "acme", "globex", None, "acme"]
+    _insert_as_0006_sealed(url, owners)
+    command.upgrade(config, "head")
+    database = Database(url)
+    with database.transaction() as session:  # sealed by today's code: each continues its tenant's backfilled chain
+        for owner in ("globex", None, "acme"):
+            audit.record(
+                session, tenant_id=owner, actor="test", action="new.event", resource_type="test", resource_id="r"
+            )
+    with database.read() as session:
+        rows = session.execute(
+            sa.select(
+                AuditEvent.tenant_id, AuditEvent.hash, AuditEvent.tenant_seq, AuditEvent.tenant_prev_hash
+            ).order_by(AuditEvent.seq)
+        ).all()
+        heads: dict[str, tuple[int, str]] = {}
+        for owner, digest, tenant_seq, tenant_prev in rows:
+            expected = (
+                (None, None)
+                if owner is None
+                else (heads.get(owner, (0, GENESIS))[0] + 1, heads.get(owner, (0, GENESIS))[1])
+            )
+            assert (tenant_seq, tenant_prev) == expected
+            if owner is not None:
+                heads[owner] = (tenant_seq, digest)
+        assert {o: n for o, (n, _) in heads.items()} == {"acme": 5, "globex": 3}
+        deployment = audit.verify_chain(session)
+        assert deployment.valid and deployment.checked == len(owners) + 3  # old bodies and hashes kept as they were
+        for owner, (count, digest) in heads.items():
+            walk = audit.verify_chain(session, chain=audit.Chain(tenant_id=owner))
+            assert (walk.valid, walk.checked, walk.last_seq, walk.last_hash) == (True, count, count, digest)
+    database.dispose()
+    engine = make_engine(url)
+    with engine.connect() as conn, pytest.raises(sa.exc.DBAPIError, match="append-only"):
+        conn.execute(sa.text("UPDATE audit_events SET tenant_seq = 9 WHERE seq = 1"))  # the backfill's trigger is back
+    engine.dispose()
+    command.downgrade(config, "0006")
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        assert "tenant_seq" not in {c["name"] for c in sa.inspect(conn).get_columns("audit_events")}
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+            conn.execute(sa.text("UPDATE audit_events SET actor = 'x' WHERE seq = 1"))
+    engine.dispose()
+
+
+def test_a_paged_walk_covers_every_event_once_and_a_page_end_hides_no_rewrite(tmp_path):
+    from sqlalchemy import text
+
+    from ledger import audit, migrate
+    from ledger.db import Database
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    for i in range(10):
+        with database.transaction() as session:
+            _record(session, f"e{i}")
+    with database.read() as session:
+        pages, start = [], 1
+        while start is not None:
+            page = audit.verify_chain(session, from_seq=start, limit=3, chunk=2)
+            assert page.valid and page.checked <= 3
+            pages.append((page.first_seq, page.last_seq))
+            start = page.next_from_seq
+        assert pages == [(1, 3), (4, 6), (7, 9), (10, 10)]
+        assert audit.verify_chain(session, limit=10).next_from_seq is None  # exactly at the head: nothing more
+        assert audit.verify_chain(session, to_seq=6, limit=3, from_seq=4).next_from_seq is None
+    # Seq 3 rewritten with a recomputed hash: the page that ends there already sees seq 4 disown it.
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    conn.execute("DROP TRIGGER audit_events_no_update")
+    body = conn.execute("SELECT body FROM audit_events WHERE seq = 3").fetchone()[0]
+    conn.execute("UPDATE audit_events SET body = ?, hash = ? WHERE seq = 3", _rewrite(body))
+    conn.commit()
+    conn.close()
+    with database.read() as session:
+        page = audit.verify_chain(session, limit=3)
+        assert (page.valid, page.broken_seq, page.checked, page.last_seq, page.next_from_seq) == (False, 3, 2, 2, None)
+        assert session.scalar(text("SELECT count(*) FROM audit_events")) == 10
+    database.dispose()
+
+
+def test_a_walk_in_a_read_session_never_blocks_a_writer_on_sqlite(tmp_path):
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from ledger import audit, migrate
+    from ledger.db import Database
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    with database.transaction() as session:
+        _record(session, "before")
+    committed = threading.Event()
+
+    def write() -> None:
+        with database.transaction() as session:
+            _record(session, "during")
+        committed.set()
+
+    with database.read() as session:
+        assert audit.verify_chain(session).checked == 1  # the read transaction is open from here on
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert committed.wait(timeout=5), "the write waited for the read session (the busy timeout is 30 s)"
+        assert audit.verify_chain(session).checked == 1  # the walk keeps its snapshot
+        with pytest.raises(RuntimeError, match="does not seal"):  # and a read session cannot write
+            _record(session, "nowhere")
+        with pytest.raises(OperationalError, match="readonly database"):
+            session.execute(text("DELETE FROM tenants"))
+    writer.join()
+    assert [action for _, action in _chain(database)] == ["before", "during"]
+    database.dispose()
