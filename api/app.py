@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.concurrency import run_in_threadpool
 
+from api.edge import checked_form, edge_guard
 from api.errors import install_problem_handlers
 from api.limits import body_size_guard
 from api.routes import api_keys, audit, dashboard, datasets, deletion_requests, health, metrics, models, well_known
@@ -38,7 +39,10 @@ Completed requests have a signed erasure certificate; the audit log is a verifia
 `/dashboard` shows both to compliance teams (API keys with the audit scope).
 
 Submissions are rate-limited per API key (429 with Retry-After); request bodies over the configured
-limit are 413. Every answer carries an `X-Request-ID` (send a sane one of your own to correlate).
+limit are 413. No text may hold a NUL character or a lone UTF-16 surrogate, JSON numbers must be
+finite and integers within ±2^53, and JSON nests at most 32 levels: each is a 422 whose `code` names
+it (`nul_character`, `lone_surrogate`, `non_finite_number`, `integer_out_of_range`, `nesting_too_deep`).
+Every answer carries an `X-Request-ID` (send a sane one of your own to correlate).
 `/metrics` serves Prometheus figures to the operator's audit or admin keys.
 """
 
@@ -83,7 +87,13 @@ def create_app(
             if database is None:
                 db.dispose()
 
-    app = FastAPI(title="LTU erasure service", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="LTU erasure service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(checked_form)],
+    )
     app.state.settings = settings
     app.state.background = tuple(background)
     app.state.database = db
@@ -96,6 +106,8 @@ def create_app(
     ProcessCollector(registry=registry)
     app.state.metrics_registry = registry
     install_problem_handlers(app)
+    # Inside the size guard, so the JSON bodies it holds to the edge's rules are already bounded.
+    app.add_middleware(edge_guard)
     app.add_middleware(
         body_size_guard(
             {
@@ -115,4 +127,5 @@ def create_app(
 def _bootstrap_admin(db: Database, secret: str) -> None:
     with db.transaction() as session:
         tenants.ensure_admin_key(session, secret=secret)
-    log.info("admin API key from LTU_ADMIN_API_KEY is registered for tenant %r", tenants.DEFAULT_TENANT)
+    # The settings' key: LTU_ADMIN_API_KEY, or the one `ltu serve` keeps in LTU_HOME/admin.key (it says which).
+    log.info("admin API key registered for tenant %r", tenants.DEFAULT_TENANT)

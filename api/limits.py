@@ -29,7 +29,7 @@ def body_size_guard(routes: dict[tuple[str, str], Limit], *, default: Limit):
                 return
             limit = routes.get((scope.get("method", ""), scope.get("path", "")), default)()
             declared = dict(scope.get("headers") or []).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
+            if declared is not None and _states_more_than(declared, limit):
                 await _send_413(send, scope, limit)
                 return
             state = {"received": 0, "over": False, "started": False}
@@ -61,6 +61,17 @@ def body_size_guard(routes: dict[tuple[str, str], Limit], *, default: Limit):
                 await _send_413(send, scope, limit)
 
     return BodySizeGuard
+
+
+def _states_more_than(declared: bytes, limit: int) -> bool:
+    """Whether a Content-Length value states more than `limit` bytes; one that is not ASCII digits states nothing.
+
+    Compared by its significant digits first: int() refuses values of 4,300 digits and more.
+    """
+    if not declared.isdigit():  # bytes.isdigit() is ASCII-only
+        return False
+    digits = declared.lstrip(b"0") or b"0"
+    return len(digits) > len(str(limit)) or int(digits) > limit
 
 
 async def _send_413(send, scope, limit: int) -> None:

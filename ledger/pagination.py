@@ -36,7 +36,7 @@ def decode_cursor(cursor: str, types: tuple[type, ...]) -> list[Any]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: JSON nested past the stack
         raise InvalidInput("invalid cursor; pass back the next_cursor of a previous page") from exc
     if (
         not isinstance(key, list)

@@ -166,6 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure_logging()
     settings = load_settings()
+    configured_key = settings.api.admin_api_key  # LTU_ADMIN_API_KEY or its _FILE; else admin.key when embedded
     settings = settings.replace(admin_api_key=local_admin_key(settings))
     if args.workers < 1:
         raise CLIError("--workers must be at least 1")
@@ -182,7 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"{args.workers} process{'es' if args.workers > 1 else ''})",
         file=sys.stderr,
     )
-    if settings.dev_mode and not os.environ.get("LTU_ADMIN_API_KEY"):
+    if settings.api.admin_api_key and not configured_key:
         print(f"ltu serve: admin API key in {settings.ledger.home / ADMIN_KEY_FILE}", file=sys.stderr)
     # uvicorn's records go to the handler configure_logging installed (log_config=None keeps uvicorn's
     # own off); its access log is replaced by the API's, which names route templates, not raw URLs.
@@ -196,6 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             forwarded_allow_ips=settings.api.forwarded_allow_ips,
+            http="api.http_protocol:ProblemH11Protocol",  # malformed HTTP gets problem+json too
         )
     else:
         uvicorn.run(
@@ -205,6 +207,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             forwarded_allow_ips=settings.api.forwarded_allow_ips,
+            http="api.http_protocol:ProblemH11Protocol",  # malformed HTTP gets problem+json too
         )
     return 0
 

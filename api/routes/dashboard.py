@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from datetime import timedelta
 from typing import Annotated
@@ -21,15 +22,21 @@ from fastapi.security import HTTPAuthorizationCredentials
 from api import plots
 from api.deps import SessionDep, SettingsDep, SignerDep, bearer
 from api.errors import ProblemError
+from api.routes.common import PROBLEM, problems
 from api.schemas import Deadline
 from ledger import certificates, reports, tenants
 from ledger.tables import ACTIVE_STATUSES, ApiKey, utcnow
 
-router = APIRouter(prefix="/dashboard", include_in_schema=False)
+router = APIRouter(prefix="/dashboard", tags=["dashboard"])
 
 COOKIE = "ltu_dashboard"
 SESSION_SECONDS = 8 * 3600
 LOGIN = "/dashboard/login"
+
+HTML = {"content": {"text/html": {}}}
+TO_SIGN_IN = {303: {"description": f"Neither a Bearer key nor a live session cookie: to the sign-in form ({LOGIN})."}}
+# A page answers HTML; a Bearer key that is wrong, or lacks the audit scope, a problem like every API route.
+PAGE = {**problems(404), **TO_SIGN_IN, 200: {**HTML, "description": "The page."}}
 
 
 def session_token(secret: str, key_id: str, expires: int) -> str:
@@ -65,12 +72,17 @@ def dashboard_key(
     return key
 
 
+# What session_token makes, in ASCII and bounded: anything else in the cookie was not made here. (str.isdigit
+# admits "²", which int() refuses, and compare_digest refuses non-ASCII text: either would be a 500.)
+SESSION_TOKEN = re.compile(r"(?P<key_id>[A-Za-z0-9-]{1,64})\.(?P<expires>[0-9]{1,12})\.[0-9a-f]{64}")
+
+
 def _cookie_key(session, secret: str, token: str) -> ApiKey | None:
-    key_id, _, rest = token.partition(".")
-    expires, _, _ = rest.partition(".")
-    if not expires.isdigit() or int(expires) < time.time():
+    match = SESSION_TOKEN.fullmatch(token)
+    if match is None:
         return None
-    if not hmac.compare_digest(token, session_token(secret, key_id, int(expires))):
+    key_id, expires = match["key_id"], int(match["expires"])
+    if expires < time.time() or not hmac.compare_digest(token, session_token(secret, key_id, expires)):
         return None
     return tenants.get_live_key(session, key_id=key_id)
 
@@ -84,7 +96,19 @@ def login_form(request: Request) -> Response:
     return request.app.state.templates.TemplateResponse(request, "login.html", {"error": None})
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post(
+    "/login",
+    status_code=303,
+    response_class=Response,
+    responses={
+        303: {"description": f"Signed in: the session cookie {COOKIE} is set, on to /dashboard."},
+        400: PROBLEM,
+        401: {**HTML, "description": "The sign-in form again: the key is unknown or revoked."},
+        403: {**HTML, "description": "The sign-in form again: the key lacks the audit scope."},
+        413: PROBLEM,
+        422: PROBLEM,
+    },
+)
 def login(
     request: Request,
     session: SessionDep,
@@ -114,7 +138,12 @@ def login(
     return response
 
 
-@router.post("/logout")
+@router.post(
+    "/logout",
+    status_code=303,
+    response_class=Response,
+    responses={303: {"description": f"The session cookie is cleared; on to {LOGIN}."}},
+)
 def logout() -> Response:
     """End the session."""
     response = RedirectResponse(LOGIN, status_code=303)
@@ -122,7 +151,7 @@ def logout() -> Response:
     return response
 
 
-@router.get("", response_class=HTMLResponse)
+@router.get("", response_class=Response, responses=PAGE)
 def overview(
     request: Request,
     session: SessionDep,
@@ -157,7 +186,7 @@ def overview(
     )
 
 
-@router.get("/requests/{request_id}", response_class=HTMLResponse)
+@router.get("/requests/{request_id}", response_class=Response, responses=PAGE)
 def request_page(
     request_id: str, request: Request, session: SessionDep, settings: SettingsDep, key: DashboardKey
 ) -> Response:
@@ -192,7 +221,15 @@ def request_page(
     )
 
 
-@router.get("/requests/{request_id}/certificate")
+@router.get(
+    "/requests/{request_id}/certificate",
+    response_class=Response,
+    responses={
+        **PAGE,
+        **problems(409, 503),
+        200: {"content": {"application/json": {}}, "description": "The signed certificate, as a download."},
+    },
+)
 def certificate(request_id: str, session: SessionDep, key: DashboardKey, signer: SignerDep) -> Response:
     """The request's signed erasure certificate, for download from the page."""
     if key is None:

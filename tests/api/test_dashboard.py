@@ -3,6 +3,7 @@ Chromium (Debian's `chromium`, driven by playwright) with the data of a complete
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -65,6 +66,72 @@ def test_sign_in_sets_an_httponly_session_cookie_and_guards_every_page(completed
     problem(http.get(f"/dashboard/requests/{request_id}", headers=other), 404)
     answer = http.post("/dashboard/logout", follow_redirects=False)
     assert answer.status_code == 303 and 'ltu_dashboard=""' in answer.headers["set-cookie"]
+
+
+def raw_get(app, path: str, cookie: bytes) -> tuple[int, str | None]:
+    """GET at the ASGI level with the Cookie header's bytes as sent (the test client re-encodes non-ASCII as
+    UTF-8; a browser's byte 0xB2 reaches the app as "²")."""
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"cookie", cookie)],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    asyncio.run(app(scope, receive, send))
+    start = sent[0]
+    return start["status"], dict(start["headers"]).get(b"location", b"").decode() or None
+
+
+def test_a_malformed_session_cookie_is_no_session_never_a_server_error(api):
+    from api.routes.dashboard import COOKIE, session_token
+
+    secret = api.settings.ledger.secret_key
+    key_id = api.client.create_api_key("compliance", ["audit"])["id"]
+    later = int(time.time()) + 3600
+    mac = session_token(secret, key_id, later).rsplit(".", 1)[1]
+
+    def signed(expires: str) -> str:  # a correct HMAC over any expiry text, as if forged with the secret
+        return session_token(secret, key_id, expires)  # type: ignore[arg-type]
+
+    malformed = [
+        signed("²"),  # str.isdigit() says yes, int() says no
+        signed("¹²³"),
+        signed("9" * 5000),  # past int()'s digit limit
+        signed("-5"),
+        signed("+" + str(later)),
+        signed("0" + str(later)),  # a number, but not the text the server signed
+        signed(""),
+        f"{key_id}.{later}",
+        f"{key_id}.{later}.{mac}.extra",
+        f"é.{later}.{mac}",  # compare_digest refuses non-ASCII text
+        f"{key_id}.{later}.{mac.upper()}",
+        f"{key_id}.{later}.{'0' * 64}",
+        "",
+        "...",
+    ]
+    pages = ["/dashboard", "/dashboard/requests/some-request", "/dashboard/requests/some-request/certificate"]
+    for token in malformed:
+        for page in pages:
+            answer = raw_get(api.app, page, f"{COOKIE}={token}".encode("latin-1"))
+            assert answer == (303, "/dashboard/login"), (token[:40], page)
+    assert raw_get(api.app, "/dashboard", f"{COOKIE}={session_token(secret, key_id, later)}".encode())[0] == 200
 
 
 def test_the_dashboard_in_headless_chromium(chromium, completed, artifacts, submit_backdated, tmp_path):

@@ -144,6 +144,39 @@ def test_serve_starts_the_embedded_service_under_ltu_home(tmp_path):
         process.wait(timeout=30)
 
 
+def test_serve_says_where_its_admin_key_comes_from(tmp_path, monkeypatch, caplog, capsys):
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from ltu_cli import serve
+
+    def start_and_stop(app, **_options):
+        with TestClient(app):
+            pass
+
+    for name in [n for n in os.environ if n.startswith("LTU_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LTU_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(serve, "configure_logging", lambda: None)  # keep the records in caplog, not stderr
+    monkeypatch.setattr(uvicorn, "run", start_and_stop)
+    caplog.set_level("INFO")
+
+    def admin_records() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "admin API key" in r.getMessage()]
+
+    # Embedded, no LTU_ADMIN_API_KEY: the key is the generated admin.key, and nothing names the variable.
+    assert ltu("serve") == 0
+    assert admin_records() == ["admin API key registered for tenant 'default'"]
+    assert f"admin API key in {tmp_path / 'home' / 'admin.key'}" in capsys.readouterr().err
+    caplog.clear()
+    key_file = tmp_path / "admin-key"
+    key_file.write_text("ltu_" + "k3y-0f-th3-0p3rat0r-" * 2 + "\n")
+    monkeypatch.setenv("LTU_ADMIN_API_KEY_FILE", str(key_file))
+    assert ltu("serve") == 0
+    assert admin_records() == ["admin API key registered for tenant 'default'"]
+    assert "admin.key" not in capsys.readouterr().err
+
+
 def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LTU_HOME", str(tmp_path / "home"))
     for name in ("LTU_DATABASE_URL", "LTU_BROKER_URL", "LTU_ADMIN_API_KEY", "LTU_SECRET_KEY"):
