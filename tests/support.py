@@ -6,6 +6,11 @@ A plain module, not a test module: test files import it (never each other).
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,3 +75,78 @@ def load_bench_script(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+# --- real processes (the e2e tests) ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(
+    condition: Callable[[], object],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    context: Callable[[], str] = str,
+):
+    """Poll `condition` until it returns something truthy; fail saying `what` (and `context()`) after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{context()}", pytrace=False)
+        time.sleep(interval)
+
+
+class Process:
+    """A child process with its output in a log file."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL: no cleanup, no acknowledgement, no graceful shutdown."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+# --- the job on a registered model (the worker tests) ----------------------------------------------
+
+
+def setup_model(service, artifacts, *, recipe=True):
+    """Register the tiny dataset and model; `recipe`: True for the tiny trained recipe, a dict, or False for none."""
+    dataset = service.client.register_dataset(artifacts.archive)
+    return service.client.register_model(
+        artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe if recipe is True else (recipe or None)
+    )
+
+
+def job_context(service, **overrides):
+    """A worker's JobContext over the service's settings (with `overrides`)."""
+    from worker.context import JobContext
+
+    return JobContext.from_settings(service.settings.replace(**overrides))

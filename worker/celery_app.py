@@ -59,7 +59,8 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
     # Connected, this replaces Celery's own logging set-up: the same JSON lines as the API's.
     setup_logging.connect(_configure_logging, weak=False, dispatch_uid="ltu-logging")
 
-    @app.task(name=outbox.ERASURE_TASK, bind=True, ignore_result=True, max_retries=None)
+    # shared=False: each app keeps its own tasks (closures over its settings), never another app's.
+    @app.task(name=outbox.ERASURE_TASK, bind=True, ignore_result=True, max_retries=None, shared=False)
     def run_erasure_task(self, request_id: str) -> str:
         """Execute one deletion request (all state is in the ledger)."""
         from worker.job import run_erasure
@@ -73,7 +74,7 @@ def create_celery(settings: Settings, *, relay: bool = True) -> Celery:
             raise self.retry(countdown=outcome.retry_after)
         return outcome
 
-    @app.task(name=outbox.AUDIT_REFERENCES_TASK, bind=True, ignore_result=True, max_retries=None)
+    @app.task(name=outbox.AUDIT_REFERENCES_TASK, bind=True, ignore_result=True, max_retries=None, shared=False)
     def train_audit_references_task(self, reference_set_id: str) -> str:
         """Train one set of reference models of the audit's likelihood-ratio tier (all state is in the ledger)."""
         from worker.references import run_reference_training

@@ -6,11 +6,13 @@ from __future__ import annotations
 import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Body, File, Form, Path, Query, Response, UploadFile
+from fastapi import APIRouter, Body, Depends, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StoreDep, actor
+from api.edge import load_json
 from api.errors import ProblemError
 from api.routes.common import problems
 from api.schemas import (
@@ -31,6 +33,9 @@ from ledger.tables import AuditReferenceSet, Dataset, Model, ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
+# The recipe travels as a JSON text in a form field, so no operation refers to its model and FastAPI lists no
+# component for it: the field carries its schema itself.
+RECIPE_SCHEMA = TrainRecipeCreate.model_json_schema()
 DEFAULT_REFERENCE_MODELS = 4  # an on-demand set's count when LTU_AUDIT_REFERENCE_MODELS is 0 (none at registration)
 
 # Versions count from 1; the bound keeps a path value inside the INTEGER column (a larger one is a 422,
@@ -99,6 +104,49 @@ def audit_references_read(model: Model, status: references.ReferenceStatus) -> A
     )
 
 
+class WeightsResponse(FileResponse):
+    """A weights file whose Range errors are problem+json like every other error (Starlette's are bare text).
+
+    Starlette answers a Range it cannot serve from inside the response; raised from there, the
+    ProblemError still reaches the app's handlers, since nothing has been sent yet.
+    """
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as exc:
+            raise ProblemError(400, f"Range: {exc.content}", code="invalid_range") from None
+        except RangeNotSatisfiable as exc:
+            raise ProblemError(
+                416,
+                f"Range: the file has {exc.max_size} bytes; no requested range starts inside it",
+                code="range_not_satisfiable",
+                headers={"Content-Range": f"bytes */{exc.max_size}"},
+            ) from None
+
+
+async def _name_not_empty(request: Request) -> None:
+    # FastAPI reads an empty form field as an absent one (its default); the schema's minLength refuses it.
+    if (await request.form()).get("name") == "":
+        raise ProblemError(
+            422,
+            "name: must not be empty (leave the field out for the default)",
+            code="validation_error",
+            errors=[
+                {"loc": ["body", "name"], "msg": "String should have at least 1 character", "type": "string_too_short"}
+            ],
+        )
+
+
+def _recipe(text: str) -> dict:
+    try:
+        return TrainRecipeCreate.model_validate(load_json(text, ("body", "recipe"))).model_dump()
+    except ValueError as exc:  # pydantic's ValidationError is one, and so is JSON that does not parse
+        message = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "not valid JSON"
+        raise ProblemError(422, f"recipe: {message}", code="validation_error") from None
+
+
 def _check_fits(arch: dict, dataset: Dataset) -> None:
     channels, height, width = dataset.image_shape
     wrong = []
@@ -116,7 +164,13 @@ def _check_fits(arch: dict, dataset: Dataset) -> None:
         )
 
 
-@router.post("", status_code=201, response_model=ModelRead, responses=problems(400, 404, 413, 415))
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelRead,
+    responses=problems(400, 404, 413, 415),
+    dependencies=[Depends(_name_not_empty)],
+)
 def register_model(
     weights: Annotated[
         UploadFile, File(description="Initial weights: a safetensors file written by ltu_core.models.save_model.")
@@ -129,17 +183,21 @@ def register_model(
     response: Response,
     name: Annotated[str, Form(min_length=1, max_length=200)] = "model",
     recipe: Annotated[
-        str | None, Form(description="JSON training recipe (TrainRecipeCreate); needed for the Retrain fallback.")
+        str | None,
+        Form(
+            description="JSON training recipe (TrainRecipeCreate); needed for the Retrain fallback.",
+            json_schema_extra={"contentMediaType": "application/json", "contentSchema": RECIPE_SCHEMA},
+        ),
     ] = None,
 ) -> ModelRead:
-    """Register a model trained on a registered dataset; its weights become version 1."""
+    """Register a model trained on a registered dataset; its weights become version 1.
+
+    Upload limit: the weights file may be at most LTU_MAX_WEIGHTS_BYTES (default 1 GiB); a larger one is
+    refused with 413 (`payload_too_large`) as soon as it passes the limit.
+    """
     dataset = datasets.get_dataset(session, tenant_id=key.tenant_id, dataset_id=dataset_id)
-    recipe_fields = None
-    if recipe:
-        try:
-            recipe_fields = TrainRecipeCreate.model_validate_json(recipe).model_dump()
-        except ValidationError as exc:
-            raise ProblemError(422, f"recipe: {exc.errors()[0]['msg']}", code="validation_error") from None
+    session.commit()  # the lookup's transaction ends: copying the weights holds no write lock (SQLite)
+    recipe_fields = _recipe(recipe) if recipe else None
     staged = store.staging_file(".safetensors")
     try:
         save_stream(weights.file, staged, limit=settings.api.max_weights_bytes)
@@ -149,9 +207,8 @@ def register_model(
     except TooLarge as exc:
         raise ProblemError(413, str(exc), code="payload_too_large") from None
     except UploadError as exc:
-        raise ProblemError(
-            exc.status, str(exc), code="unsupported_media_type" if exc.status == 415 else "invalid_checkpoint"
-        ) from None
+        default = "unsupported_media_type" if exc.status == 415 else "invalid_checkpoint"
+        raise ProblemError(exc.status, str(exc), code=exc.code or default) from None
     finally:
         store.discard(staged)
     model, _ = registry.create_model(
@@ -262,23 +319,31 @@ def get_model_version(model_id: str, number: VersionNumber, session: SessionDep,
 
 @router.get(
     "/{model_id}/versions/{number}/weights",
-    response_class=FileResponse,
+    response_class=WeightsResponse,
     responses={
-        **problems(404, 410),
+        **problems(400, 404, 410, 416),
         200: {"content": {"application/octet-stream": {}}, "description": "safetensors weights"},
+        206: {
+            "content": {"application/octet-stream": {}, "multipart/byteranges": {}},
+            "description": "The requested byte range(s) of the weights (Range: bytes=...)",
+        },
     },
 )
 def download_weights(
     model_id: str, number: VersionNumber, session: SessionDep, key: ReadKey, store: StoreDep
-) -> FileResponse:
-    """The version's safetensors file; ETag and Repr-Digest carry its sha256."""
+) -> WeightsResponse:
+    """The version's safetensors file; ETag and Repr-Digest carry its sha256.
+
+    `Range: bytes=...` is honoured (206); a malformed Range is 400 (`invalid_range`), one that starts
+    past the end 416 (`range_not_satisfiable`, with `Content-Range: bytes */size`).
+    """
     model = registry.get_model(session, tenant_id=key.tenant_id, model_id=model_id)
     version = registry.get_version(session, model_id=model.id, number=number)
     path = store.path(version.storage_key)
     if version.state == "purged" or not path.is_file():
         raise ProblemError(410, f"the weights of version {number} are no longer stored", code="weights_purged")
     digest = base64.b64encode(bytes.fromhex(version.sha256)).decode()
-    return FileResponse(
+    return WeightsResponse(
         path,
         media_type="application/octet-stream",
         filename=f"{model.name}-v{number}.safetensors",

@@ -12,77 +12,21 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ADMIN_KEY, REPO, TINY_LTU, unavailable
+from tests.support import ADMIN_KEY, REPO, TINY_LTU, Process, free_port, unavailable, wait_until
 
 LEASE_SECONDS = 6  # a killed worker's request is presumed lost this long after its last heartbeat
 # Unlearning parameters that keep a run in its unlearning phase for a few seconds on the tiny model.
 SLOW_LTU = {**TINY_LTU, "max_passes": 60.0, "stop_rule": "none"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(
-    condition: Callable[[], object],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.2,
-    context: Callable[[], str] = str,
-):
-    """Poll `condition` until it returns something truthy; fail saying `what` (and `context()`) after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{context()}", pytrace=False)
-        time.sleep(interval)
-
-
-class Process:
-    """A child process with its output in a log file."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log: Path) -> None:
-        self.name, self.log = name, log
-        with open(log, "ab") as out:
-            self.popen = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill9(self) -> None:
-        """SIGKILL: no cleanup, no acknowledgement, no graceful shutdown."""
-        if self.alive():
-            self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.alive():
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill9()
 
 
 class PostgresProxy:

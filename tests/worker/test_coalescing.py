@@ -6,10 +6,7 @@ import json
 
 import pytest
 
-
-def setup_model(service, artifacts):
-    dataset = service.client.register_dataset(artifacts.archive)
-    return service.client.register_model(artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe)
+from tests.support import setup_model
 
 
 def test_waiting_requests_on_one_model_run_once_and_complete_together(api, artifacts):

@@ -9,18 +9,14 @@ from datetime import timedelta
 
 import pytest
 
+from tests.support import job_context
+from tests.support import setup_model as setup_with_recipe
+
 TINY = {"epochs": 1, "batch_size": 32, "lr": 0.05}  # seconds per reference model, not minutes
 
 
 def setup_model(service, artifacts, *, recipe=TINY):
-    dataset = service.client.register_dataset(artifacts.archive)
-    return service.client.register_model(artifacts.weights, dataset_id=dataset.id, recipe=recipe)
-
-
-def job_context(service, **overrides):
-    from worker.context import JobContext
-
-    return JobContext.from_settings(service.settings.replace(**overrides))
+    return setup_with_recipe(service, artifacts, recipe=recipe)
 
 
 def erase(service, artifacts, model_id: str, subject: str) -> set[int]:

@@ -17,7 +17,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy.exc
 
-from tests.worker.test_worker import job_context, setup_model
+from tests.support import job_context, setup_model
 
 
 def submit(service, model, index: int, **parameters):
@@ -495,12 +495,12 @@ def test_dispatched_outbox_rows_are_deleted_after_their_retention(ready):
 
 # --- the same for the audit's reference-model trainings --------------------------------------------------
 
+REFERENCE_RECIPE = {"epochs": 1, "batch_size": 32, "lr": 0.05}  # seconds per reference model
+
 
 def _reference_set(make_service, artifacts, **overrides):
-    from tests.worker.test_references import setup_model as setup_with_recipe
-
     service = make_service(audit_reference_models=2, **overrides)
-    model = setup_with_recipe(service, artifacts)
+    model = setup_model(service, artifacts, recipe=REFERENCE_RECIPE)
     return service, model, service.client.get_audit_references(model.id).latest["id"]
 
 

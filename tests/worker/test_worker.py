@@ -8,19 +8,7 @@ from datetime import timedelta
 import pytest
 
 from ltu_client import ApiError
-
-
-def setup_model(service, artifacts, *, recipe=True):
-    dataset = service.client.register_dataset(artifacts.archive)
-    return service.client.register_model(
-        artifacts.weights, dataset_id=dataset.id, recipe=artifacts.recipe if recipe else None
-    )
-
-
-def job_context(service, **overrides):
-    from worker.context import JobContext
-
-    return JobContext.from_settings(service.settings.replace(**overrides))
+from tests.support import job_context, setup_model
 
 
 def test_redelivery_is_a_no_op_and_publishes_once(api, artifacts):
