@@ -432,13 +432,16 @@ class RequestSamplePage(BaseModel):
 class AuditEventRead(BaseModel):
     """One state change of one resource, a link of the hash chain.
 
-    `hash` is the SHA-256 of the canonical JSON (RFC 8785) of every other field; `prev_hash` is
-    the hash of event `seq - 1` (64 zeros for the first).
+    `hash` is the SHA-256 of the canonical JSON (RFC 8785) of every other field (for events sealed
+    before migration 0007, of every other field but the tenant link); `prev_hash` is the hash of
+    event `seq - 1` (64 zeros for the first).
     """
 
     model_config = ConfigDict(from_attributes=True)
 
     seq: int = Field(description="Position in the deployment's chain, from 1, without gaps.")
+    tenant_seq: int | None = Field(description="Position in its tenant's chain, from 1 (none for system events).")
+    tenant_prev_hash: str | None = Field(description="Hash of the tenant's previous event (64 zeros for its first).")
     occurred_at: datetime
     tenant_id: str | None
     actor: str

@@ -149,6 +149,8 @@ class AuditEvent(_FromJSON):
     data: dict[str, Any] = field(default_factory=dict)
     prev_hash: str = ""
     hash: str = ""
+    tenant_seq: int | None = None  # the event's position in its tenant's chain (none for system events)
+    tenant_prev_hash: str | None = None
 
 
 @dataclass(frozen=True)

@@ -317,3 +317,9 @@ def test_openapi_documents_the_verify_answer(api):
     )
     parameters = {p["name"] for p in spec["paths"]["/v1/audit/verify"]["get"]["parameters"]}
     assert parameters == {"chain", "from_seq", "to_seq", "limit"}
+
+
+def test_listed_events_carry_their_tenant_link(completed):
+    events = completed.client.audit_events()
+    assert [e.tenant_seq for e in events] == list(range(1, len(events) + 1))  # one tenant: its chain is whole
+    assert [e.tenant_prev_hash for e in events[1:]] == [e.hash for e in events[:-1]]
