@@ -189,6 +189,7 @@ class DatasetSample(Base):
     # The first completed request that erased this sample: no later request or retrain reads it.
     erased_by_request_id: Mapped[str | None] = mapped_column(ForeignKey("deletion_requests.id"), index=True)
     erased_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]  # its pixels were removed from the stored dataset (ledger.datasets)
 
 
 class Model(Base):
