@@ -49,11 +49,23 @@ def _certificate_verify(args: argparse.Namespace) -> int:
     except CertificateInvalid as exc:
         print(f"ltu certificate verify: INVALID: {exc}", file=sys.stderr)
         return 1
+    if "erasure" in content:  # a person's erasure: one request certificate per model, and the dataset purge
+        erasure = content["erasure"]
+        print(f"valid: certificate of erasure {erasure['id']}, completed {erasure['completed_at']}")
+        for part in content["models"]:
+            print("  " + _request_line(part))
+        for purge in content["dataset_purge"]:
+            print(f"  dataset {purge['dataset_id']}: {purge['purged_samples']} of {purge['samples']} samples purged")
+    else:
+        print(f"valid: erasure certificate of {_request_line(content)}")
+    return 0
+
+
+def _request_line(content: dict) -> str:
     model, request = content["model"], content["request"]
     verdict = "passed" if content["verification"]["passed"] else "failed"
-    print(
-        f"valid: erasure certificate of request {request['id']}, completed {request['completed_at']}; model "
-        f"{model['id']} version {model['base_version']['number']} → {model['new_version']['number']} "
-        f"(sha256 {model['new_version']['sha256']}); verification {verdict}"
+    return (
+        f"request {request['id']}, completed {request['completed_at']}; model {model['id']} version "
+        f"{model['base_version']['number']} → {model['new_version']['number']} (sha256 "
+        f"{model['new_version']['sha256']}); verification {verdict}"
     )
-    return 0

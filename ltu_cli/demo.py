@@ -1,6 +1,7 @@
 """The end-to-end demo, `ltu demo`: an embedded service (SQLite + in-process runner under
-LTU_HOME), a ResNet-18 trained on scikit-learn digits, one data subject erased over HTTP and the
-outcome printed for a person to read. Torch, uvicorn and the service load only when it runs."""
+LTU_HOME), two ResNet-18s trained on scikit-learn digits (two seeds), one data subject erased from
+both with one erasure over HTTP, and the outcome, the combined certificate and the dataset purge
+printed for a person to read. Torch, uvicorn and the service load only when it runs."""
 
 from __future__ import annotations
 
@@ -17,14 +18,15 @@ from ltu_cli.request import wait_with_bar
 from ltu_cli.serve import build_app, local_admin_key, migrate_db
 
 DEMO_SUBJECT_SAMPLES = 4  # the demo erases a subject with exactly this many samples, all in train
+DEMO_SEEDS = (0, 1)  # two models of one recipe on one dataset: one erasure reaches both
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add demo."""
     p = sub.add_parser(
-        "demo", help="end-to-end demo: train on sklearn digits, erase one data subject over HTTP, verify"
+        "demo", help="end-to-end demo: train two models on sklearn digits, erase one person from both over HTTP"
     )
-    p.add_argument("--epochs", type=int, default=20, help="training epochs of the demo model (default 20)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs of each demo model (default 20)")
     p.add_argument("--width", type=float, default=0.25, help="ResNet-18 width multiplier (default 0.25)")
     p.add_argument("--method", default=None, help="unlearning method (default: the service's, ltu)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Embedded service + digits + one erasure over HTTP, printed for a person to read."""
+    """Embedded service + digits + one erasure of a person from two models over HTTP, printed for a person to read."""
     started = time.monotonic()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded: digits ship with scikit-learn
     settings = load_settings()
@@ -109,50 +111,126 @@ def _demo_scenario(client, args: argparse.Namespace, settings) -> None:
 
     arch = ArchConfig("resnet18", num_classes=dataset.num_classes, in_chans=1, img_size=8, width=args.width)
     recipe = TrainRecipe(epochs=args.epochs, batch_size=64, lr=0.05)
-    model = build_model(arch, seed=0)
-    t0 = time.monotonic()
-    train_model(model, dataset.view(train), recipe, seed=0)
-    test_acc = predict(model, dataset.view(dataset.split_indices("test"))).accuracy()
-    weights = save_model(model, arch, work / "digits-resnet18.safetensors")
-    registered_model = call(
-        client.register_model,
-        weights,
-        dataset_id=registered.id,
-        name="digits-resnet18",
-        recipe={"epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr},
-    )
-    v1 = call(client.get_version, registered_model.id, 1)
-    print(
-        f"[2/5] model    ResNet-18 (width {args.width}, 3×3 stem) trained {recipe.epochs} epochs in "
-        f"{time.monotonic() - t0:.0f} s: test accuracy {test_acc:.1f} %"
-    )
-    print(f"      registered model {registered_model.id}, version 1 sha256 {v1.sha256[:16]}…")
+    models = {}  # registered model id → the trained torch model
+    for seed in DEMO_SEEDS:
+        model = build_model(arch, seed=seed)
+        t0 = time.monotonic()
+        train_model(model, dataset.view(train), recipe, seed=seed)
+        test_acc = predict(model, dataset.view(dataset.split_indices("test"))).accuracy()
+        weights = save_model(model, arch, work / f"digits-resnet18-seed{seed}.safetensors")
+        registered_model = call(
+            client.register_model,
+            weights,
+            dataset_id=registered.id,
+            name=f"digits-resnet18-seed{seed}",
+            recipe={"epochs": recipe.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr},
+        )
+        v1 = call(client.get_version, registered_model.id, 1)
+        print(
+            f"[2/5] model    ResNet-18 (width {args.width}, 3×3 stem, seed {seed}) trained {recipe.epochs} epochs in "
+            f"{time.monotonic() - t0:.0f} s: test accuracy {test_acc:.1f} %"
+        )
+        print(f"      registered model {registered_model.id}, version 1 sha256 {v1.sha256[:16]}…")
+        models[registered_model.id] = model
 
-    _wait_for_references(client, registered_model.id)
+    for model_id in models:
+        _wait_for_references(client, model_id)
 
-    subject, exposure = _most_exposed_subject(model, dataset)
+    subject, exposure = _most_exposed_subject(next(iter(models.values())), dataset)
     print(
         f"      most exposed data subject: {subject}, whose {DEMO_SUBJECT_SAMPLES} training samples' margins rank "
-        f"{exposure:.2f} among never-seen digits (0.50 would look unseen)"
+        f"{exposure:.2f} among never-seen digits (0.50 would look unseen) in the first model"
     )
-    params = parse_params(args.param)
-    request = call(
-        client.submit_deletion,
-        registered_model.id,
-        subject_ids=[subject],
+    print(f"      where is {subject}? {_locations_line(client, subject)}")
+    erasure = call(
+        client.submit_erasure,
+        [subject],
         method=args.method,
-        parameters=params,
-        idempotency_key=f"demo-{registered_model.id}",
+        parameters=parse_params(args.param),
+        idempotency_key=f"demo-{registered.id}",
     )
     print(
-        f"[3/5] request  POST /v1/deletion-requests  subject_ids=[{subject!r}]  →  202 Accepted, "
-        f"Location /v1/deletion-requests/{request.id}"
+        f"[3/5] erasure  POST /v1/erasures  subject_ids=[{subject!r}]  →  202 Accepted, "
+        f"Location /v1/erasures/{erasure.id}"
     )
-    print(f"      method {request.method}; due {request.due_at:%Y-%m-%d} (GDPR: one calendar month after receipt)")
-    print("[4/5] waiting  (polling GET /v1/deletion-requests/{id})")
-    request = wait_with_bar(client, request.id, timeout=900.0)
-    print(f"[5/5] result   {request.status}" + (f"  ({request.error})" if request.error else ""))
-    _print_outcome(client, request, work)
+    print(
+        f"      {len(erasure.requests)} models trained on the subject, one deletion request each; "
+        f"due {erasure.due_at:%Y-%m-%d} (GDPR: one calendar month after receipt)"
+    )
+    print("[4/5] waiting  (polling GET /v1/deletion-requests/{id} of each model)")
+    done = [wait_with_bar(client, r["request_id"], timeout=900.0) for r in erasure.requests]
+    erasure = call(client.get_erasure, erasure.id)
+    print(f"[5/5] result   {erasure.status}" + "".join(f"  ({r.error})" for r in done if r.error))
+    for request in done:
+        print(f"\n  ── model {request.model_id} ──")
+        _print_outcome(client, request, work)
+    _purge_now(settings)
+    _print_erasure(client, erasure, subject)
+
+
+def _purge_now(settings) -> None:
+    """The purge pass the service runs every LTU_PURGE_INTERVAL (and `ltu purge` on demand), run now: both
+    models erased the person, so no model needs their pixels and the stored dataset loses them."""
+    from ledger.artifacts import ArtifactStore
+    from ledger.db import Database
+    from worker.retention import purge_erased_pixels
+
+    database = Database(settings.ledger.database_url)
+    try:
+        purged = purge_erased_pixels(database, ArtifactStore(settings.ledger.artifacts_dir))
+    finally:
+        database.dispose()
+    rows = sum(len(p.rows) for p in purged)
+    print(
+        f"\n  purge pass      (as `ltu purge`): {rows} erased sample(s) tombstoned in {len(purged)} stored dataset(s)"
+    )
+
+
+def _locations_line(client, subject: str) -> str:
+    """GET /v1/subjects/{id}/locations in one line: each model and the stored versions that hold the subject."""
+    found = call(client.subject_locations, subject)
+    if not found["models"]:
+        return "in no model"
+    return "; ".join(
+        f"model {m['model_id'][:8]}… versions {m['versions_holding']} hold them"
+        + (f", erased in version {m['erased_in_version']}" if m["erased_in_version"] else "")
+        for m in found["models"]
+    )
+
+
+def _print_erasure(client, erasure, subject: str) -> None:
+    """The combined certificate, checked against the service's public key, and the dataset purge."""
+    from ltu_client import CertificateInvalid, load_public_key, verify_certificate
+
+    print("\n  certificate of the erasure (GET /v1/erasures/{id}/certificate)")
+    if erasure.status != "completed":
+        print(f"    none: the erasure is {erasure.status}")
+        return
+    document = call(client.erasure_certificate, erasure.id)
+    try:
+        content = verify_certificate(document, load_public_key(json.dumps(call(client.certificate_key))))
+    except CertificateInvalid as exc:
+        raise CLIError(f"the erasure certificate does not verify: {exc}") from None
+    summary = content["erasure"]
+    print(
+        f"    signature valid (Ed25519, key {json.loads(document)['signature']['key_id'][:12]}…); "
+        f"{summary['subject_count']} subject(s), completed {summary['completed_at']}, "
+        f"on time: {'yes' if summary['completed_on_time'] else 'NO'}"
+    )
+    for part in content["models"]:
+        model, verification = part["model"], part["verification"]
+        print(
+            f"    model {model['id']}  version {model['base_version']['number']} → {model['new_version']['number']} "
+            f"(sha256 {model['new_version']['sha256'][:16]}…), {part['erased_samples']['count']} samples erased, "
+            f"verification {'passed' if verification['passed'] else 'FAILED'}"
+        )
+    for purge in content["dataset_purge"]:
+        state = "purged" if purge["purged_samples"] == purge["samples"] else "not purged yet"
+        print(
+            f"  dataset purge   dataset {purge['dataset_id']}: {purge['purged_samples']} of the subject's "
+            f"{purge['samples']} samples removed from the stored dataset ({state})"
+        )
+    print(f"  where is {subject} now? {_locations_line(client, subject)}")
 
 
 def _wait_for_references(client, model_id: str) -> None:
@@ -258,7 +336,7 @@ def _print_outcome(client, request, work: Path) -> None:
             client.download_weights,
             request.model_id,
             request.result_version,
-            work / f"model-v{request.result_version}.safetensors",
+            work / f"model-{request.model_id[:8]}-v{request.result_version}.safetensors",
         )
         print(
             f"\n  new version     {request.result_version} (parent {request.base_version}), "
@@ -266,7 +344,8 @@ def _print_outcome(client, request, work: Path) -> None:
         )
         print(f"                  downloaded to {path}, sha256 checked")
         samples = call(client.request_samples, request.id)
-        erased = [s for s in samples if s.erased_by_request_id == request.id]
+        # The dataset records the first request that erased a sample; another model's may have come first.
+        erased = [s for s in samples if s.erased_by_request_id is not None]
         splits = ", ".join(
             f"{sum(s.split == sp for s in erased)} {sp}"
             for sp in ("train", "test", "holdout")
