@@ -101,9 +101,13 @@ class ArtifactStore:
         return self._stage_by_content(session, Path(staged), "references")
 
     def stage_dataset(self, session: Session, staged_dir: str | os.PathLike, dataset_id: str) -> str:
-        """Hand a staged dataset folder to `session`'s transaction; its commit moves it to datasets/<id>/."""
+        """Hand a staged dataset folder to `session`'s transaction; its commit moves it to datasets/<id>/.
+
+        Over a stored folder (a pixel purge's rewrite) each staged file replaces its namesake, in name order,
+        each atomically: a reader never finds the folder missing or a file half-written.
+        """
         key = f"datasets/{dataset_id}"
-        _hand_over(session, Path(staged_dir), lambda owned: os.replace(owned, self.path(key)))
+        _hand_over(session, Path(staged_dir), lambda owned: _place_folder(owned, self.path(key)))
         return key
 
     def _stage_by_content(self, session: Session, staged: Path, area: str) -> Blob:
@@ -161,6 +165,15 @@ class ArtifactStore:
             os.replace(aside, path)
             return None
         return SetAside(key, sha256_file(aside) if aside.is_file() else None, _size(aside), int(age), aside)
+
+
+def _place_folder(owned: Path, target: Path) -> None:
+    if not target.is_dir():
+        os.replace(owned, target)
+        return
+    for staged in sorted(owned.iterdir()):
+        os.replace(staged, target / staged.name)
+    owned.rmdir()
 
 
 def _remove(path: Path) -> None:

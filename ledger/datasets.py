@@ -1,19 +1,27 @@
-"""Registered datasets and their samples (ids, keyed subject hash, label, split, erasure)."""
+"""Registered datasets and their samples (ids, keyed subject hash, label, split, erasure, pixel purge).
+
+Pixel purge: a sample erased from every model registered on its dataset (or from one, when its tenant
+purges raw data at once) is no longer needed by anyone to unlearn, so its pixels leave the stored
+dataset: the worker (worker.retention) tombstones its row in a staged copy of the folder and hands it to
+the transaction that marks the sample purged (`mark_pixels_purged`). A model registered later on the
+dataset never reads the row: it is erased, and its pixels are zeros the reader refuses.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ledger import audit
 from ledger.errors import NotFound
 from ledger.pagination import Page, newest_first
-from ledger.tables import COMPLETED, Dataset, DatasetSample, DeletionRequest, RequestSample
+from ledger.tables import COMPLETED, Dataset, DatasetSample, DeletionRequest, Model, RequestSample, Tenant, utcnow
 
 INSERT_CHUNK = 5000
+TOMBSTONED_FORMAT_VERSION = 2  # ltu-dataset version 2 lists the tombstoned rows (ltu_core.data.format)
 
 
 @dataclass(frozen=True)
@@ -163,3 +171,128 @@ def erased_rows(session: Session, *, dataset_id: str) -> dict[int, int]:
         )
     )
     return {pk: row for pk, row in rows}
+
+
+# --- pixel purge --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PixelPurge:
+    """Samples whose pixels leave a stored dataset in one transaction: rows, and the subjects' keyed hashes."""
+
+    dataset_id: str
+    tenant_id: str
+    storage_key: str
+    sample_pks: tuple[int, ...]
+    rows: tuple[int, ...]
+    subject_hashes: tuple[str, ...]
+    at_once: bool  # the tenant's policy, not every model's erasure, made them purgeable
+
+
+def datasets_awaiting_purge(session: Session) -> list[str]:
+    """Datasets with erased samples whose pixels are still stored."""
+    return list(
+        session.scalars(
+            select(DatasetSample.dataset_id)
+            .where(DatasetSample.erased_by_request_id.is_not(None), DatasetSample.purged_at.is_(None))
+            .distinct()
+        )
+    )
+
+
+def lock_dataset(session: Session, *, dataset_id: str) -> Dataset:
+    """The dataset, its row held until the transaction ends: purges of one dataset take turns (Postgres;
+    SQLite serialises every write anyway)."""
+    return session.scalars(select(Dataset).where(Dataset.id == dataset_id).with_for_update()).one()
+
+
+def purgeable(session: Session, *, dataset: Dataset) -> PixelPurge | None:
+    """The dataset's unpurged samples no model still needs, or None.
+
+    Every model registered on the dataset must have erased a sample (`erased_for_model`), unless the
+    tenant purges at once: then one model's erasure is enough.
+    """
+    at_once = bool(session.scalar(select(Tenant.purge_raw_data_at_once).where(Tenant.id == dataset.tenant_id)))
+    candidates = session.scalars(
+        select(DatasetSample)
+        .where(
+            DatasetSample.dataset_id == dataset.id,
+            DatasetSample.erased_by_request_id.is_not(None),
+            DatasetSample.purged_at.is_(None),
+        )
+        .order_by(DatasetSample.row)
+    ).all()
+    if not at_once:
+        models = session.scalars(select(Model.id).where(Model.dataset_id == dataset.id)).all()
+        erased_by_all = set.intersection(*(erased_for_model(session, model_id=m) for m in models)) if models else set()
+        candidates = [s for s in candidates if s.id in erased_by_all]
+    if not candidates:
+        return None
+    return PixelPurge(
+        dataset_id=dataset.id,
+        tenant_id=dataset.tenant_id,
+        storage_key=dataset.storage_key,
+        sample_pks=tuple(s.id for s in candidates),
+        rows=tuple(s.row for s in candidates),
+        subject_hashes=tuple(sorted({s.subject_hash for s in candidates})),
+        at_once=at_once,
+    )
+
+
+def purged_rows(session: Session, *, dataset_id: str) -> list[int]:
+    """Rows of the dataset whose pixels were purged, ascending."""
+    return list(
+        session.scalars(
+            select(DatasetSample.row)
+            .where(DatasetSample.dataset_id == dataset_id, DatasetSample.purged_at.is_not(None))
+            .order_by(DatasetSample.row)
+        )
+    )
+
+
+def mark_pixels_purged(session: Session, *, purge: PixelPurge, actor: str = "system") -> bool:
+    """Mark the samples purged, bump the dataset's format version, record `dataset.samples_purged`; False if
+    another pass was first (the caller rolls back)."""
+    now = utcnow()
+    changed = session.execute(
+        update(DatasetSample)
+        .where(DatasetSample.id.in_(purge.sample_pks), DatasetSample.purged_at.is_(None))
+        .values(purged_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if changed != len(purge.sample_pks):
+        return False
+    session.execute(
+        update(Dataset).where(Dataset.id == purge.dataset_id).values(format_version=TOMBSTONED_FORMAT_VERSION)
+    )
+    audit.record(
+        session,
+        tenant_id=purge.tenant_id,
+        actor=actor,
+        action="dataset.samples_purged",
+        resource_type="dataset",
+        resource_id=purge.dataset_id,
+        now=now,
+        data={
+            "samples": len(purge.sample_pks),
+            "subjects": len(purge.subject_hashes),
+            "subject_hashes": list(purge.subject_hashes),
+            "policy": "at_once" if purge.at_once else "every_model_erased",
+            "format_version": TOMBSTONED_FORMAT_VERSION,
+        },
+    )
+    return True
+
+
+def set_purge_policy(session: Session, *, tenant_id: str, at_once: bool, actor: str) -> None:
+    """Purge the tenant's erased pixels as soon as one model erased them (True) or once every model did."""
+    session.execute(update(Tenant).where(Tenant.id == tenant_id).values(purge_raw_data_at_once=at_once))
+    audit.record(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="tenant.purge_policy_set",
+        resource_type="tenant",
+        resource_id=tenant_id,
+        data={"purge_raw_data_at_once": at_once},
+    )

@@ -15,6 +15,10 @@ superseded by a newer ready set of its model was trained on data erased since (r
 retires it), so after the same grace its scores file is deleted and its `purged_at` is set, with a
 `audit_reference_set.purged` event.
 
+Until it is purged, a superseded version's weights are downloadable with the `admin` scope only (the
+current version's with `read`): `download_scope` is that rule, and every download is recorded
+(`record_download`, a `model_version.downloaded` event).
+
 Files no row references at all (a publication that crashed between moving its file into place and
 committing, staged uploads of a crashed process) are the sweeper's (worker.retention): `referenced_keys`
 is what it must leave alone, and `record_swept` the `artifact.swept` event of each item it deletes.
@@ -232,4 +236,31 @@ def record_swept(session: Session, *, item: SetAside, actor: str = "system") -> 
         resource_type="artifact",
         resource_id=PurePosixPath(item.key).stem[:64],  # a sha256, a dataset id or a tmp/ name; the key is in data
         data=data,
+    )
+
+
+# --- downloads of weights ----------------------------------------------------------------------------
+
+
+def download_scope(model: Model, version: ModelVersion) -> str:
+    """The scope a key needs to download the version's weights: a superseded version still holds erased subjects."""
+    return "read" if version.number == model.current_version else "admin"
+
+
+def record_download(session: Session, *, model: Model, version: ModelVersion, scope: str, key_id: str) -> None:
+    """The `model_version.downloaded` event: which version, under which scope, by which key."""
+    audit.record(
+        session,
+        tenant_id=model.tenant_id,
+        actor=f"key:{key_id}",
+        action="model_version.downloaded",
+        resource_type="model_version",
+        resource_id=version.id,
+        model_id=model.id,
+        data={
+            "version": version.number,
+            "current": version.number == model.current_version,
+            "scope": scope,
+            "key_id": key_id,
+        },
     )

@@ -11,6 +11,13 @@ finds it again, deletes nothing, and records it. Superseded reference sets of th
 likelihood-ratio tier are purged the same way after the same grace (`purge_references_due`): the
 loop runs both.
 
+Erased pixels (`purge_erased_pixels`): a sample erased from every model registered on its dataset (or
+from one, under the tenant's purge-at-once policy) is tombstoned in the stored dataset: a staged copy of
+images.u8 with its row zeroed and a version-2 manifest listing it replace the stored files as the
+transaction that sets its `purged_at` commits (ledger.datasets). A rollback leaves the stored folder as
+it was; a crash after the files moved but before COMMIT leaves the pixels gone and the sample unmarked,
+so the next pass tombstones it again (zeros stay zeros) and records it.
+
 Then the sweep (`sweep_unreferenced`): every item of the artifact store that no ledger row
 references and nobody has touched for LTU_ARTIFACT_SWEEP_GRACE_HOURS is deleted, with an
 `artifact.swept` event. Publications move their files into place right before committing (ledger.
@@ -25,7 +32,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from ledger import retention
+from sqlalchemy.orm import Session
+
+from ledger import datasets, retention
 from ledger.artifacts import ArtifactStore, SetAside
 from ledger.db import Database
 from ledger.tables import utcnow
@@ -83,6 +92,44 @@ def purge_references_due(
     return purged
 
 
+def purge_erased_pixels(database: Database, store: ArtifactStore) -> list[datasets.PixelPurge]:
+    """Tombstone, in each stored dataset, the erased samples no model still needs; returns what this pass purged."""
+    with database.session() as session:
+        due = datasets.datasets_awaiting_purge(session)
+    purged = []
+    for dataset_id in due:
+        with database.transaction() as session:
+            purge = _tombstone(session, store, dataset_id)
+        if purge is not None:
+            purged.append(purge)
+            log.info(
+                "purged the pixels of %d sample(s) of %d subject(s) from dataset %s",
+                len(purge.rows),
+                len(purge.subject_hashes),
+                dataset_id,
+            )
+    return purged
+
+
+def _tombstone(session: Session, store: ArtifactStore, dataset_id: str) -> datasets.PixelPurge | None:
+    from ltu_core.data.format import tombstone_rows  # the science library loads only when pixels are due
+
+    purge = datasets.purgeable(session, dataset=datasets.lock_dataset(session, dataset_id=dataset_id))
+    if purge is None:
+        return None
+    rows = sorted({*datasets.purged_rows(session, dataset_id=dataset_id), *purge.rows})
+    staged = store.staging_dir()
+    try:
+        tombstone_rows(store.path(purge.storage_key), rows, staged)
+        store.stage_dataset(session, staged, dataset_id)  # replaces the stored files as this transaction commits
+    finally:
+        store.discard(staged)  # only an unstaged copy is still here
+    if not datasets.mark_pixels_purged(session, purge=purge):
+        session.rollback()  # another pass was first: its files stand, ours are discarded
+        return None
+    return purge
+
+
 def sweep_unreferenced(database: Database, store: ArtifactStore, *, grace: timedelta) -> list[SetAside]:
     """Delete every stored item no row references that is older than `grace`; returns those this pass deleted."""
     with database.session() as session:
@@ -101,8 +148,8 @@ def sweep_unreferenced(database: Database, store: ArtifactStore, *, grace: timed
 
 
 class PurgeLoop(PeriodicLoop):
-    """`purge_due`, `purge_references_due` and `sweep_unreferenced` every `settings.ledger.purge_interval` seconds
-    in a daemon thread (start/stop object)."""
+    """`purge_due`, `purge_references_due`, `purge_erased_pixels` and `sweep_unreferenced` every
+    `settings.ledger.purge_interval` seconds in a daemon thread (start/stop object)."""
 
     def __init__(self, settings: Settings, *, database: Database | None = None) -> None:
         self.database = database or Database(settings.ledger.database_url)
@@ -112,7 +159,8 @@ class PurgeLoop(PeriodicLoop):
         super().__init__("ltu-purge", settings.ledger.purge_interval, self.purge_once)
 
     def purge_once(self) -> None:
-        """One pass over superseded versions, then superseded reference sets, then unreferenced items."""
+        """One pass over superseded versions, superseded reference sets, erased pixels, then unreferenced items."""
         purge_due(self.database, self.store, grace=self.grace)
         purge_references_due(self.database, self.store, grace=self.grace)
+        purge_erased_pixels(self.database, self.store)
         sweep_unreferenced(self.database, self.store, grace=self.sweep_grace)

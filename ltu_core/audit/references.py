@@ -121,8 +121,9 @@ def train_references(
     turns True (checked inside training).
     """
     plan = plan_halves(np.asarray(train_rows), len(dataset), count, seed)
-    everything = dataset.view(np.arange(len(dataset)))
-    phi = np.empty((count, len(dataset)), dtype=np.float32)
+    readable = dataset.readable_rows()  # a tombstoned row has no pixels to score: its φ stays NaN
+    everything = dataset.view(readable)
+    phi = np.full((count, len(dataset)), np.nan, dtype=np.float32)
     progress("references", 0, count)
     for k in range(count):
         model = build_model(arch, seed=seed * 1000 + k + 1)
@@ -134,7 +135,7 @@ def train_references(
             device=device,
             should_cancel=should_cancel,
         )
-        phi[k] = logit_confidence(predict(model, everything, device=device))
+        phi[k, readable] = logit_confidence(predict(model, everything, device=device))
         progress("references", k + 1, count)
     return ReferenceScores(phi=phi, trained_on=plan, seed=seed)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ class UnlearningDataset:
     subject_ids: np.ndarray  # [N] str
     splits: np.ndarray  # [N] str, each one of SPLITS
     num_classes: int
+    # Tombstoned rows (format version 2): their pixels were purged and are zeros; no set may read them.
+    purged_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -70,6 +72,9 @@ class UnlearningDataset:
             raise DatasetFormatError("sample_id and subject_id must not be empty")
         if not np.any(self.splits == "train"):
             raise DatasetFormatError("the dataset has no 'train' samples")
+        purged = self.purged_rows
+        if len(purged) and (len(np.unique(purged)) != len(purged) or purged.min() < 0 or purged.max() >= n):
+            raise DatasetFormatError(f"purged rows must be distinct row indices in [0, {n - 1}]")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -78,6 +83,10 @@ class UnlearningDataset:
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of every image."""
         return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
+
+    def readable_rows(self) -> np.ndarray:
+        """Every row index but the tombstoned ones."""
+        return np.setdiff1d(np.arange(len(self)), self.purged_rows)
 
     def split_indices(self, split: str) -> np.ndarray:
         """Row indices of one split, in dataset order."""
@@ -114,6 +123,7 @@ class UnlearningDataset:
             subject_ids=self.subject_ids,
             splits=splits,
             num_classes=self.num_classes,
+            purged_rows=self.purged_rows,
         )
 
 
@@ -143,7 +153,13 @@ class SampleSet:
         return self.dataset.sample_ids[self.indices]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Materialise the rows as (x [n, C, H, W] float32, y [n] int64)."""
+        """Materialise the rows as (x [n, C, H, W] float32, y [n] int64); a tombstoned row is refused."""
+        purged = self.dataset.purged_rows
+        if len(purged) and np.isin(self.indices, purged).any():
+            raise DatasetFormatError(
+                f"{self.dataset.name}: rows {sorted(set(self.indices.tolist()) & set(purged.tolist()))[:5]} are "
+                "tombstoned (their pixels were purged); leave them out of every set"
+            )
         # Reading sorted rows keeps a memmap's access sequential; then restore the caller's order.
         order = np.argsort(self.indices, kind="stable")
         rows = np.empty((len(self.indices), *self.dataset.image_shape), dtype=np.uint8)

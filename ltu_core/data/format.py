@@ -1,4 +1,4 @@
-"""The on-disk dataset format users bring their own data in ("ltu-dataset", version 1).
+"""The on-disk dataset format users bring their own data in ("ltu-dataset", versions 1 and 2).
 
 A dataset is a folder of three files, or the same three files in one uncompressed tar archive
 (the form the service accepts as an upload):
@@ -8,6 +8,12 @@ A dataset is a folder of three files, or the same three files in one uncompresse
     samples.csv     header `sample_id,subject_id,label,split`, then one row per sample;
                     row i describes image i. split is train, test or holdout.
     images.u8       N*C*H*W raw uint8 pixel values, C-order, no header.
+
+Version 2 is version 1 with tombstones: the service rewrites a stored dataset to it when it purges
+erased subjects' pixels (`tombstone_rows`). Its manifest adds `"purged_rows": [row, ...]`; those
+rows keep their place (every row index stays valid) and their samples.csv line, but their pixels
+are zeros, and reading them through any sample set raises (`SampleSet.tensors`). A dataset with
+no tombstones is written as version 1, the only version uploads take.
 
 `images.u8` is opened as a read-only memmap, so a dataset larger than memory streams: only the
 rows a batch needs are read. The CSV (ids, labels, splits) is read whole; it is small next to
@@ -20,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -29,7 +36,8 @@ from ltu_core.data.dataset import SPLITS, UnlearningDataset
 from ltu_core.errors import DatasetFormatError
 
 FORMAT_NAME = "ltu-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what a dataset without tombstones is written as
+TOMBSTONED_VERSION = 2  # adds the manifest's purged_rows
 MANIFEST, INDEX, IMAGES = "manifest.json", "samples.csv", "images.u8"
 INDEX_HEADER = ["sample_id", "subject_id", "label", "split"]
 
@@ -46,6 +54,8 @@ def write_dataset(dataset: UnlearningDataset, folder: str | os.PathLike) -> Path
         "image_shape": list(dataset.image_shape),
         "num_samples": len(dataset),
     }
+    if len(dataset.purged_rows):
+        manifest.update(version=TOMBSTONED_VERSION, purged_rows=sorted(int(r) for r in dataset.purged_rows))
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     with open(folder / INDEX, "w", newline="") as f:
         writer = csv.writer(f)
@@ -72,9 +82,10 @@ def read_manifest(folder: Path) -> dict:
         raise DatasetFormatError(f"{path}: expected a JSON object")
     if manifest.get("format") != FORMAT_NAME:
         raise DatasetFormatError(f"{path}: 'format' must be {FORMAT_NAME!r}")
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") not in (FORMAT_VERSION, TOMBSTONED_VERSION):
         raise DatasetFormatError(
-            f"{path}: unsupported version {manifest.get('version')!r}; this reader knows version {FORMAT_VERSION}"
+            f"{path}: unsupported version {manifest.get('version')!r}; this reader knows versions "
+            f"{FORMAT_VERSION} and {TOMBSTONED_VERSION}"
         )
     shape = manifest.get("image_shape")
     if (
@@ -89,7 +100,22 @@ def read_manifest(folder: Path) -> dict:
             raise DatasetFormatError(f"{path}: {key!r} must be a positive integer")
     if not isinstance(manifest.get("name", ""), str):
         raise DatasetFormatError(f"{path}: 'name' must be a string")
+    _check_purged_rows(path, manifest)
     return manifest
+
+
+def _check_purged_rows(path: Path, manifest: dict) -> None:
+    if manifest["version"] == FORMAT_VERSION:
+        if "purged_rows" in manifest:  # a reader of version 1 would read the tombstones as images
+            raise DatasetFormatError(f"{path}: 'purged_rows' needs version {TOMBSTONED_VERSION}")
+        return
+    rows = manifest.get("purged_rows")
+    if (
+        not isinstance(rows, list)
+        or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < manifest["num_samples"] for r in rows)
+        or len(set(rows)) != len(rows)
+    ):
+        raise DatasetFormatError(f"{path}: 'purged_rows' must list distinct row indices below num_samples")
 
 
 def _read_index(path: Path, num_samples: int) -> tuple[np.ndarray, ...]:
@@ -156,7 +182,42 @@ def read_dataset(path: str | os.PathLike) -> UnlearningDataset:
         subject_ids=subject_ids,
         splits=splits,
         num_classes=manifest["num_classes"],
+        purged_rows=np.asarray(sorted(manifest.get("purged_rows", [])), dtype=np.int64),
     )
+
+
+def tombstone_rows(folder: str | os.PathLike, rows: list[int], out: str | os.PathLike) -> Path:
+    """Write into `out` the images.u8 and manifest.json (version 2) of `folder` with `rows` tombstoned.
+
+    The rows' pixels become zeros and the manifest lists them beside those tombstoned already; every
+    other row is copied unchanged and keeps its index. samples.csv is not rewritten (it is unchanged),
+    so `out` holds just the two files that replace `folder`'s: images.u8 first, then the manifest.
+    """
+    folder, out = Path(folder), Path(out)
+    dataset = read_dataset(folder)
+    purged = sorted(set(dataset.purged_rows.tolist()) | {int(r) for r in rows})
+    shutil.copyfile(folder / IMAGES, out / IMAGES)
+    images = np.memmap(out / IMAGES, dtype=np.uint8, mode="r+", shape=dataset.images.shape)
+    images[purged] = 0
+    images.flush()
+    del images
+    with open(out / IMAGES, "rb+") as f:
+        os.fsync(f.fileno())
+    manifest = read_manifest(folder)
+    manifest.update(version=TOMBSTONED_VERSION, purged_rows=purged)
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def check_tombstones(dataset: UnlearningDataset, rows: list[int]) -> None:
+    """DatasetFormatError unless each of `rows` is tombstoned in `dataset`: listed as purged, its pixels zeros."""
+    missing = sorted(set(rows) - set(dataset.purged_rows.tolist()))
+    if missing:
+        raise DatasetFormatError(
+            f"{dataset.name}: rows {missing[:5]} were purged but the stored files do not list them"
+        )
+    if rows and np.any(dataset.images[np.asarray(sorted(rows))]):
+        raise DatasetFormatError(f"{dataset.name}: purged rows still hold pixels")
 
 
 def pack_dataset(folder: str | os.PathLike, archive: str | os.PathLike) -> Path:

@@ -228,11 +228,12 @@ def make_split(
 def audit_rows(split: UnlearningSplit) -> np.ndarray:
     """D_audit: the never-trained pool (holdout, or the test half not reported on) minus D_ref, sorted.
 
-    Only the verifier reads these rows; no method's task carries them.
+    Only the verifier reads these rows; no method's task carries them. Tombstoned rows (purged pixels)
+    are not in it: they have nothing to read.
     """
     dataset = split.dataset
     pool = np.union1d(dataset.split_indices("holdout"), dataset.split_indices("test"))
-    return np.setdiff1d(pool, np.union1d(split.test, split.reference))
+    return np.setdiff1d(pool, np.union1d(np.union1d(split.test, split.reference), dataset.purged_rows))
 
 
 def draw_control(rows: np.ndarray, size: int, seed: int) -> np.ndarray:

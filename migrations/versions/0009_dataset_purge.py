@@ -1,7 +1,8 @@
 """dataset purge: an erased subject's pixels leave the stored dataset
 
 `dataset_samples.purged_at` is set once the sample's pixels were removed from the stored dataset
-(every model trained on it erased the subject, or the tenant's policy purges at once).
+(every model trained on it erased the subject, or the tenant's policy purges at once);
+`tenants.purge_raw_data_at_once` is that policy (false: wait for every model).
 
 Revision ID: 0009
 Revises: 0008
@@ -22,10 +23,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("dataset_samples") as batch:
-        batch.add_column(sa.Column("purged_at", sa.DateTime(timezone=True), nullable=True))
+    # Plain ADD COLUMN, not batch mode: SQLite's batch copy drops and recreates the table, which the
+    # foreign keys pointing at `tenants` (and `dataset_samples`) refuse once rows exist.
+    op.add_column("dataset_samples", sa.Column("purged_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "tenants", sa.Column("purge_raw_data_at_once", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("dataset_samples") as batch:
-        batch.drop_column("purged_at")
+    for table, column in (("tenants", "purge_raw_data_at_once"), ("dataset_samples", "purged_at")):
+        if op.get_bind().dialect.name == "sqlite":  # native DROP COLUMN, for the same reason
+            op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        else:
+            op.drop_column(table, column)

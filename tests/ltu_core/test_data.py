@@ -11,6 +11,7 @@ import pytest
 
 from ltu_core.data import (
     ForgetSpec,
+    UnlearningDataset,
     audit_rows,
     load_digits,
     make_split,
@@ -280,3 +281,81 @@ def test_manifests_nested_too_deep_are_format_errors(tmp_path, synthetic):
     (folder / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DatasetFormatError, match="not valid JSON"):
         read_dataset(folder)
+
+
+# --- version 2: tombstoned rows --------------------------------------------------------------------
+
+
+def _tombstoned(tmp_path, synthetic, rows):
+    """`synthetic` stored, then `rows` tombstoned the way the service's purge does (the two files replaced)."""
+    from ltu_core.data.format import tombstone_rows
+
+    folder = write_dataset(synthetic, tmp_path / "ds")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    tombstone_rows(folder, rows, staged)
+    assert sorted(p.name for p in staged.iterdir()) == ["images.u8", "manifest.json"]  # samples.csv is unchanged
+    for path in staged.iterdir():
+        path.replace(folder / path.name)
+    return folder
+
+
+def test_tombstoned_rows_are_zeros_listed_in_a_version_2_manifest_and_unreadable(tmp_path, synthetic):
+    folder = _tombstoned(tmp_path, synthetic, [7, 3])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["version"] == 2 and manifest["purged_rows"] == [3, 7]
+    loaded = read_dataset(folder)
+    assert loaded.purged_rows.tolist() == [3, 7] and len(loaded) == len(synthetic)  # every row keeps its index
+    assert not np.asarray(loaded.images[[3, 7]]).any()
+    others = loaded.readable_rows()
+    assert 3 not in others and 7 not in others and len(others) == len(synthetic) - 2
+    assert np.array_equal(np.asarray(loaded.images[others]), synthetic.images[others])
+    assert np.array_equal(loaded.sample_ids, synthetic.sample_ids)
+    with pytest.raises(DatasetFormatError, match=r"rows \[3\] are tombstoned"):
+        loaded.view(np.array([1, 3])).tensors()
+    with pytest.raises(DatasetFormatError, match="tombstoned"):
+        next(loaded.view(np.arange(len(loaded))).batches(4))
+    loaded.view(others).tensors()  # the rest reads as before
+
+    # A second purge keeps the first one's tombstones; rewriting the dataset keeps them all.
+    folder = _tombstoned(tmp_path / "again", read_dataset(folder), [9])
+    assert read_dataset(folder).purged_rows.tolist() == [3, 7, 9]
+    copy = read_dataset(write_dataset(read_dataset(folder), tmp_path / "copy"))
+    assert copy.purged_rows.tolist() == [3, 7, 9]
+
+
+def test_version_1_is_still_read_and_a_tombstone_list_needs_version_2(tmp_path, synthetic):
+    folder = write_dataset(synthetic, tmp_path / "ds")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["version"] == 1 and "purged_rows" not in manifest  # nothing tombstoned: still version 1
+    assert read_dataset(folder).purged_rows.tolist() == []
+    for bad, message in [
+        ({**manifest, "purged_rows": [1]}, "needs version 2"),
+        ({**manifest, "version": 2}, "'purged_rows' must list"),
+        ({**manifest, "version": 2, "purged_rows": [1, 1]}, "'purged_rows' must list"),
+        ({**manifest, "version": 2, "purged_rows": [len(synthetic)]}, "'purged_rows' must list"),
+        ({**manifest, "version": 3, "purged_rows": []}, "knows versions 1 and 2"),
+    ]:
+        (folder / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(DatasetFormatError, match=message):
+            read_dataset(folder)
+
+
+def test_check_tombstones_and_d_audit_leave_purged_rows_out(tmp_path, synthetic):
+    from ltu_core.data.format import check_tombstones
+
+    never_trained = synthetic.split_indices("holdout")[:2].tolist()  # D_audit's pool
+    loaded = read_dataset(_tombstoned(tmp_path, synthetic, never_trained))
+    check_tombstones(loaded, never_trained)
+    with pytest.raises(DatasetFormatError, match="do not list them"):
+        check_tombstones(loaded, [*never_trained, 0])
+    listed_not_zeroed = UnlearningDataset(**{**_fields(synthetic), "purged_rows": np.array(never_trained)})
+    with pytest.raises(DatasetFormatError, match="still hold pixels"):
+        check_tombstones(listed_not_zeroed, never_trained)
+    split = make_split(loaded, ForgetSpec(kind="random", count=2), exclude=np.asarray(never_trained))
+    assert len(audit_rows(split)) and not set(audit_rows(split).tolist()) & set(never_trained)
+
+
+def _fields(dataset):
+    names = ("name", "images", "labels", "sample_ids", "subject_ids", "splits", "num_classes")
+    return {name: getattr(dataset, name) for name in names}

@@ -15,6 +15,8 @@ from ledger import registry, requests
 from ledger.tables import FAILED, Dataset, Model
 from ltu_core.audit import ReferenceScores
 from ltu_core.data import ForgetSpec, UnlearningSplit, audit_rows, make_split, read_dataset
+from ltu_core.data.format import check_tombstones
+from ltu_core.errors import DatasetFormatError
 from ltu_core.methods import UnlearningMethod, UnlearningTask, create_method, method_entry
 from ltu_core.models import ArchConfig, load_model
 from ltu_core.train import TrainRecipe
@@ -23,6 +25,10 @@ from worker.attempt import Attempt, JobFailed
 log = logging.getLogger("ltu.worker")
 
 ALREADY_ERASED = "every training sample this request names was already erased from the model by an earlier request"
+SAMPLES_PURGED = (
+    "samples this request names were purged from the stored dataset (erased from every model registered before, or "
+    "at once by the tenant's policy): their pixels are gone, so they cannot be unlearned from this model"
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,9 @@ class Prepared:
 def run(attempt: Attempt, *, device: str) -> Prepared:
     """Prepared inputs of the run; requests with nothing left to forget leave a coalesced run.
 
-    JobFailed: nothing is left to forget (already_erased), the method needs a recipe the model
-    lacks (no_recipe), or the stored dataset does not match the ledger's index (dataset_mismatch).
+    JobFailed: nothing is left to forget (already_erased), samples to forget were purged (samples_purged),
+    the method needs a recipe the model lacks (no_recipe), or the stored dataset does not match the
+    ledger's index or purges (dataset_mismatch).
     UnknownMethodError / MethodConfigError (ltu_core) for a bad method or parameters.
     """
     settings = attempt.ctx.settings.worker
@@ -73,6 +80,7 @@ def run(attempt: Attempt, *, device: str) -> Prepared:
         assert dataset_row is not None
         own = requests.forget_sets(session, request_ids=attempt.request_ids, model_id=model_row.id)
         erased = ledger_datasets.erased_rows(session, dataset_id=dataset_row.id)
+        purged = ledger_datasets.purged_rows(session, dataset_id=dataset_row.id)
         method_name, parameters, recipe_fields = leader.method, dict(leader.parameters), model_row.recipe
         dataset_key, model_id = dataset_row.storage_key, model_row.id
         base_id, base_number, base_sha256, base_key = base.id, base.number, base.sha256, base.storage_key
@@ -85,8 +93,11 @@ def run(attempt: Attempt, *, device: str) -> Prepared:
     forget = sorted({s.id: s for samples in own.values() for s in samples}.values(), key=lambda s: s.row)
     if not forget:
         raise JobFailed("already_erased", ALREADY_ERASED)
+    if any(s.purged_at is not None for s in forget):
+        raise JobFailed("samples_purged", SAMPLES_PURGED)
     forget_pks = {s.id for s in forget}
-    excluded = sorted(row for pk, row in erased.items() if pk not in forget_pks)
+    # Purged rows are erased rows too; the union states that no run ever reads a tombstone.
+    excluded = sorted({row for pk, row in erased.items() if pk not in forget_pks} | set(purged))
 
     entry = method_entry(method_name)  # UnknownMethodError → failed, with the list of methods
     method = create_method(method_name, **parameters)  # MethodConfigError → failed
@@ -102,6 +113,10 @@ def run(attempt: Attempt, *, device: str) -> Prepared:
     named = np.asarray([s.sample_id for s in forget], dtype=dataset.sample_ids.dtype)
     if not np.array_equal(dataset.sample_ids[rows], named):
         raise JobFailed("dataset_mismatch", "the stored dataset files do not match the ledger's sample index")
+    try:
+        check_tombstones(dataset, purged)
+    except DatasetFormatError as exc:
+        raise JobFailed("dataset_mismatch", f"the stored dataset does not match the ledger's purges: {exc}") from None
     split = make_split(
         dataset,
         ForgetSpec(kind="samples", ids=tuple(s.sample_id for s in forget)),
