@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,15 @@ def service_url(url: str | None) -> str:
     return url or os.environ.get("LTU_URL") or DEFAULT_URL
 
 
+def client_options() -> argparse.ArgumentParser:
+    """The options every client command takes (a parent parser): --url, --api-key, --json."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--url", default=None, help=f"service URL (default LTU_URL or {DEFAULT_URL})")
+    options.add_argument("--api-key", default=None, help="API key (default LTU_API_KEY, else LTU_HOME/admin.key)")
+    options.add_argument("--json", action="store_true", help="print the full JSON answer")
+    return options
+
+
 def build_client(args: argparse.Namespace):
     """An ltu_client.Client from `--url` and `--api-key` (else LTU_API_KEY, else LTU_HOME/admin.key)."""
     from ltu_client import Client
@@ -70,6 +80,15 @@ def build_client(args: argparse.Namespace):
         if (home / ADMIN_KEY_FILE).is_file():
             key = (home / ADMIN_KEY_FILE).read_text().strip()
     return Client(service_url(args.url), key)
+
+
+def print_idempotency_key(submitted) -> None:
+    """The key a submission went with, on stderr (stdout stays the answer) and at once, so that whoever
+    lost the answer, or interrupts a --wait, can resubmit without creating a second one."""
+    key = submitted.idempotency_key
+    print(
+        f"submitted {submitted.id} with Idempotency-Key {key} (--idempotency-key {key} resubmits it)", file=sys.stderr
+    )
 
 
 def call(fn, *args: Any, **kwargs: Any):

@@ -12,17 +12,14 @@ import json
 import sys
 from typing import Any
 
-from ltu_cli.common import DEFAULT_URL, CLIError, build_client, call, parse_params
+from ltu_cli.common import CLIError, build_client, call, client_options, parse_params, print_idempotency_key
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add request {submit,status,wait,list}."""
     p = sub.add_parser("request", help="deletion requests against a running service (HTTP client)")
     req = p.add_subparsers(dest="request_command", required=True, metavar="ACTION")
-    options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("--url", default=None, help=f"service URL (default LTU_URL or {DEFAULT_URL})")
-    options.add_argument("--api-key", default=None, help="API key (default LTU_API_KEY, else LTU_HOME/admin.key)")
-    options.add_argument("--json", action="store_true", help="print the full JSON answer")
+    options = client_options()
 
     r = req.add_parser("submit", parents=[options], help="submit an erasure request (202)")
     r.add_argument("--model", required=True, help="model id")
@@ -39,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="method parameter; VALUE is JSON or text (repeatable)",
     )
-    r.add_argument("--idempotency-key", default=None, help="resubmitting with the same key returns the same request")
+    r.add_argument(
+        "--idempotency-key",
+        default=None,
+        help="resubmitting with the same key returns the same request (default: a new key, printed on stderr)",
+    )
     r.add_argument("--wait", action="store_true", help="wait until the request finishes")
     r.set_defaults(handler=_request_submit)
 
@@ -128,8 +129,11 @@ def _request_submit(args: argparse.Namespace) -> int:
             parameters=parse_params(args.param),
             idempotency_key=args.idempotency_key,
         )
+        print_idempotency_key(request)
         if args.wait:
-            request = wait_with_bar(client, request.id, timeout=3600.0)
+            request = dataclasses.replace(
+                wait_with_bar(client, request.id, timeout=3600.0), idempotency_key=request.idempotency_key
+            )
     _print_request(request, args.json)
     return 0 if request.status != "failed" else 1
 

@@ -113,10 +113,39 @@ class DeletionRequest(_FromJSON):
     verification: dict[str, Any] | None = None
     details: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    idempotency_key: str | None = None  # set by the client on a submission's answer: resubmit with it safely
 
     @property
     def done(self) -> bool:
         """True once the request is completed, failed or cancelled."""
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class Erasure(_FromJSON):
+    """An erasure: data subjects erased from the tenant's models (one deletion request per model) and
+    purged from its datasets.
+
+    `requests`: {request_id, model_id, status, progress, result_version} per model; `dataset_purge`:
+    {dataset_id, samples, purged_samples} per dataset. `subjects_not_found` counts subjects in no dataset
+    (recorded, not an error).
+    """
+
+    _times = ("received_at", "due_at", "finished_at")
+    id: str
+    status: str
+    subject_count: int = 0
+    subjects_not_found: int = 0
+    received_at: datetime | None = None
+    due_at: datetime | None = None
+    finished_at: datetime | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    dataset_purge: list[dict[str, Any]] = field(default_factory=list)
+    idempotency_key: str | None = None  # set by the client on a submission's answer: resubmit with it safely
+
+    @property
+    def done(self) -> bool:
+        """True once the erasure is completed, failed or cancelled."""
         return self.status in TERMINAL
 
 
