@@ -16,7 +16,20 @@ from starlette.concurrency import run_in_threadpool
 from api.edge import checked_form, edge_guard
 from api.errors import install_problem_handlers
 from api.limits import body_size_guard
-from api.routes import api_keys, audit, dashboard, datasets, deletion_requests, health, metrics, models, well_known
+from api.routes import (
+    api_keys,
+    audit,
+    dashboard,
+    datasets,
+    deletion_requests,
+    erasures,
+    health,
+    metrics,
+    models,
+    subjects,
+    webhooks,
+    well_known,
+)
 from api.signing import Signer
 from api.telemetry import HttpMetrics, LedgerCollector, request_telemetry
 from ledger import secret_check, tenants
@@ -119,7 +132,20 @@ def create_app(
     )
     # Added last, so it is the outermost: 413s of the guard get a request id, an access line and a count too.
     app.add_middleware(request_telemetry(HttpMetrics(registry)))
-    for module in (health, datasets, models, deletion_requests, audit, api_keys, well_known, dashboard, metrics):
+    for module in (
+        health,
+        datasets,
+        models,
+        deletion_requests,
+        erasures,
+        subjects,
+        audit,
+        api_keys,
+        webhooks,
+        well_known,
+        dashboard,
+        metrics,
+    ):
         app.include_router(module.router)
     return app
 

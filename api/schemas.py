@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ledger import references
+from ledger import erasures, references, webhooks
 from ledger.records import Metrics, RunDetails, Verification
 from ledger.tables import REQUEST_STATUSES, SCOPES
 
@@ -426,6 +426,116 @@ class RequestSamplePage(BaseModel):
     next_cursor: str | None = None
 
 
+# --- erasures of a person ------------------------------------------------------------------------
+
+ErasureStatus = Literal["received", "running", "completed", "failed", "cancelled"]
+assert set(ErasureStatus.__args__) == set(erasures.ERASURE_STATUSES)  # type: ignore[attr-defined]
+
+
+class ErasureCreate(InputBody):
+    """Erase data subjects from every model of the tenant trained on them (optionally only some models)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"subject_ids": ["customer-1234"]}]})
+
+    subject_ids: list[str] = Field(
+        min_length=1, max_length=MAX_TARGETS, description="Data subjects to erase (stored only as keyed hashes)."
+    )
+    model_ids: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_TARGETS, description="Only these models (default: every model)."
+    )
+    dataset_ids: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TARGETS,
+        description="Only models trained on these datasets (with model_ids: both must hold).",
+    )
+    method: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="Unlearning method of every request (default: the service's, LTU).",
+    )
+    parameters: dict[str, Any] | None = Field(default=None, description="Method parameters of every request.")
+
+    @field_validator("subject_ids", "model_ids", "dataset_ids")
+    @classmethod
+    def _ids(cls, value: list[str] | None) -> list[str] | None:
+        return DeletionRequestCreate._ids(value)
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else DeletionRequestCreate._parameters(value)
+
+
+class ErasureRequestRead(BaseModel):
+    """The deletion request an erasure made for one model (poll or cancel it as any request)."""
+
+    request_id: str
+    model_id: str
+    status: RequestStatus
+    progress: Progress
+    result_version: int | None = Field(description="The version without the subjects (once completed).")
+
+
+class DatasetPurgeRead(BaseModel):
+    """The subjects' samples in one dataset, and how many were purged from its stored files."""
+
+    dataset_id: str
+    samples: int
+    purged_samples: int
+
+
+class ErasureRead(BaseModel):
+    """An erasure of data subjects: its requests (one per affected model) and the aggregate of their status."""
+
+    id: str
+    status: ErasureStatus = Field(
+        description="received: no request started; running: one is active; completed: all completed (or there "
+        "were none); failed: none active, one failed; cancelled: none active or failed, one cancelled."
+    )
+    subject_count: int
+    subjects_not_found: int = Field(description="Subjects in no dataset of the tenant (recorded, not an error).")
+    received_at: datetime
+    due_at: datetime = Field(description="The earliest deadline of its requests (one calendar month after receipt).")
+    finished_at: datetime | None
+    requests: list[ErasureRequestRead]
+    dataset_purge: list[DatasetPurgeRead]
+
+
+class ErasurePage(BaseModel):
+    """A page of erasures, newest first."""
+
+    items: list[ErasureRead]
+    next_cursor: str | None = None
+
+
+class DatasetLocationRead(BaseModel):
+    """A dataset holding samples of the subject (all splits)."""
+
+    dataset_id: str
+    samples: int
+    erased_samples: int = Field(description="Erased from the models trained on them (a completed request).")
+    purged_samples: int = Field(description="Removed from the dataset's stored files.")
+
+
+class ModelLocationRead(BaseModel):
+    """A model trained on the subject's samples."""
+
+    model_id: str
+    dataset_id: str
+    current_version: int
+    erased_in_version: int | None = Field(description="The first version without any of them; null: still held.")
+    versions_holding: list[int] = Field(description="Stored versions (not purged) trained on some of them.")
+
+
+class SubjectLocations(BaseModel):
+    """Where a data subject's samples are, or were: datasets, models and their versions."""
+
+    subject_hash: str = Field(description="The keyed hash the ledger knows the subject by.")
+    datasets: list[DatasetLocationRead]
+    models: list[ModelLocationRead]
+
+
 # --- audit ---------------------------------------------------------------------------------------
 
 
@@ -521,3 +631,85 @@ class AuditSummary(BaseModel):
     due_soon_days: int
     overall: RequestFigures
     models: list[ModelFigures]
+
+
+# --- webhooks -------------------------------------------------------------------------------------
+
+WebhookEventType = Literal[
+    "deletion_request.completed",
+    "deletion_request.failed",
+    "deletion_request.cancelled",
+    "deletion_request.verification_fell_back",
+    "deletion_request.due_soon",
+    "deletion_request.overdue",
+    "erasure.completed",
+]
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+assert set(WebhookEventType.__args__) == set(webhooks.EVENT_TYPES)  # type: ignore[attr-defined]
+assert set(DeliveryStatus.__args__) == set(webhooks.DELIVERY_STATUSES)  # type: ignore[attr-defined]
+
+
+class WebhookCreate(InputBody):
+    """An endpoint that receives the tenant's events of the given types, signed (Standard Webhooks)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"url": "https://hooks.example.com/ltu", "event_types": ["deletion_request.completed"]}]
+        }
+    )
+
+    url: str = Field(
+        min_length=1,
+        max_length=webhooks.MAX_URL_LENGTH,
+        description="http(s) URL; public addresses only unless LTU_WEBHOOK_ALLOW_PRIVATE_ADDRESSES.",
+    )
+    event_types: list[WebhookEventType] = Field(min_length=1, max_length=len(webhooks.EVENT_TYPES))
+
+
+class WebhookRead(BaseModel):
+    """A registered endpoint, without its secret."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    url: str
+    event_types: list[WebhookEventType]
+    created_at: datetime
+    deleted_at: datetime | None = None
+
+
+class WebhookCreated(WebhookRead):
+    """A newly registered endpoint: its signing secret is shown once, here, and never again."""
+
+    secret: str = Field(description="`whsec_<base64>`: the HMAC-SHA256 key is the base64-decoded part.")
+
+
+class WebhookPage(BaseModel):
+    """The tenant's live endpoints."""
+
+    items: list[WebhookRead]
+
+
+class WebhookDeliveryRead(BaseModel):
+    """One event's delivery to one endpoint and where its attempts stand."""
+
+    id: str
+    event_id: str = Field(description="The `webhook-id` header: the same for every delivery of the event.")
+    event_type: WebhookEventType
+    replay_of: str | None = Field(description="The delivery this one replays, if it is a replay.")
+    status: DeliveryStatus
+    attempts: int = Field(description="Attempts made so far.")
+    next_attempt_at: datetime | None = Field(description="When the next attempt is due (pending only).")
+    last_status_code: int | None = Field(description="The receiver's last HTTP status, if it answered.")
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    payload: dict[str, Any] = Field(description="The body sent: {type, timestamp, data}.")
+
+
+class WebhookDeliveryPage(BaseModel):
+    """A page of an endpoint's deliveries, newest first."""
+
+    items: list[WebhookDeliveryRead]
+    next_cursor: str | None = None

@@ -1,8 +1,10 @@
-"""The content of an erasure certificate: what a completed request did, taken from the ledger.
+"""The content of an erasure certificate: what a completed request (or a completed erasure of a
+person, over every model) did, taken from the ledger.
 
 The API signs it (api/signing.py). Everything here is fixed once the request has completed, so
 the same request always yields the same content, and (Ed25519 being deterministic) the same
-signed bytes under the same key. No personal data: subjects appear as their keyed hashes and the
+signed bytes under the same key; only `dataset_purge` advances, once, as the erased samples'
+pixels leave the stored dataset. No personal data: subjects appear as their keyed hashes and the
 erased samples as one hash of their sorted ids.
 """
 
@@ -14,14 +16,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ledger import registry, requests
+from ledger import erasures, registry, requests
 from ledger.canonical import canonical_json
 from ledger.errors import Conflict
 from ledger.records import Verdict, to_json
-from ledger.tables import COMPLETED, AuditEvent, DeletionRequest
+from ledger.tables import COMPLETED, AuditEvent, DatasetSample, DeletionRequest
 
 FORMAT = "ltu-erasure-certificate/2"  # 2: the audit statement (tier, test, per-subject p-values, calibration)
+SUBJECT_FORMAT = "ltu-subject-erasure-certificate/1"  # an erasure of a person: every model, and the dataset purge
 COMPLETION_ACTION = "deletion_request.completed"
+SUBJECT_HASHING = "HMAC-SHA256 under the service's secret key"
 
 
 def sample_set_hash(sample_ids: list[str]) -> str:
@@ -55,7 +59,7 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
             "completed_at": request.finished_at,
             "completed_on_time": bool(request.finished_at and request.finished_at <= request.due_at),
         },
-        "subjects": {"subject_hashes": request.subject_hashes, "hashing": "HMAC-SHA256 under the service's secret key"},
+        "subjects": {"subject_hashes": request.subject_hashes, "hashing": SUBJECT_HASHING},
         "erased_samples": {
             "count": len(samples),
             "train": sum(s.split == "train" for s in samples),
@@ -92,6 +96,63 @@ def certificate_content(session: Session, *, tenant_id: str, request_id: str) ->
             else None,
         },
         "audit": _covered_events(session, request),
+        "dataset_purge": dataset_purge_statement(samples),
+    }
+
+
+def dataset_purge_statement(samples: list[DatasetSample]) -> dict[str, Any]:
+    """How many of the request's samples have had their pixels removed from the stored dataset so far."""
+    purged = sum(s.purged_at is not None for s in samples)
+    return {
+        "samples": len(samples),
+        "purged_samples": purged,
+        "complete": purged == len(samples),
+        "rule": "an erased sample's pixels are removed from the stored dataset once every model registered on it "
+        "has erased it (at once under the tenant's purge-at-once policy); until then they follow",
+    }
+
+
+def erasure_certificate_content(session: Session, *, tenant_id: str, erasure_id: str) -> dict[str, Any]:
+    """The certificate of a completed erasure: each model's request certificate and the dataset purge.
+
+    NotFound for another tenant's, Conflict while not completed. The models' parts are fixed once
+    the erasure completes; `dataset_purge` states the purge as it stands when the certificate is issued.
+    """
+    erasure = erasures.get_erasure(session, tenant_id=tenant_id, erasure_id=erasure_id)
+    state = erasures.states(session, [erasure])[0]
+    if state.status != COMPLETED:
+        raise Conflict(f"erasure {erasure_id} is {state.status}: only completed erasures have a certificate")
+    assert state.finished_at is not None  # a completed erasure has ended
+    received = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).where(
+            AuditEvent.resource_id == erasure.id, AuditEvent.action == "erasure.received"
+        )
+    ).one()
+    return {
+        "format": SUBJECT_FORMAT,
+        "erasure": {
+            "id": erasure.id,
+            "tenant_id": erasure.tenant_id,
+            "subject_count": len(erasure.subject_hashes),
+            "subjects_not_found": erasure.subjects_not_found,
+            "restricted_to": {"model_ids": erasure.model_ids, "dataset_ids": erasure.dataset_ids},
+            "received_at": erasure.received_at,
+            "due_at": state.due_at,
+            "completed_at": state.finished_at,
+            "completed_on_time": state.finished_at <= state.due_at,
+        },
+        "subjects": {"subject_hashes": erasure.subject_hashes, "hashing": SUBJECT_HASHING},
+        "models": [certificate_content(session, tenant_id=tenant_id, request_id=r.id) for r in state.requests],
+        "dataset_purge": [
+            {
+                "dataset_id": p.dataset_id,
+                "samples": p.samples,
+                "purged_samples": p.purged_samples,
+                "complete": p.purged_samples == p.samples,
+            }
+            for p in state.dataset_purge
+        ],
+        "audit": {"received_seq": received.seq, "received_hash": received.hash},
     }
 
 

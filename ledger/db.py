@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, contextmanager
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from ledger import artifacts, audit
+from ledger import artifacts, audit, webhooks
 
 SQLITE_READ_ONLY = "ltu_sqlite_read_only"  # execution option: the transaction only reads (Database.read)
 
@@ -64,6 +64,7 @@ class Database:
         # expire_on_commit=False: objects stay readable after commit (responses are built then).
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         audit.install(self.sessions)  # recorded audit events join the hash chain when a session commits
+        webhooks.install(self.sessions)  # before the seal: the audit events it commits become webhook events
         artifacts.install(self.sessions)  # after the audit seal: files land once every row is written
         # Same pool; neither hook is installed, so recording an event or staging a file there raises.
         self.reader = self.engine.execution_options(**read_only_options(self.engine))

@@ -28,6 +28,10 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "request_samples": WRITE,
     "rate_limit_buckets": WRITE,
     "audit_reference_sets": WRITE,
+    "erasures": WRITE,
+    "webhook_endpoints": WRITE,  # deleting one marks it deleted: its deliveries stay in the log
+    "webhook_events": WRITE,
+    "webhook_deliveries": WRITE,
     "outbox": (*WRITE, "DELETE"),  # dispatched rows are cleaned up
     "audit_events": ("SELECT", "INSERT"),  # append-only
     "server_secret_check": ("SELECT", "INSERT"),  # recorded once; only the owner rotates it

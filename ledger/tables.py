@@ -133,6 +133,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Purge an erased subject's pixels as soon as one model erased them, not once every model did (ledger.datasets).
+    purge_raw_data_at_once: Mapped[bool] = mapped_column(default=False)
 
 
 class ApiKey(Base):
@@ -276,6 +278,35 @@ class DeletionRequest(Base):
     batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
     requeues: Mapped[int] = mapped_column(default=0)  # times the reconciler dispatched it again
     retries: Mapped[int] = mapped_column(default=0)  # times a transient fault put it back in the queue
+    # The erasure of a person (ledger.erasures) this request is that person's part of, on its model.
+    erasure_id: Mapped[str | None] = mapped_column(ForeignKey("erasures.id"), index=True)
+
+
+class Erasure(Base):
+    """One erasure of data subjects from every model of the tenant trained on them (ledger.erasures).
+
+    Its status, deadline and end are computed from its deletion requests (one per affected model),
+    never stored, so they cannot drift from them. The restriction the caller gave is kept as given.
+    """
+
+    __tablename__ = "erasures"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_erasures_tenant_received", "tenant_id", "received_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    body_hash: Mapped[str] = mapped_column(String(64))  # keyed hash of the canonical request body
+    subject_hashes: Mapped[list[Any]]  # keyed hashes only
+    subjects_not_found: Mapped[int]  # subjects in no dataset of the tenant
+    model_ids: Mapped[list[Any] | None]  # the restriction to these models, if any
+    dataset_ids: Mapped[list[Any] | None]  # the restriction to models of these datasets, if any
+    method: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]  # when its ending event (erasure.completed | failed | cancelled) was recorded
 
 
 class RateLimitBucket(Base):
@@ -415,3 +446,57 @@ class ServerSecretCheck(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)  # always 1: one secret per ledger
     check_value: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """A URL a tenant registered to receive signed events (ledger.webhooks).
+
+    Its signing secret is derived from the server secret and the endpoint id, never stored.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]
+
+
+class WebhookEvent(Base):
+    """One event as its receivers get it: `body` is the exact JSON sent, `id` the `webhook-id` header.
+
+    `dedupe_key` makes an event that may be noticed more than once (a deadline coming due) exist once.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (UniqueConstraint("tenant_id", "dedupe_key"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    dedupe_key: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event on its way to one endpoint: pending → delivered | failed; a replay is a new delivery."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id"), index=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    replay_of: Mapped[str | None] = mapped_column(String(36))  # the delivery this one replays
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)  # attempts finished
+    next_attempt_at: Mapped[datetime | None]
+    claimed_until: Mapped[datetime | None]  # an attempt in flight holds the delivery until then
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

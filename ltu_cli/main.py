@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ltu_cli import certificates, core, dataset, demo, request, serve
+from ltu_cli import certificates, core, dataset, demo, erasure, request, serve
 from ltu_cli.common import CLIError
 from ltu_core.errors import LTUError
 
-COMMAND_MODULES = (core, dataset, serve, certificates, demo, request)  # the order of `ltu --help`
+COMMAND_MODULES = (core, dataset, serve, certificates, demo, request, erasure)  # the order of `ltu --help`
 
 
 def build_parser() -> argparse.ArgumentParser:

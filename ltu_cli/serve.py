@@ -85,8 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "purge",
-        help="delete superseded model weights past the grace period (LTU_PURGE_GRACE_HOURS) and artifacts no "
-        "ledger row references (LTU_ARTIFACT_SWEEP_GRACE_HOURS), once",
+        help="delete superseded model weights past the grace period (LTU_PURGE_GRACE_HOURS), erased samples' "
+        "pixels no model still needs, and artifacts no ledger row references (LTU_ARTIFACT_SWEEP_GRACE_HOURS), once",
     )
     p.set_defaults(handler=_purge)
 
@@ -294,7 +294,7 @@ def _purge(args: argparse.Namespace) -> int:
 
     from ledger.artifacts import ArtifactStore
     from ledger.db import Database
-    from worker.retention import purge_due, purge_references_due, sweep_unreferenced
+    from worker.retention import purge_due, purge_erased_pixels, purge_references_due, sweep_unreferenced
 
     ledger_settings = load_settings().ledger
     database = Database(ledger_settings.database_url)
@@ -302,6 +302,7 @@ def _purge(args: argparse.Namespace) -> int:
     try:
         purged = purge_due(database, store, grace=grace)
         references = purge_references_due(database, store, grace=grace)
+        pixels = purge_erased_pixels(database, store)
         swept = sweep_unreferenced(database, store, grace=timedelta(hours=ledger_settings.artifact_sweep_grace_hours))
     finally:
         database.dispose()
@@ -309,11 +310,14 @@ def _purge(args: argparse.Namespace) -> int:
         print(f"purged model {p.model_id} version {p.number} (sha256 {p.sha256})")
     for r in references:
         print(f"purged the superseded audit reference scores {r.storage_key} of model {r.model_id}")
+    for d in pixels:
+        print(f"purged the pixels of {len(d.rows)} erased sample(s) from dataset {d.dataset_id}")
     for s in swept:
         print(f"swept {s.key}: no ledger row references it")
     print(
         f"ltu purge: {len(purged)} version(s) and {len(references)} reference set(s) purged "
-        f"(grace {ledger_settings.purge_grace_hours:g} h), {len(swept)} unreferenced artifact(s) swept "
+        f"(grace {ledger_settings.purge_grace_hours:g} h), erased pixels of {sum(len(d.rows) for d in pixels)} "
+        f"sample(s) purged, {len(swept)} unreferenced artifact(s) swept "
         f"(grace {ledger_settings.artifact_sweep_grace_hours:g} h)",
         file=sys.stderr,
     )

@@ -2,13 +2,13 @@
 
 - LedgerSettings: the deployment's state and what guards it — where the ledger and the artifacts
   live, the server secret, the certificate key, the broker, the retention of superseded weights
-  and unreferenced artifacts.
+  and unreferenced artifacts, the addresses webhooks may reach.
   Every process of a deployment (API, Celery worker, `ltu` commands) must agree on these.
 - ApiSettings: read only by the HTTP edge (api/): limits, rate limits, Retry-After, the bootstrap
   admin key, the default method of a submission, the "due soon" horizon of reports.
 - WorkerSettings: read only by job execution (worker/: the Celery worker, and the embedded runner,
   reconciler and relay wherever they run): queue, device, the unlearning and verification
-  parameters, attempts and leases, coalescing, loop periods.
+  parameters, attempts and leases, coalescing, loop periods, webhook delivery attempts.
 
 Every number is finite and bounded: the bounds below are what the code can represent (timedelta,
 thread waits) or what makes sense, so a typo fails at start-up instead of in a background loop.
@@ -95,6 +95,10 @@ class LedgerSettings(Section):
         le=MAX_GRACE_HOURS,
         allow_inf_nan=False,
         description="an artifact no ledger row references is deleted once untouched this long",
+    )
+    # Read where webhooks are registered (the API) and where they are delivered (the workers).
+    webhook_allow_private_addresses: bool = Field(
+        False, description="webhooks may target loopback, private, link-local and other non-public addresses"
     )
 
     @model_validator(mode="before")
@@ -290,6 +294,16 @@ class WorkerSettings(Section):
         le=3600,
         allow_inf_nan=False,
         description="seconds `ltu serve` waits at shutdown for a running job to give its requests back",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, allow_inf_nan=False, description="seconds one webhook delivery attempt may take"
+    )
+    webhook_max_attempts: int = Field(10, ge=1, le=100, description="attempts of one webhook delivery before it fails")
+    webhook_backoff_seconds: float = Field(
+        10.0, ge=0, le=MAX_PERIOD, allow_inf_nan=False, description="delay before a webhook's first retry (doubling)"
+    )
+    webhook_backoff_cap_seconds: float = Field(
+        6 * 3600.0, ge=0, le=MAX_PERIOD, allow_inf_nan=False, description="longest delay between webhook retries"
     )
 
     @field_validator("queue", "audit_queue")

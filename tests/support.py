@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,37 @@ def job_context(service, **overrides):
     from worker.context import JobContext
 
     return JobContext.from_settings(service.settings.replace(**overrides))
+
+
+# --- erasures of a person (tests/ledger/test_ledger_erasures.py, tests/api/test_erasures.py) ---
+
+
+@dataclass(frozen=True)
+class Estate:
+    """Two models trained on one dataset, and a third on a dataset of other people."""
+
+    dataset_id: str
+    model_ids: tuple[str, str]
+    other_dataset_id: str
+    other_model_id: str
+
+
+def setup_estate(service, artifacts, root: Path) -> Estate:
+    """Register the tiny dataset with two models, and a copy whose subjects are all renamed with a third."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ltu_core.data import pack_dataset, write_dataset
+
+    client = service.client
+    dataset = client.register_dataset(artifacts.archive)
+    first, second = (
+        client.register_model(artifacts.weights, dataset_id=dataset.id, name=name, recipe=artifacts.recipe)
+        for name in ("first", "second")
+    )
+    strangers = replace(artifacts.dataset, subject_ids=np.char.add("stranger-", artifacts.dataset.subject_ids))
+    write_dataset(strangers, root / "strangers")
+    other = client.register_dataset(pack_dataset(root / "strangers", root / "strangers.tar"))
+    third = client.register_model(artifacts.weights, dataset_id=other.id, name="third", recipe=artifacts.recipe)
+    return Estate(dataset.id, (first.id, second.id), other.id, third.id)

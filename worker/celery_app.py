@@ -7,7 +7,9 @@
 timeout above the longest job, no result backend (status lives only in the ledger). The worker
 process also runs the outbox relay, the reconciler and the purge loop (a bootstep), so no extra
 process is needed to move requests from Postgres to Redis, to requeue interrupted work or to
-delete superseded weights.
+delete superseded weights. Webhook deliveries never reach the broker: the same bootstep runs a
+webhook lane (worker.webhooks) that takes them from the outbox itself, so they never wait behind
+a GPU job.
 
 `celery -A worker.celery_app worker` finds the app through this module's `app` attribute, which
 is built from the environment on first access (never at import).
@@ -30,6 +32,7 @@ from worker.context import LazyContext
 from worker.dispatch import OutboxDispatcher
 from worker.reconciler import ReconcileLoop
 from worker.retention import PurgeLoop
+from worker.webhooks import webhook_lane
 
 log = logging.getLogger("ltu.worker")
 
@@ -108,7 +111,10 @@ def _configure_logging(loglevel: int | str | None = None, **_: Any) -> None:
 
 
 def task_routes(settings: Settings) -> dict[str, dict[str, str]]:
-    """The queue of each task: erasures and reference trainings never share one."""
+    """The queue of each task: erasures and reference trainings never share one.
+
+    The relay hands exactly these tasks to the broker: a task the outbox carries needs its route here.
+    """
     return {
         outbox.ERASURE_TASK: {"queue": settings.worker.queue},
         outbox.AUDIT_REFERENCES_TASK: {"queue": settings.worker.audit_queue},
@@ -129,12 +135,14 @@ def celery_relay(settings: Settings, app: Celery, *, database: Database | None =
         send,
         poll_interval=settings.worker.poll_interval,
         name="ltu-outbox-relay",
+        task_names=tuple(routes),  # webhook deliveries stay for the webhook lane
     )
 
 
 def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.StartStopStep]:
     class BackgroundStep(bootsteps.StartStopStep):
-        """Runs the outbox relay (unless disabled), the reconciler and the purge loop in the worker's main process."""
+        """Runs the outbox relay (unless disabled), the webhook lane, the reconciler and the purge loop in the
+        worker's main process."""
 
         requires = ("celery.worker.components:Pool",)
 
@@ -146,7 +154,12 @@ def _background_step(settings: Settings, *, relay: bool) -> type[bootsteps.Start
             # A worker with another server secret than the ledger's must not start (ConfigError ends it).
             secret_check.check_secret_at(settings.ledger.database_url, settings.ledger.secret_key, actor="worker")
             self.loops = [celery_relay(settings, worker.app)] if relay else []
-            self.loops += [ReconcileLoop(settings), PurgeLoop(settings)]
+            deliveries = Database(settings.ledger.database_url)
+            self.loops += [
+                webhook_lane(settings, deliveries, stopping=lambda: False, name="ltu-webhooks"),
+                ReconcileLoop(settings),
+                PurgeLoop(settings),
+            ]
             for loop in self.loops:
                 loop.start()
             log.info(

@@ -64,7 +64,31 @@ def run_erasure(ctx: JobContext, request_id: str, *, stopping: Callable[[], bool
             return JobOutcome.UNAVAILABLE
         if isinstance(attempt, JobOutcome):
             return attempt
-        return execute(attempt)
+        request_ids = list(attempt.request_ids)
+        outcome = execute(attempt)
+        _close_erasures(ctx, request_ids)
+        return outcome
+
+
+def _close_erasures(ctx: JobContext, request_ids: list[str]) -> None:
+    """Record the ending of the erasures these requests belong to, if they just ended (the reconciler's pass
+    catches any this misses)."""
+    from sqlalchemy import select
+
+    from ledger import erasures
+    from ledger.tables import DeletionRequest
+
+    try:
+        with ctx.database.transaction() as session:
+            ids = session.scalars(
+                select(DeletionRequest.erasure_id).where(
+                    DeletionRequest.id.in_(request_ids), DeletionRequest.erasure_id.is_not(None)
+                )
+            ).all()
+            if ids:
+                erasures.close_finished(session, erasure_ids=sorted(set(ids)))
+    except Exception:
+        log.exception("could not record the ending of the erasures of %s; the reconciler will", request_ids)
 
 
 def execute(attempt: Attempt) -> JobOutcome:

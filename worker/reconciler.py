@@ -8,7 +8,9 @@ seconds; `requests.reconcile` dispatches each such request again through the out
 `max_attempts` executions, then fails it with the reason. Concurrent passes are harmless: each
 requeue is a compare-and-set, and a duplicate message finds the request claimed and does nothing.
 The audit's reference-model trainings are reconciled the same way (`references.reconcile`) in the
-same pass, which also deletes outbox rows dispatched longer than `outbox_retention_hours` ago.
+same pass, which also deletes outbox rows dispatched longer than `outbox_retention_hours` ago and
+emits the webhook events of requests that came due soon (`LTU_DUE_SOON_DAYS`, as the reports
+count them) or overdue since the last pass, once per request.
 Only interrupted executions use up attempts: a request the broker lost is dispatched again as
 often as it takes.
 """
@@ -18,8 +20,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from ledger import outbox, references, requests
+from ledger import erasures, outbox, references, requests, webhooks
 from ledger.db import Database
+from ledger.tables import utcnow
 from ltu_settings import Settings
 from worker.periodic import PeriodicLoop
 
@@ -66,6 +69,18 @@ def delete_old_dispatches(database: Database, settings: Settings) -> int:
         return outbox.delete_dispatched(session, older_than=timedelta(hours=settings.worker.outbox_retention_hours))
 
 
+def emit_deadline_webhooks(database: Database, settings: Settings) -> int:
+    """Emit the due-soon and overdue webhook events not emitted yet; how many."""
+    with database.transaction() as session:
+        return webhooks.emit_deadline_events(session, now=utcnow(), due_soon=timedelta(days=settings.api.due_soon_days))
+
+
+def close_erasures(database: Database) -> list[str]:
+    """Record the ending event of every erasure whose requests all ended (ledger.erasures.close_finished)."""
+    with database.transaction() as session:
+        return erasures.close_finished(session)
+
+
 class ReconcileLoop(PeriodicLoop):
     """`reconcile_once` and `reconcile_references_once` every `settings.worker.reconcile_interval` seconds in a
     daemon thread."""
@@ -76,7 +91,10 @@ class ReconcileLoop(PeriodicLoop):
         super().__init__("ltu-reconciler", settings.worker.reconcile_interval, self.reconcile_pass)
 
     def reconcile_pass(self) -> None:
-        """Deletion requests first (they have deadlines), then reference sets, then the outbox's old rows."""
+        """Deletion requests first (they have deadlines), then reference sets, then the outbox's old rows,
+        then the deadline webhooks, then the endings of erasures whose requests all ended."""
         reconcile_once(self.database, self.settings)
         reconcile_references_once(self.database, self.settings)
         delete_old_dispatches(self.database, self.settings)
+        emit_deadline_webhooks(self.database, self.settings)
+        close_erasures(self.database)

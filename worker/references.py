@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from enum import StrEnum
 
+from ledger import datasets as ledger_datasets
 from ledger import references, registry
 from ledger.errors import LeaseLost
 from ledger.observability import bind
@@ -222,6 +223,8 @@ def _train(lease: ReferenceLease, started: float) -> None:
 
     from ltu_core.audit import train_references
     from ltu_core.data import read_dataset
+    from ltu_core.data.format import check_tombstones
+    from ltu_core.errors import DatasetFormatError
     from ltu_core.models import load_model
     from ltu_core.train import TrainRecipe
 
@@ -242,6 +245,7 @@ def _train(lease: ReferenceLease, started: float) -> None:
         dataset_row = session.get(Dataset, model_row.dataset_id)
         assert dataset_row is not None
         erased = references.erased_sample_ids(session, dataset_id=dataset_row.id)
+        purged = ledger_datasets.purged_rows(session, dataset_id=dataset_row.id)
         recipe_fields, count, seed = dict(model_row.recipe), ref.count, ref.seed
         model_id, trained_on_version = model_row.id, model_row.current_version
         dataset_key, dataset_size, dataset_sha256 = (
@@ -258,8 +262,14 @@ def _train(lease: ReferenceLease, started: float) -> None:
         len(erased_rows) and not np.array_equal(dataset.sample_ids[erased_rows], named)
     ):
         raise ReferenceFailed("dataset_mismatch", "the stored dataset files do not match the ledger's sample index")
+    try:
+        check_tombstones(dataset, purged)  # purged rows are erased ones: excluded below, and zeros besides
+    except DatasetFormatError as exc:
+        raise ReferenceFailed(
+            "dataset_mismatch", f"the stored dataset does not match the ledger's purges: {exc}"
+        ) from None
     # Erased samples never enter a reference model: an erased person's data must not train a new model.
-    train_rows = np.setdiff1d(dataset.split_indices("train"), erased_rows)
+    train_rows = np.setdiff1d(dataset.split_indices("train"), np.union1d(erased_rows, purged))
     if len(train_rows) < references.MIN_COUNT:
         raise ReferenceFailed("too_few_samples", f"only {len(train_rows)} training samples are left after erasures")
     _, arch = load_model(ctx.store.path(weights_key))

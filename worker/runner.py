@@ -1,10 +1,11 @@
 """The embedded runner: executes jobs in the serving process from the same outbox, one lane per kind of job.
 
-With no broker configured (`LTU_BROKER_URL` unset) `ltu serve` starts this beside the API. Two
+With no broker configured (`LTU_BROKER_URL` unset) `ltu serve` starts this beside the API. Three
 background threads poll the outbox, each for its own task names: one calls the same `run_erasure`
 the Celery task `ltu.erasure.run` calls, one the same `run_reference_training` the task
-`ltu.audit_references.train` calls. Reference models train for much longer than an erasure takes,
-so on one thread they would hold up erasure requests, which have a legal deadline.
+`ltu.audit_references.train` calls, one makes webhook delivery attempts (worker.webhooks).
+Reference models train for much longer than an erasure takes, so on one thread they would hold up
+erasure requests, which have a legal deadline; a receiver that is slow or down holds up neither.
 
 At shutdown a running job is interrupted at its next check and gives its request back to the
 queue (the next start runs it); `stop` waits at most `shutdown_timeout` seconds for that, after
@@ -22,6 +23,7 @@ from ledger.db import Database
 from ltu_settings import Settings
 from worker.context import JobContext
 from worker.dispatch import OutboxDispatcher, RetryLater, mark_handed_over
+from worker.webhooks import webhook_lane
 
 log = logging.getLogger("ltu.runner")
 
@@ -50,6 +52,10 @@ class EmbeddedRunner:
             name="ltu-embedded-references",
             stopping=lambda: self._stopping.is_set() or self.context.device_fault is not None,
             **lane,
+        )
+        # Deliveries need no device: they go on when it fails.
+        self.webhooks = webhook_lane(
+            settings, self.context.database, stopping=self._stopping.is_set, name="ltu-embedded-webhooks"
         )
 
     def _execute(self, task_name: str, payload: dict) -> None:
@@ -83,14 +89,20 @@ class EmbeddedRunner:
         """Execute every pending reference-training job now, in this thread."""
         return self.references.drain()
 
+    def run_pending_webhooks(self) -> int:
+        """Make every due webhook delivery attempt now, in this thread."""
+        return self.webhooks.drain()
+
     def start(self) -> None:
-        """Start both background threads."""
+        """Start the three background threads."""
         self._stopping.clear()
         self.erasures.start()
         self.references.start()
+        self.webhooks.start()
 
     def stop(self) -> None:
         """Interrupt the running jobs (their requests go back to the queue), waiting at most `shutdown_timeout`."""
         self._stopping.set()
         self.erasures.stop(timeout=self.shutdown_timeout)
         self.references.stop(timeout=self.shutdown_timeout)
+        self.webhooks.stop(timeout=self.shutdown_timeout)

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StoreDep, actor
+from api.deps import AdminKey, DatabaseDep, ReadKey, SessionDep, SettingsDep, StoreDep, actor
 from api.edge import load_json
 from api.errors import ProblemError
 from api.routes.common import problems
@@ -28,7 +28,7 @@ from api.schemas import (
     TrainRecipeCreate,
 )
 from api.uploads import TooLarge, UploadError, read_safetensors_header, save_stream
-from ledger import datasets, references, registry
+from ledger import datasets, references, registry, retention
 from ledger.tables import AuditReferenceSet, Dataset, Model, ModelVersion
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -330,10 +330,13 @@ def get_model_version(model_id: str, number: VersionNumber, session: SessionDep,
     },
 )
 def download_weights(
-    model_id: str, number: VersionNumber, session: SessionDep, key: ReadKey, store: StoreDep
+    model_id: str, number: VersionNumber, session: SessionDep, key: ReadKey, store: StoreDep, database: DatabaseDep
 ) -> WeightsResponse:
     """The version's safetensors file; ETag and Repr-Digest carry its sha256.
 
+    The current version needs `read`; a superseded one, which still holds the subjects erased since,
+    needs `admin` (403 `insufficient_scope` otherwise) until it is purged (410). Every download is
+    audited (`model_version.downloaded`: version, scope, key id).
     `Range: bytes=...` is honoured (206); a malformed Range is 400 (`invalid_range`), one that starts
     past the end 416 (`range_not_satisfiable`, with `Content-Range: bytes */size`).
     """
@@ -342,6 +345,16 @@ def download_weights(
     path = store.path(version.storage_key)
     if version.state == "purged" or not path.is_file():
         raise ProblemError(410, f"the weights of version {number} are no longer stored", code="weights_purged")
+    scope = retention.download_scope(model, version)
+    if scope not in key.scopes and "admin" not in key.scopes:
+        raise ProblemError(
+            403,
+            f"version {number} is superseded and still holds erased subjects: downloading it needs the admin scope",
+            code="insufficient_scope",
+        )
+    used = scope if scope in key.scopes else "admin"
+    with database.transaction() as audit_session:
+        retention.record_download(audit_session, model=model, version=version, scope=used, key_id=key.id)
     digest = base64.b64encode(bytes.fromhex(version.sha256)).decode()
     return WeightsResponse(
         path,

@@ -72,12 +72,23 @@ SCOPES = {
     ("GET", "/v1/deletion-requests/{request_id}/samples"): {"read", "submit"},
     ("POST", "/v1/deletion-requests/{request_id}/deadline-extension"): {"submit"},
     ("GET", "/v1/deletion-requests/{request_id}/certificate"): {"read", "submit", "audit"},
+    ("POST", "/v1/erasures"): {"submit"},
+    ("GET", "/v1/erasures"): {"read", "submit"},
+    ("GET", "/v1/erasures/{erasure_id}"): {"read", "submit"},
+    ("GET", "/v1/erasures/{erasure_id}/certificate"): {"read", "submit", "audit"},
+    ("GET", "/v1/subjects/{subject_id}/locations"): {"audit"},
     ("GET", "/v1/audit/events"): {"audit"},
     ("GET", "/v1/audit/verify"): {"audit"},
     ("GET", "/v1/audit/summary"): {"audit"},
     ("POST", "/v1/api-keys"): set(),
     ("GET", "/v1/api-keys"): set(),
     ("DELETE", "/v1/api-keys/{key_id}"): set(),
+    ("POST", "/v1/webhooks"): set(),
+    ("GET", "/v1/webhooks"): set(),
+    ("GET", "/v1/webhooks/{webhook_id}"): set(),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): set(),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): set(),
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay"): set(),
     ("GET", "/dashboard"): {"audit"},
     ("GET", "/dashboard/requests/{request_id}"): {"audit"},
     ("GET", "/dashboard/requests/{request_id}/certificate"): {"audit"},
@@ -104,7 +115,11 @@ def concrete(path: str, **ids: str) -> str:
         "dataset_id": SOMEONE,
         "model_id": SOMEONE,
         "request_id": SOMEONE,
+        "erasure_id": SOMEONE,
+        "subject_id": SOMEONE,
         "key_id": SOMEONE,
+        "webhook_id": SOMEONE,
+        "delivery_id": SOMEONE,
         "number": "1",
         **ids,
     }
@@ -194,18 +209,29 @@ def test_public_routes_answer_without_a_key(api):
 
 
 @pytest.fixture()
-def tenant_a(completed):
-    """The default tenant's completed request and everything around it, plus a non-admin key id of its own."""
+def tenant_a(completed, artifacts):
+    """The default tenant's completed request and everything around it (a completed erasure, a subject), plus a
+    non-admin key id of its own."""
     service = completed.service
     client = service.client
     request = completed.request
     dataset_id = completed.model.dataset_id
     key = client.create_api_key("a reader", ["read"])
+    erasure = service.http.post("/v1/erasures", json={"subject_ids": ["nobody"]}, headers=client.headers).json()
+    hook = {"url": "https://hooks.example.com/ltu", "event_types": ["deletion_request.cancelled"]}
+    webhook = service.http.post("/v1/webhooks", json=hook, headers=client.headers).json()
+    cancelled = client.submit_deletion(completed.model.id, subject_ids=[artifacts.subject_with_train_samples(1)])
+    client.cancel_request(cancelled.id)  # an event, so the webhook has a delivery
+    deliveries = service.http.get(f"/v1/webhooks/{webhook['id']}/deliveries", headers=client.headers).json()
     return service, {
         "dataset_id": dataset_id,
         "model_id": completed.model.id,
         "request_id": request.id,
+        "erasure_id": erasure["id"],
+        "subject_id": artifacts.subject_with_train_samples(),
         "key_id": key["id"],
+        "webhook_id": webhook["id"],
+        "delivery_id": deliveries["items"][0]["id"],
         "number": "2",
     }
 
@@ -226,10 +252,15 @@ def test_another_tenant_gets_404_for_every_resource_of_a_tenant(tenant_a, artifa
         # ... tenant B, whatever its scopes, learns nothing: 404, the same answer as for an id that exists nowhere.
         if method == "DELETE":
             continue  # A's DELETE above revoked the key; B's attempt is checked below on a live key
+        if path.startswith("/v1/subjects/"):
+            continue  # a question, not a resource: B's answer is checked below
         theirs = problem(http.request(method, url, headers=b_admin, json=body), 404)
         nowhere = problem(http.request(method, concrete(path), headers=b_admin, json=body), 404)
-        real = [ids[name] for name in ("dataset_id", "model_id", "request_id", "key_id")]
+        real = [ids[name] for name in ("dataset_id", "model_id", "request_id", "erasure_id", "key_id", "webhook_id")]
         assert masked(theirs, *real) == masked(nowhere, SOMEONE), (method, path)
+    # Where is A's data subject? Nowhere B can see: the answer for a subject found nowhere.
+    theirs = http.get(concrete("/v1/subjects/{subject_id}/locations", **ids), headers=b_admin).json()
+    assert (theirs["datasets"], theirs["models"]) == ([], [])
     live_key = service.client.create_api_key("another reader", ["read"])
     problem(http.delete(f"/v1/api-keys/{live_key['id']}", headers=b_admin), 404)
     assert http.get("/v1/models", headers=bearer(live_key["key"])).status_code == 200  # B's attempt revoked nothing
@@ -255,11 +286,12 @@ def test_another_tenant_gets_404_for_every_resource_of_a_tenant(tenant_a, artifa
         )
 
     # Lists, exports, figures and pages of B show none of A's resources.
-    leaks = [ids["dataset_id"], ids["model_id"], ids["request_id"], ids["key_id"]]
+    leaks = [ids["dataset_id"], ids["model_id"], ids["request_id"], ids["erasure_id"], ids["key_id"]]
     for url, params in (
         ("/v1/datasets", {}),
         ("/v1/models", {}),
         ("/v1/deletion-requests", {}),
+        ("/v1/erasures", {}),
         ("/v1/api-keys", {}),
         ("/v1/audit/events", {}),
         ("/v1/audit/events", {"request_id": ids["request_id"]}),

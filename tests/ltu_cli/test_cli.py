@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -196,7 +197,18 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
         "sha256 checked",
         "audit trail",
         "deletion_request.completed",
+        "POST /v1/erasures",
+        "2 models trained on the subject, one deletion request each",
+        "signature valid (Ed25519",
+        "dataset purge   dataset ",
     ):
         assert expected in out, out
+    # One erasure reached both models: each published version 2 and the certificate names both.
+    assert out.count("new version     2 (parent 1), sha256") == 2, out
+    assert out.count("version 1 → 2 (sha256") == 2, out
+    assert "versions [1] hold them, erased in version 2" in out.split("where is", 2)[-1], out
+    # Both models erased the person, so the purge pass tombstoned their pixels in the stored dataset.
+    assert re.search(r"purge pass .*: (\d+) erased sample\(s\) tombstoned in 1 stored dataset", out), out
+    assert re.search(r"dataset purge   dataset \S+: (\d+) of the subject's \1 samples removed", out), out
     # The state stays in LTU_HOME for `ltu serve`.
     assert (tmp_path / "home" / "ledger.db").is_file() and (tmp_path / "home" / "admin.key").is_file()

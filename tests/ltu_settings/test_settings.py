@@ -29,6 +29,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "LTU_PURGE_GRACE_HOURS": ("0.5", 0.5),
     "LTU_PURGE_INTERVAL": ("60", 60.0),
     "LTU_ARTIFACT_SWEEP_GRACE_HOURS": ("12", 12.0),
+    "LTU_WEBHOOK_ALLOW_PRIVATE_ADDRESSES": ("true", True),
     "LTU_ADMIN_API_KEY": ("ltu_" + STRONG, None),
     "LTU_FORWARDED_ALLOW_IPS": ("10.0.0.2,10.0.0.3", None),
     "LTU_DEFAULT_METHOD": ("salun", None),
@@ -67,6 +68,10 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "LTU_RETRY_BACKOFF_CAP_SECONDS": ("60", 60.0),
     "LTU_OUTBOX_RETENTION_HOURS": ("24", 24.0),
     "LTU_SHUTDOWN_TIMEOUT": ("10", 10.0),
+    "LTU_WEBHOOK_TIMEOUT_SECONDS": ("3", 3.0),
+    "LTU_WEBHOOK_MAX_ATTEMPTS": ("4", 4),
+    "LTU_WEBHOOK_BACKOFF_SECONDS": ("1", 1.0),
+    "LTU_WEBHOOK_BACKOFF_CAP_SECONDS": ("60", 60.0),
 }
 
 
