@@ -126,6 +126,7 @@ def create_app(
             {
                 ("POST", "/v1/datasets"): lambda: settings.api.max_dataset_bytes + MULTIPART_SLACK,
                 ("POST", "/v1/models"): lambda: settings.api.max_weights_bytes + MULTIPART_SLACK,
+                ("POST", "/v1/erasures/bulk"): lambda: settings.api.max_bulk_bytes,
             },
             default=lambda: settings.api.max_body_bytes,
         )

@@ -509,6 +509,80 @@ class ErasurePage(BaseModel):
     next_cursor: str | None = None
 
 
+MAX_BULK_SUBJECTS = 100_000
+
+
+class BulkErasureCreate(InputBody):
+    """Erase up to 100,000 data subjects in one erasure (application/json; duplicates collapse).
+
+    The same erasure as POST /v1/erasures: one deletion request per affected model, carrying every
+    subject that model still holds, so each model gets one coalesced run.
+    """
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"subject_ids": ["customer-1234", "customer-5678"]}]})
+
+    subject_ids: list[str] = Field(
+        min_length=1,
+        max_length=MAX_BULK_SUBJECTS,
+        description="Data subjects to erase (stored only as keyed hashes); repeated ids count once.",
+    )
+    model_ids: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_TARGETS, description="Only these models (default: every model)."
+    )
+    dataset_ids: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TARGETS,
+        description="Only models trained on these datasets (with model_ids: both must hold).",
+    )
+    method: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="Unlearning method of every request (default: the service's, LTU).",
+    )
+    parameters: dict[str, Any] | None = Field(default=None, description="Method parameters of every request.")
+
+    @field_validator("subject_ids")
+    @classmethod
+    def _subject_ids(cls, value: list[str]) -> list[str]:
+        if any(not v or len(v) > 255 for v in value):
+            raise ValueError("every id must be a non-empty string of at most 255 characters")
+        return list(dict.fromkeys(value))
+
+    @field_validator("model_ids", "dataset_ids")
+    @classmethod
+    def _ids(cls, value: list[str] | None) -> list[str] | None:
+        return DeletionRequestCreate._ids(value)
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else DeletionRequestCreate._parameters(value)
+
+
+class BulkSubjectLine(InputBody):
+    """One line of an application/x-ndjson bulk body, as an object (a bare JSON string is the same)."""
+
+    subject_id: str = Field(min_length=1, max_length=255)
+
+
+class SubjectModelOutcomeRead(BaseModel):
+    """The erasure's request for one model that names the subject."""
+
+    model_id: str
+    request_id: str
+    status: RequestStatus
+    erased_in_version: int | None = Field(description="The version without the subject (once completed).")
+
+
+class ErasureSubjectRead(BaseModel):
+    """One line of GET /v1/erasures/{id}/subjects (application/x-ndjson)."""
+
+    subject_hash: str = Field(description="Keyed hash of the subject id (the ids are never stored).")
+    found: bool = Field(description="Whether a dataset of the tenant holds samples of the subject.")
+    models: list[SubjectModelOutcomeRead] = Field(description="Empty: no model had to forget the subject.")
+
+
 class DatasetLocationRead(BaseModel):
     """A dataset holding samples of the subject (all splits)."""
 

@@ -8,16 +8,17 @@ computed from its requests (`aggregate_status`), never stored, so they cannot dr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import ARRAY, String, any_, case, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ledger import audit, datasets, ratelimit, requests
+from ledger import audit, datasets, outbox, ratelimit, requests
 from ledger.errors import IdempotencyConflict, NotFound, RateLimited
 from ledger.pagination import Page, newest_first
 from ledger.tables import (
@@ -41,6 +42,7 @@ from ledger.tables import (
 WAITING_STATUSES = (RECEIVED, QUEUED)  # no run has started on the request
 ERASURE_STATUSES = (RECEIVED, RUNNING, COMPLETED, FAILED, CANCELLED)
 CHUNK = 500  # ids per IN list
+BULK_CHUNK = 5000  # hashes per IN list of a bulk erasure (below SQLite's 32,766 and Postgres' 65,535 parameters)
 
 
 def aggregate_status(statuses: Sequence[str]) -> str:
@@ -136,15 +138,9 @@ def create_erasure(
         parameters=parameters,
         received_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(erasure)
-            session.flush()
-    except IntegrityError:  # the same key arrived concurrently
-        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, body_hash), False
+    concurrent = _add_erasure(session, erasure)
+    if concurrent is not None:
+        return _replay(concurrent, body_hash), False
     created = []
     for model in models:
         remaining = _still_held(session, model=model, subject_hashes=subject_hashes)
@@ -186,14 +182,211 @@ def create_erasure(
     return erasure, True
 
 
-def submit(
-    session: Session, *, tenant_id: str, api_key_id: str, per_minute: int, burst: int, **erasure: Any
+def _add_erasure(session: Session, erasure: Erasure) -> Erasure | None:
+    """Insert the erasure; the tenant's erasure with its Idempotency-Key when that one arrived concurrently."""
+    try:
+        with session.begin_nested():
+            session.add(erasure)
+            session.flush()
+    except IntegrityError:
+        existing = find_by_idempotency_key(session, tenant_id=erasure.tenant_id, key=erasure.idempotency_key or "")
+        if existing is None:
+            raise
+        return existing
+    return None
+
+
+def create_bulk_erasure(
+    session: Session,
+    *,
+    tenant_id: str,
+    subject_hashes: Sequence[str],
+    model_ids: Sequence[str] | None,
+    dataset_ids: Sequence[str] | None,
+    method: str,
+    parameters: dict[str, Any],
+    idempotency_key: str | None,
+    body_hash: str,
+    actor: str,
+    now: datetime | None = None,
 ) -> tuple[Erasure, bool]:
-    """An erasure through the API: `create_erasure`, paid with one rate-limit token like a deletion request.
+    """`create_erasure` for up to 100,000 distinct subjects, sized to be accepted in seconds.
+
+    The same erasure and the same rule (one request per affected model, naming the subjects it still
+    holds, with all their samples), but the samples are read once in chunked IN lists, the request
+    samples are inserted in one executemany, and the audit events carry the subject count and a
+    digest of the hash list instead of the list (the erasure row and each request keep the list).
+    """
+    if idempotency_key:
+        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
+        if existing is not None:
+            return _replay(existing, body_hash), False
+    models = _models_in_scope(session, tenant_id=tenant_id, model_ids=model_ids, dataset_ids=dataset_ids)
+    samples = _tenant_samples(session, tenant_id, subject_hashes)
+    found = {row.subject_hash for row in samples}
+    now = now or utcnow()
+    erasure = Erasure(
+        tenant_id=tenant_id,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash,
+        subject_hashes=list(subject_hashes),
+        subjects_not_found=len(subject_hashes) - len(found),
+        model_ids=list(model_ids) if model_ids is not None else None,
+        dataset_ids=list(dataset_ids) if dataset_ids is not None else None,
+        method=method,
+        parameters=parameters,
+        received_at=now,
+    )
+    concurrent = _add_erasure(session, erasure)
+    if concurrent is not None:
+        return _replay(concurrent, body_hash), False
+    created = []
+    for model in models:
+        request = _bulk_request(session, erasure=erasure, model=model, samples=samples, actor=actor, now=now)
+        if request is not None:
+            created.append(request)
+    audit.record(
+        session,
+        tenant_id=tenant_id,
+        actor=actor,
+        action="erasure.received",
+        resource_type="erasure",
+        resource_id=erasure.id,
+        now=now,
+        data={
+            "bulk": True,
+            "subject_count": len(subject_hashes),
+            "subject_hashes_sha256": hash_list_digest(subject_hashes),
+            "subjects_not_found": erasure.subjects_not_found,
+            "model_ids": erasure.model_ids,
+            "dataset_ids": erasure.dataset_ids,
+            "method": method,
+            "requests": [{"request_id": r.id, "model_id": r.model_id} for r in created],
+        },
+    )
+    return erasure, True
+
+
+def _among(session: Session, column: Any, values: Sequence[str]) -> Any:
+    """`column IN values` for a chunk of up to BULK_CHUNK values.
+
+    On Postgres one array parameter (`= ANY(:values)`): thousands of separate parameters cost more to
+    render and send than the lookup itself.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(literal(list(values), ARRAY(String)))
+    return column.in_(values)
+
+
+def hash_list_digest(subject_hashes: Sequence[str]) -> str:
+    """SHA-256 of the hashes joined by newlines, in the erasure's order: what a bulk event says of its subjects."""
+    return hashlib.sha256("\n".join(subject_hashes).encode()).hexdigest()
+
+
+def _tenant_samples(session: Session, tenant_id: str, subject_hashes: Sequence[str]) -> list[Any]:
+    """(id, dataset_id, subject_hash, split) of every sample of these subjects in the tenant's datasets."""
+    rows: list[Any] = []
+    for start in range(0, len(subject_hashes), BULK_CHUNK):
+        rows.extend(
+            session.execute(
+                select(DatasetSample.id, DatasetSample.dataset_id, DatasetSample.subject_hash, DatasetSample.split)
+                .join(Dataset, Dataset.id == DatasetSample.dataset_id)
+                .where(
+                    Dataset.tenant_id == tenant_id,
+                    _among(session, DatasetSample.subject_hash, subject_hashes[start : start + BULK_CHUNK]),
+                )
+            )
+        )
+    return rows
+
+
+def _bulk_request(
+    session: Session, *, erasure: Erasure, model: Model, samples: list[Any], actor: str, now: datetime
+) -> DeletionRequest | None:
+    """The model's request naming every subject it still holds (all their samples), or None when it holds none.
+
+    The forget-set rule of `requests.still_to_forget`, on sample rows instead of ORM objects.
+    """
+    forgotten = datasets.erased_for_model(session, model_id=model.id)
+    mine = [row for row in samples if row.dataset_id == model.dataset_id]
+    held = {row.subject_hash for row in mine if row.split == "train" and row.id not in forgotten}
+    if not held:
+        return None
+    subjects = [h for h in erasure.subject_hashes if h in held]
+    named = [row.split for row in mine if row.subject_hash in held]
+    request = DeletionRequest(
+        tenant_id=erasure.tenant_id,
+        model_id=model.id,
+        erasure_id=erasure.id,
+        status=RECEIVED,
+        body_hash=erasure.body_hash,
+        target_kind="subjects",
+        subject_hashes=subjects,
+        num_targets=len(subjects),
+        method=erasure.method,
+        parameters=erasure.parameters,
+        received_at=now,
+        due_at=requests.gdpr_due_at(now),
+        updated_at=now,
+    )
+    session.add(request)
+    session.flush()
+    _name_samples(session, request=request, dataset_id=model.dataset_id, subjects=subjects)
+    outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request.id})
+    audit.record(
+        session,
+        tenant_id=erasure.tenant_id,
+        actor=actor,
+        action="deletion_request.received",
+        resource_type="deletion_request",
+        resource_id=request.id,
+        model_id=model.id,
+        request_id=request.id,
+        now=now,
+        data={
+            "target_kind": "subjects",
+            "num_targets": len(subjects),
+            "num_samples": len(named),
+            "num_train_samples": named.count("train"),
+            "method": erasure.method,
+            "due_at": request.due_at.isoformat(),
+            "erasure_id": erasure.id,
+            "subject_hashes_sha256": hash_list_digest(subjects),
+        },
+    )
+    return request
+
+
+def _name_samples(session: Session, *, request: DeletionRequest, dataset_id: str, subjects: Sequence[str]) -> None:
+    """Insert the request's samples (every sample of its subjects in the dataset) inside the database.
+
+    INSERT ... SELECT per chunk of subjects: none of the up to 200,000 rows travels through Python.
+    """
+    for start in range(0, len(subjects), BULK_CHUNK):
+        chosen = select(literal(request.id), DatasetSample.id).where(
+            DatasetSample.dataset_id == dataset_id,
+            _among(session, DatasetSample.subject_hash, subjects[start : start + BULK_CHUNK]),
+        )
+        session.execute(insert(RequestSample.__table__).from_select(["request_id", "sample_pk"], chosen))
+
+
+def submit(
+    session: Session,
+    *,
+    tenant_id: str,
+    api_key_id: str,
+    per_minute: int,
+    burst: int,
+    bulk: bool = False,
+    **erasure: Any,
+) -> tuple[Erasure, bool]:
+    """An erasure through the API: `create_erasure` (`create_bulk_erasure` when `bulk`), paid with one rate-limit
+    token like a deletion request.
 
     Replays and refusals take no token; RateLimited leaves the erasure added: the caller rolls back.
     """
-    created_erasure, created = create_erasure(session, tenant_id=tenant_id, **erasure)
+    create = create_bulk_erasure if bulk else create_erasure
+    created_erasure, created = create(session, tenant_id=tenant_id, **erasure)
     if created:
         decision = ratelimit.take(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
         if not decision.allowed:
@@ -372,9 +565,8 @@ def dataset_purge(session: Session, erasure: Erasure) -> list[DatasetPurge]:
     query = (
         select(DatasetSample.dataset_id, func.count(), func.count(DatasetSample.purged_at))
         .join(Dataset, Dataset.id == DatasetSample.dataset_id)
-        .where(Dataset.tenant_id == erasure.tenant_id, DatasetSample.subject_hash.in_(erasure.subject_hashes))
+        .where(Dataset.tenant_id == erasure.tenant_id)
         .group_by(DatasetSample.dataset_id)
-        .order_by(DatasetSample.dataset_id)
     )
     if erasure.dataset_ids is not None:
         query = query.where(DatasetSample.dataset_id.in_(erasure.dataset_ids))
@@ -382,7 +574,70 @@ def dataset_purge(session: Session, erasure: Erasure) -> list[DatasetPurge]:
         query = query.where(
             DatasetSample.dataset_id.in_(select(Model.dataset_id).where(Model.id.in_(erasure.model_ids)))
         )
-    return [DatasetPurge(dataset_id, samples, purged) for dataset_id, samples, purged in session.execute(query)]
+    # Summed over chunks of the subjects: a bulk erasure names more than one IN list may carry.
+    totals: dict[str, list[int]] = {}
+    hashes = erasure.subject_hashes
+    for start in range(0, len(hashes), BULK_CHUNK):
+        chunk = query.where(_among(session, DatasetSample.subject_hash, hashes[start : start + BULK_CHUNK]))
+        for dataset_id, samples, purged in session.execute(chunk):
+            total = totals.setdefault(dataset_id, [0, 0])
+            total[0] += samples
+            total[1] += purged
+    return [DatasetPurge(dataset_id, *totals[dataset_id]) for dataset_id in sorted(totals)]
+
+
+# --- per-subject outcome -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelOutcome:
+    """The request of an erasure that names a subject for one model, and where it stands."""
+
+    model_id: str
+    request_id: str
+    status: str
+    erased_in_version: int | None  # the version it published, once completed
+
+
+@dataclass(frozen=True)
+class SubjectOutcome:
+    """One subject of an erasure: found in a dataset of the tenant or not, and its request per model."""
+
+    subject_hash: str
+    found: bool
+    models: list[ModelOutcome]
+
+
+def subject_outcomes(
+    session: Session, *, tenant_id: str, erasure_id: str, subject_hashes: Sequence[str]
+) -> list[SubjectOutcome]:
+    """The outcome of each of `subject_hashes` (a chunk of the erasure's, at most BULK_CHUNK), in their order."""
+    found = _found_subjects(session, tenant_id, subject_hashes)
+    named: dict[str, list[ModelOutcome]] = {}
+    rows = session.execute(
+        select(
+            DatasetSample.subject_hash,
+            DeletionRequest.model_id,
+            DeletionRequest.id,
+            DeletionRequest.status,
+            DeletionRequest.result_version,
+        )
+        .join(RequestSample, RequestSample.sample_pk == DatasetSample.id)
+        .join(DeletionRequest, DeletionRequest.id == RequestSample.request_id)
+        .join(Model, Model.id == DeletionRequest.model_id)
+        .where(
+            DeletionRequest.erasure_id == erasure_id,
+            # The model's dataset: so the (dataset, subject) index finds the samples, not a scan of all.
+            DatasetSample.dataset_id == Model.dataset_id,
+            DatasetSample.subject_hash.in_(subject_hashes),
+        )
+        .distinct()
+        .order_by(DatasetSample.subject_hash, DeletionRequest.model_id)
+    )
+    for subject, model_id, request_id, status, version in rows:
+        erased_in = version if status == COMPLETED else None
+        named.setdefault(subject, []).append(ModelOutcome(model_id, request_id, status, erased_in))
+    return [SubjectOutcome(h, h in found, named.get(h, [])) for h in subject_hashes]
 
 
 # --- where is a person? -------------------------------------------------------------------------

@@ -176,6 +176,7 @@ class ApiSettings(Section):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="JSON request bodies (uploads have their own limits)")
     max_dataset_bytes: int = Field(2 << 30, ge=1024, description="an uploaded ltu-dataset archive")
     max_weights_bytes: int = Field(1 << 30, ge=1024, description="an uploaded safetensors weights file")
+    max_bulk_bytes: int = Field(16 << 20, ge=1024, description="a bulk erasure body (POST /v1/erasures/bulk)")
     max_subjects_per_request: int = Field(
         MAX_TARGETS, ge=1, le=MAX_TARGETS, description="subject or sample ids of one erasure request"
     )

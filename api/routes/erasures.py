@@ -3,26 +3,42 @@ certificate over every model and the dataset purge."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from api.deps import CertificateKey, PollKey, SessionDep, SettingsDep, SignerDep, SubmitKey, actor
+from api.deps import CertificateKey, DatabaseDep, PollKey, SessionDep, SettingsDep, SignerDep, SubmitKey, actor
+from api.edge import load_json
 from api.errors import ProblemError
 from api.routes.common import problems
 from api.schemas import (
+    BulkErasureCreate,
+    BulkSubjectLine,
     DatasetPurgeRead,
     ErasureCreate,
     ErasurePage,
     ErasureRead,
     ErasureRequestRead,
     ErasureStatus,
+    ErasureSubjectRead,
     Progress,
 )
 from ledger import certificates, erasures
+from ledger.db import Database
 from ledger.hashing import body_hash, subject_hash
 from ledger.tables import ACTIVE_STATUSES, Erasure
+
+NDJSON = "application/x-ndjson"
+EXPORT_CHUNK = 1000  # subjects per read transaction of the export
+CSV_COLUMNS = ("subject_hash", "found", "model_id", "request_id", "status", "erased_in_version")
 
 router = APIRouter(prefix="/v1/erasures", tags=["erasures"])
 
@@ -108,6 +124,154 @@ def create_erasure(
     return erasure_reads(session, [erasure])[0]
 
 
+class NDJSONLines(JSONResponse):
+    """The OpenAPI face of an application/x-ndjson export: FastAPI documents the response model only under a
+    JSON response class, and each line is one such JSON document. The route itself streams."""
+
+    media_type = NDJSON
+
+
+async def _raw_body(request: Request) -> bytes:
+    # Read here, not in the route: the route itself runs in a worker thread, since its ledger work takes seconds.
+    return await request.body()
+
+
+@router.post(
+    "/bulk",
+    status_code=202,
+    response_model=ErasureRead,
+    responses=problems(400, 404, 413, 415, 429),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": BulkErasureCreate.model_json_schema()},
+                NDJSON: {
+                    "schema": {
+                        "description": "One subject per line: a JSON string, or an object as below. Options "
+                        "(model_ids, dataset_ids, method, parameters) are query parameters.",
+                        "oneOf": [
+                            {"type": "string", "minLength": 1, "maxLength": 255},
+                            BulkSubjectLine.model_json_schema(),
+                        ],
+                    }
+                },
+            },
+        }
+    },
+)
+def create_bulk_erasure(
+    raw: Annotated[bytes, Depends(_raw_body)],
+    request: Request,
+    session: SessionDep,
+    key: SubmitKey,
+    settings: SettingsDep,
+    response: Response,
+    model_ids: Annotated[list[str] | None, Query(description="NDJSON bodies only: only these models.")] = None,
+    dataset_ids: Annotated[
+        list[str] | None, Query(description="NDJSON bodies only: only these datasets' models.")
+    ] = None,
+    method: Annotated[str | None, Query(description="NDJSON bodies only: the unlearning method.")] = None,
+    parameters: Annotated[
+        str | None, Query(description="NDJSON bodies only: method parameters, a JSON object.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Same key + same subjects and options returns the same erasure; another body is a 422.",
+        ),
+    ] = None,
+) -> ErasureRead:
+    """Erase up to 100,000 data subjects in one erasure: a JSON body, or NDJSON (one subject per line).
+
+    The body may be at most LTU_MAX_BULK_BYTES (413 beyond). Repeated subjects count once. As POST
+    /v1/erasures, it creates one erasure with one deletion request per affected model, each carrying
+    all the subjects that model still holds (one coalesced run per model); GET /v1/erasures/{id}/subjects
+    exports each subject's outcome. Rate-limited as one erasure.
+    """
+    query = {"model_ids": model_ids, "dataset_ids": dataset_ids, "method": method, "parameters": parameters}
+    body = _bulk_body(raw, request.headers.get("content-type"), query)
+    secret = settings.ledger.secret_key
+    erasure, created = erasures.submit(
+        session,
+        tenant_id=key.tenant_id,
+        api_key_id=key.id,
+        per_minute=settings.api.rate_limit_per_minute,
+        burst=settings.api.rate_limit_burst,
+        bulk=True,
+        subject_hashes=[subject_hash(secret, s) for s in body.subject_ids],
+        model_ids=body.model_ids,
+        dataset_ids=body.dataset_ids,
+        method=body.method or settings.api.default_method,
+        parameters=body.parameters or {},
+        idempotency_key=idempotency_key,
+        # The parsed body, so the same subjects as JSON or NDJSON (or with repeats) are the same erasure.
+        body_hash=body_hash(secret, body.model_dump(mode="json")),
+        actor=actor(key),
+    )
+    response.headers["Location"] = f"/v1/erasures/{erasure.id}"
+    response.headers["Retry-After"] = str(settings.api.retry_after_seconds)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return erasure_reads(session, [erasure])[0]
+
+
+def _bulk_body(raw: bytes, content_type: str | None, query: dict[str, Any]) -> BulkErasureCreate:
+    """The bulk body of either media type, validated as one BulkErasureCreate (422 problem+json if not)."""
+    media = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    options = {name: value for name, value in query.items() if value is not None}
+    if media == NDJSON:
+        if "parameters" in options:
+            options["parameters"] = _json(options["parameters"].encode(), ("query", "parameters"))
+        data = {"subject_ids": _ndjson_subjects(raw), **options}
+    elif media == "application/json":
+        if options:
+            raise ProblemError(
+                422, f"{', '.join(options)}: with a JSON body, options go in the body", code="validation_error"
+            )
+        data = _json(raw, ("body",))
+    else:
+        raise ProblemError(415, f"send {NDJSON} or application/json, not {media}", code="unsupported_media_type")
+    try:
+        return BulkErasureCreate.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+def _json(raw: bytes, loc: tuple[str | int, ...]) -> Any:
+    """JSON held to the edge's rules (NUL, lone surrogates, depth, numbers), or 422."""
+    try:
+        return load_json(raw, loc)
+    except ValueError:
+        where = ".".join(str(part) for part in loc)
+        raise ProblemError(422, f"{where}: not JSON", code="validation_error") from None
+
+
+def _ndjson_subjects(raw: bytes) -> list[str]:
+    """The subject ids of an NDJSON body (blank lines skipped), each line checked as a JSON body is."""
+    subjects = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        value = _json(line, ("body", number))
+        if isinstance(value, dict):
+            try:
+                value = BulkSubjectLine.model_validate(value).subject_id
+            except ValidationError:
+                value = None
+        if not isinstance(value, str):
+            raise ProblemError(
+                422,
+                f'body.{number}: a line is a subject id (a JSON string) or {{"subject_id": ...}}',
+                code="validation_error",
+            )
+        subjects.append(value)
+    return subjects
+
+
 @router.get("", response_model=ErasurePage, responses=problems())
 def list_erasures(
     session: SessionDep,
@@ -152,3 +316,82 @@ def get_erasure_certificate(erasure_id: str, session: SessionDep, key: Certifica
         media_type="application/json",
         headers={"Content-Disposition": f'inline; filename="erasure-certificate-{erasure_id}.json"'},
     )
+
+
+@router.get(
+    "/{erasure_id}/subjects",
+    response_class=NDJSONLines,
+    response_model=ErasureSubjectRead,
+    responses={
+        **problems(404),
+        200: {
+            "description": "Every subject of the erasure, in its order: one ErasureSubjectRead per line (ndjson), "
+            "or one CSV row per subject and model (a subject no model had to forget: one row, model columns empty).",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+            },
+        },
+    },
+)
+def export_erasure_subjects(
+    erasure_id: str,
+    session: SessionDep,
+    database: DatabaseDep,
+    key: PollKey,
+    format: Annotated[Literal["ndjson", "csv"], Query(description="ndjson (default) or csv.")] = "ndjson",
+) -> Response:
+    """Each subject of an erasure and its outcome: found in a dataset or not, and its request per model.
+
+    Streamed in chunks, each read in its own short transaction: an export of 100,000 subjects never
+    holds a snapshot, or every outcome, at once.
+    """
+    erasure = erasures.get_erasure(session, tenant_id=key.tenant_id, erasure_id=erasure_id)
+    chunks = _outcome_chunks(database, erasure.tenant_id, erasure.id, list(erasure.subject_hashes))
+    if format == "ndjson":
+        return StreamingResponse(_ndjson(chunks), media_type=NDJSON)
+    return StreamingResponse(
+        _csv(chunks),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="erasure-subjects-{erasure_id}.csv"'},
+    )
+
+
+def _outcome_chunks(
+    database: Database, tenant_id: str, erasure_id: str, subject_hashes: list[str]
+) -> Iterator[list[erasures.SubjectOutcome]]:
+    for start in range(0, len(subject_hashes), EXPORT_CHUNK):
+        with database.read() as session:
+            yield erasures.subject_outcomes(
+                session,
+                tenant_id=tenant_id,
+                erasure_id=erasure_id,
+                subject_hashes=subject_hashes[start : start + EXPORT_CHUNK],
+            )
+
+
+def _ndjson(chunks: Iterator[list[erasures.SubjectOutcome]]) -> Iterator[str]:
+    for outcomes in chunks:
+        yield "".join(
+            json.dumps(
+                {"subject_hash": o.subject_hash, "found": o.found, "models": [vars(m) for m in o.models]},
+                separators=(",", ":"),
+            )
+            + "\n"
+            for o in outcomes
+        )
+
+
+def _csv(chunks: Iterator[list[erasures.SubjectOutcome]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for outcomes in chunks:
+        for o in outcomes:
+            found = str(o.found).lower()
+            if not o.models:
+                writer.writerow((o.subject_hash, found, "", "", "", ""))
+            for m in o.models:
+                writer.writerow((o.subject_hash, found, m.model_id, m.request_id, m.status, m.erased_in_version))
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()

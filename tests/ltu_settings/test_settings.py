@@ -40,6 +40,7 @@ SAMPLES: dict[str, tuple[str, object]] = {
     "LTU_MAX_BODY_BYTES": ("4096", 4096),
     "LTU_MAX_DATASET_BYTES": ("8192", 8192),
     "LTU_MAX_WEIGHTS_BYTES": ("16384", 16384),
+    "LTU_MAX_BULK_BYTES": ("32768", 32768),
     "LTU_MAX_SUBJECTS_PER_REQUEST": ("50", 50),
     "LTU_QUEUE": ("gpu-2", None),
     "LTU_AUDIT_QUEUE": ("audit-2", None),
