@@ -120,27 +120,28 @@ def create_erasure(
     yet; each request names only those subjects. NotFound names the model or dataset ids of the
     restriction the tenant lacks. Idempotency-Key as `requests.create_request`.
     """
-    if idempotency_key:
-        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
-        if existing is not None:
-            return _replay(existing, body_hash), False
+    earlier = _earlier(session, tenant_id=tenant_id, idempotency_key=idempotency_key, body_hash=body_hash)
+    if earlier is not None:
+        return earlier, False
     models = _models_in_scope(session, tenant_id=tenant_id, model_ids=model_ids, dataset_ids=dataset_ids)
     now = now or utcnow()
-    erasure = Erasure(
-        tenant_id=tenant_id,
-        idempotency_key=idempotency_key,
-        body_hash=body_hash,
-        subject_hashes=list(subject_hashes),
-        subjects_not_found=len(subject_hashes) - len(_found_subjects(session, tenant_id, subject_hashes)),
-        model_ids=list(model_ids) if model_ids is not None else None,
-        dataset_ids=list(dataset_ids) if dataset_ids is not None else None,
-        method=method,
-        parameters=parameters,
-        received_at=now,
+    erasure, created = _open_erasure(
+        session,
+        Erasure(
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+            subject_hashes=list(subject_hashes),
+            subjects_not_found=len(subject_hashes) - len(_found_subjects(session, tenant_id, subject_hashes)),
+            model_ids=_listed(model_ids),
+            dataset_ids=_listed(dataset_ids),
+            method=method,
+            parameters=parameters,
+            received_at=now,
+        ),
     )
-    concurrent = _add_erasure(session, erasure)
-    if concurrent is not None:
-        return _replay(concurrent, body_hash), False
+    if not created:
+        return erasure, False
     created = []
     for model in models:
         remaining = _still_held(session, model=model, subject_hashes=subject_hashes)
@@ -182,8 +183,17 @@ def create_erasure(
     return erasure, True
 
 
-def _add_erasure(session: Session, erasure: Erasure) -> Erasure | None:
-    """Insert the erasure; the tenant's erasure with its Idempotency-Key when that one arrived concurrently."""
+def _earlier(session: Session, *, tenant_id: str, idempotency_key: str | None, body_hash: str) -> Erasure | None:
+    """The tenant's erasure made earlier with this Idempotency-Key (IdempotencyConflict for another body)."""
+    if not idempotency_key:
+        return None
+    existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
+    return None if existing is None else _replay(existing, body_hash)
+
+
+def _open_erasure(session: Session, erasure: Erasure) -> tuple[Erasure, bool]:
+    """Insert the erasure: (it, True), or (the tenant's erasure with its Idempotency-Key, False) when that one
+    arrived concurrently (IdempotencyConflict for another body)."""
     try:
         with session.begin_nested():
             session.add(erasure)
@@ -192,8 +202,12 @@ def _add_erasure(session: Session, erasure: Erasure) -> Erasure | None:
         existing = find_by_idempotency_key(session, tenant_id=erasure.tenant_id, key=erasure.idempotency_key or "")
         if existing is None:
             raise
-        return existing
-    return None
+        return _replay(existing, erasure.body_hash), False
+    return erasure, True
+
+
+def _listed(ids: Sequence[str] | None) -> list[str] | None:
+    return None if ids is None else list(ids)
 
 
 def create_bulk_erasure(
@@ -217,29 +231,30 @@ def create_bulk_erasure(
     samples are inserted in one executemany, and the audit events carry the subject count and a
     digest of the hash list instead of the list (the erasure row and each request keep the list).
     """
-    if idempotency_key:
-        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
-        if existing is not None:
-            return _replay(existing, body_hash), False
+    earlier = _earlier(session, tenant_id=tenant_id, idempotency_key=idempotency_key, body_hash=body_hash)
+    if earlier is not None:
+        return earlier, False
     models = _models_in_scope(session, tenant_id=tenant_id, model_ids=model_ids, dataset_ids=dataset_ids)
     samples = _tenant_samples(session, tenant_id, subject_hashes)
     found = {row.subject_hash for row in samples}
     now = now or utcnow()
-    erasure = Erasure(
-        tenant_id=tenant_id,
-        idempotency_key=idempotency_key,
-        body_hash=body_hash,
-        subject_hashes=list(subject_hashes),
-        subjects_not_found=len(subject_hashes) - len(found),
-        model_ids=list(model_ids) if model_ids is not None else None,
-        dataset_ids=list(dataset_ids) if dataset_ids is not None else None,
-        method=method,
-        parameters=parameters,
-        received_at=now,
+    erasure, created = _open_erasure(
+        session,
+        Erasure(
+            tenant_id=tenant_id,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+            subject_hashes=list(subject_hashes),
+            subjects_not_found=len(subject_hashes) - len(found),
+            model_ids=_listed(model_ids),
+            dataset_ids=_listed(dataset_ids),
+            method=method,
+            parameters=parameters,
+            received_at=now,
+        ),
     )
-    concurrent = _add_erasure(session, erasure)
-    if concurrent is not None:
-        return _replay(concurrent, body_hash), False
+    if not created:
+        return erasure, False
     created = []
     for model in models:
         request = _bulk_request(session, erasure=erasure, model=model, samples=samples, actor=actor, now=now)
