@@ -18,7 +18,7 @@ from sqlalchemy import ARRAY, String, any_, case, func, insert, literal, select,
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ledger import audit, datasets, outbox, ratelimit, requests
+from ledger import audit, datasets, ratelimit, requests
 from ledger.errors import IdempotencyConflict, NotFound, RateLimited
 from ledger.pagination import Page, newest_first
 from ledger.tables import (
@@ -329,45 +329,27 @@ def _bulk_request(
         return None
     subjects = [h for h in erasure.subject_hashes if h in held]
     named = [row.split for row in mine if row.subject_hash in held]
-    request = DeletionRequest(
+    request = requests.new_request(
         tenant_id=erasure.tenant_id,
         model_id=model.id,
         erasure_id=erasure.id,
-        status=RECEIVED,
-        body_hash=erasure.body_hash,
-        target_kind="subjects",
-        subject_hashes=subjects,
-        num_targets=len(subjects),
+        target=requests.Target(kind="subjects", subject_hashes=tuple(subjects)),
         method=erasure.method,
         parameters=erasure.parameters,
-        received_at=now,
-        due_at=requests.gdpr_due_at(now),
-        updated_at=now,
+        idempotency_key=None,
+        body_hash=erasure.body_hash,
+        now=now,
     )
     session.add(request)
     session.flush()
     _name_samples(session, request=request, dataset_id=model.dataset_id, subjects=subjects)
-    outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request.id})
-    audit.record(
+    requests.announce(
         session,
-        tenant_id=erasure.tenant_id,
+        request,
         actor=actor,
-        action="deletion_request.received",
-        resource_type="deletion_request",
-        resource_id=request.id,
-        model_id=model.id,
-        request_id=request.id,
-        now=now,
-        data={
-            "target_kind": "subjects",
-            "num_targets": len(subjects),
-            "num_samples": len(named),
-            "num_train_samples": named.count("train"),
-            "method": erasure.method,
-            "due_at": request.due_at.isoformat(),
-            "erasure_id": erasure.id,
-            "subject_hashes_sha256": hash_list_digest(subjects),
-        },
+        num_samples=len(named),
+        num_train_samples=named.count("train"),
+        data={"erasure_id": erasure.id, "subject_hashes_sha256": hash_list_digest(subjects)},
     )
     return request
 

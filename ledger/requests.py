@@ -185,9 +185,54 @@ def create_request(
             return _replay(existing, body_hash), False
     samples = resolve_target(session, model=model, target=target)
     now = now or utcnow()
-    request = DeletionRequest(
+    request = new_request(
         tenant_id=tenant_id,
         model_id=model.id,
+        target=target,
+        method=method,
+        parameters=parameters,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash,
+        now=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(request)
+            session.flush()
+    except IntegrityError:  # the same key arrived concurrently
+        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, body_hash), False
+    session.add_all(RequestSample(request_id=request.id, sample_pk=s.id) for s in samples)
+    announce(
+        session,
+        request,
+        actor=actor,
+        num_samples=len(samples),
+        num_train_samples=sum(s.split == "train" for s in samples),
+        data={"subject_hashes": list(target.subject_hashes)},
+    )
+    return request, True
+
+
+def new_request(
+    *,
+    tenant_id: str,
+    model_id: str,
+    target: Target,
+    method: str,
+    parameters: dict[str, Any],
+    idempotency_key: str | None,
+    body_hash: str,
+    now: datetime,
+    erasure_id: str | None = None,
+) -> DeletionRequest:
+    """A received request row (not added), due one calendar month after `now`."""
+    return DeletionRequest(
+        tenant_id=tenant_id,
+        model_id=model_id,
+        erasure_id=erasure_id,
         status=RECEIVED,
         idempotency_key=idempotency_key,
         body_hash=body_hash,
@@ -200,38 +245,39 @@ def create_request(
         due_at=gdpr_due_at(now),
         updated_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(request)
-            session.flush()
-    except IntegrityError:  # the same key arrived concurrently
-        existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(existing, body_hash), False
-    session.add_all(RequestSample(request_id=request.id, sample_pk=s.id) for s in samples)
+
+
+def announce(
+    session: Session,
+    request: DeletionRequest,
+    *,
+    actor: str,
+    num_samples: int,
+    num_train_samples: int,
+    data: dict[str, Any],
+) -> None:
+    """The new request's dispatch row and its `deletion_request.received` event (with `data` added)."""
     outbox.enqueue(session, task_name=outbox.ERASURE_TASK, payload={"request_id": request.id})
     audit.record(
         session,
-        tenant_id=tenant_id,
+        tenant_id=request.tenant_id,
         actor=actor,
         action="deletion_request.received",
         resource_type="deletion_request",
         resource_id=request.id,
-        model_id=model.id,
+        model_id=request.model_id,
         request_id=request.id,
-        now=now,
+        now=request.received_at,
         data={
-            "target_kind": target.kind,
-            "num_targets": target.count,
-            "num_samples": len(samples),
-            "num_train_samples": sum(s.split == "train" for s in samples),
-            "method": method,
+            "target_kind": request.target_kind,
+            "num_targets": request.num_targets,
+            "num_samples": num_samples,
+            "num_train_samples": num_train_samples,
+            "method": request.method,
             "due_at": request.due_at.isoformat(),
-            "subject_hashes": list(target.subject_hashes),
+            **data,
         },
     )
-    return request, True
 
 
 def submit(
