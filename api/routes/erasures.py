@@ -34,7 +34,8 @@ from api.schemas import (
 from ledger import certificates, erasures
 from ledger.db import Database
 from ledger.hashing import body_hash, subject_hash
-from ledger.tables import ACTIVE_STATUSES, Erasure
+from ledger.tables import ACTIVE_STATUSES, ApiKey, Erasure
+from ltu_settings import Settings
 
 NDJSON = "application/x-ndjson"
 EXPORT_CHUNK = 1000  # subjects per read transaction of the export
@@ -100,28 +101,7 @@ def create_erasure(
         raise ProblemError(
             422, f"at most {limit} subject ids per erasure (LTU_MAX_SUBJECTS_PER_REQUEST)", code="validation_error"
         )
-    secret = settings.ledger.secret_key
-    erasure, created = erasures.submit(
-        session,
-        tenant_id=key.tenant_id,
-        api_key_id=key.id,
-        per_minute=settings.api.rate_limit_per_minute,
-        burst=settings.api.rate_limit_burst,
-        # Subject ids enter the ledger only as keyed hashes.
-        subject_hashes=[subject_hash(secret, s) for s in body.subject_ids],
-        model_ids=body.model_ids,
-        dataset_ids=body.dataset_ids,
-        method=body.method or settings.api.default_method,
-        parameters=body.parameters or {},
-        idempotency_key=idempotency_key,
-        body_hash=body_hash(secret, body.model_dump(mode="json")),
-        actor=actor(key),
-    )
-    response.headers["Location"] = f"/v1/erasures/{erasure.id}"
-    response.headers["Retry-After"] = str(settings.api.retry_after_seconds)
-    if not created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return erasure_reads(session, [erasure])[0]
+    return _accept(session, response, key, settings, body, idempotency_key, bulk=False)
 
 
 class NDJSONLines(JSONResponse):
@@ -194,6 +174,20 @@ def create_bulk_erasure(
     """
     query = {"model_ids": model_ids, "dataset_ids": dataset_ids, "method": method, "parameters": parameters}
     body = _bulk_body(raw, request.headers.get("content-type"), query)
+    return _accept(session, response, key, settings, body, idempotency_key, bulk=True)
+
+
+def _accept(
+    session: Session,
+    response: Response,
+    key: ApiKey,
+    settings: Settings,
+    body: ErasureCreate | BulkErasureCreate,
+    idempotency_key: str | None,
+    *,
+    bulk: bool,
+) -> ErasureRead:
+    """Submit an erasure (single or bulk) and answer 202 with its Location; a replay says so."""
     secret = settings.ledger.secret_key
     erasure, created = erasures.submit(
         session,
@@ -201,14 +195,15 @@ def create_bulk_erasure(
         api_key_id=key.id,
         per_minute=settings.api.rate_limit_per_minute,
         burst=settings.api.rate_limit_burst,
-        bulk=True,
+        bulk=bulk,
+        # Subject ids enter the ledger only as keyed hashes.
         subject_hashes=[subject_hash(secret, s) for s in body.subject_ids],
         model_ids=body.model_ids,
         dataset_ids=body.dataset_ids,
         method=body.method or settings.api.default_method,
         parameters=body.parameters or {},
         idempotency_key=idempotency_key,
-        # The parsed body, so the same subjects as JSON or NDJSON (or with repeats) are the same erasure.
+        # The parsed body: the same subjects as JSON or NDJSON (or with repeats) are the same erasure.
         body_hash=body_hash(secret, body.model_dump(mode="json")),
         actor=actor(key),
     )
