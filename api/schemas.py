@@ -512,7 +512,7 @@ class ErasurePage(BaseModel):
 MAX_BULK_SUBJECTS = 100_000
 
 
-class BulkErasureCreate(InputBody):
+class BulkErasureCreate(ErasureCreate):
     """Erase up to 100,000 data subjects in one erasure (application/json; duplicates collapse).
 
     The same erasure as POST /v1/erasures: one deletion request per affected model, carrying every
@@ -526,21 +526,6 @@ class BulkErasureCreate(InputBody):
         max_length=MAX_BULK_SUBJECTS,
         description="Data subjects to erase (stored only as keyed hashes); repeated ids count once.",
     )
-    model_ids: list[str] | None = Field(
-        default=None, min_length=1, max_length=MAX_TARGETS, description="Only these models (default: every model)."
-    )
-    dataset_ids: list[str] | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_TARGETS,
-        description="Only models trained on these datasets (with model_ids: both must hold).",
-    )
-    method: str | None = Field(
-        default=None,
-        pattern=r"^[a-z][a-z0-9_]{0,63}$",
-        description="Unlearning method of every request (default: the service's, LTU).",
-    )
-    parameters: dict[str, Any] | None = Field(default=None, description="Method parameters of every request.")
 
     @field_validator("subject_ids")
     @classmethod
@@ -549,15 +534,10 @@ class BulkErasureCreate(InputBody):
             raise ValueError("every id must be a non-empty string of at most 255 characters")
         return list(dict.fromkeys(value))
 
-    @field_validator("model_ids", "dataset_ids")
+    @field_validator("model_ids", "dataset_ids")  # replaces ErasureCreate's, which also checks subject_ids
     @classmethod
     def _ids(cls, value: list[str] | None) -> list[str] | None:
         return DeletionRequestCreate._ids(value)
-
-    @field_validator("parameters")
-    @classmethod
-    def _parameters(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if value is None else DeletionRequestCreate._parameters(value)
 
 
 class BulkSubjectLine(InputBody):
