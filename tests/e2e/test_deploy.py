@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -136,7 +138,7 @@ def _seconds(duration: str) -> int:
 def test_the_entrypoint_makes_an_owner_only_secret_readable_by_the_services_user(tmp_path):
     """The compose fault, for real: a 0600 root-owned secret, a service that runs as another uid."""
     if os.getuid() != 0:
-        pytest.skip("the entrypoint's copy and privilege drop need root")
+        unavailable("the entrypoint's copy and privilege drop need root")
     import tempfile
 
     source = tmp_path / "run-secrets"
