@@ -21,6 +21,7 @@ from ledger.errors import (
     LedgerError,
     NotFound,
     RateLimited,
+    SecretMismatch,
     StaleBase,
 )
 
@@ -37,6 +38,7 @@ LEDGER_STATUS: dict[type[LedgerError], int] = {
     StaleBase: 409,
     LeaseLost: 409,
     RateLimited: 429,
+    SecretMismatch: 503,
 }
 
 

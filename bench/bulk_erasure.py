@@ -68,14 +68,13 @@ def throwaway_ledger(root: Path, postgres: str | None) -> Iterator[str]:
 
 def seed(database_url: str, *, secret: str, admin_key: str, subjects: int) -> list[str]:
     """The synthetic dataset and two models on it, registered in the ledger; the model ids."""
-    from ledger import datasets, registry, tenants
+    from ledger import datasets, registry, tenant_keys, tenants
     from ledger.datasets import SampleRow
     from ledger.db import Database
-    from ledger.hashing import subject_hash
 
-    def rows() -> Iterator[SampleRow]:
+    def rows(key: tenant_keys.Key) -> Iterator[SampleRow]:
         for i in range(subjects):
-            hashed = subject_hash(secret, subject_id(i))
+            hashed = key.subject_hash(subject_id(i))
             yield SampleRow(2 * i, f"sample-{i}-a", hashed, i % 4, "train")
             yield SampleRow(2 * i + 1, f"sample-{i}-b", hashed, i % 4, "test")
 
@@ -83,6 +82,7 @@ def seed(database_url: str, *, secret: str, admin_key: str, subjects: int) -> li
     try:
         with database.transaction() as session:
             tenant_id = tenants.ensure_admin_key(session, secret=admin_key).tenant_id
+            key = tenant_keys.current(session, tenant_id=tenant_id, secret=secret, actor="bench")
             dataset = datasets.create_dataset(
                 session,
                 tenant_id=tenant_id,
@@ -93,7 +93,8 @@ def seed(database_url: str, *, secret: str, admin_key: str, subjects: int) -> li
                 image_shape=[1, 8, 8],
                 archive_sha256="0" * 64,
                 storage_key="datasets/bench-bulk.tar",
-                samples=rows(),
+                samples=rows(key),
+                tenant_key_id=key.id,
                 actor="bench",
             )
             models = [

@@ -47,11 +47,13 @@ def create_dataset(
     archive_sha256: str,
     storage_key: str,
     samples: Iterable[SampleRow],
+    tenant_key_id: int,
     actor: str,
 ) -> Dataset:
-    """Register a dataset and bulk-insert its sample rows."""
+    """Register a dataset and bulk-insert its sample rows (subject hashes keyed by the tenant key `tenant_key_id`)."""
     dataset = Dataset(
         id=dataset_id,
+        tenant_key_id=tenant_key_id,
         tenant_id=tenant_id,
         name=name,
         format_version=format_version,

@@ -92,7 +92,9 @@ def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> Er
     return session.scalar(select(Erasure).where(Erasure.tenant_id == tenant_id, Erasure.idempotency_key == key))
 
 
-def _replay(existing: Erasure, body_hash: str) -> Erasure:
+def _replay(existing: Erasure, body_hash: str, tenant_key_id: int | None) -> Erasure:
+    if existing.tenant_key_id != tenant_key_id:
+        raise IdempotencyConflict(requests.KEY_DESTROYED)
     if existing.body_hash != body_hash:
         raise IdempotencyConflict(
             "this Idempotency-Key was already used with a different erasure body; use a new key for a new erasure"
@@ -111,6 +113,7 @@ def create_erasure(
     parameters: dict[str, Any],
     idempotency_key: str | None,
     body_hash: str,
+    tenant_key_id: int,
     actor: str,
     now: datetime | None = None,
 ) -> tuple[Erasure, bool]:
@@ -120,7 +123,9 @@ def create_erasure(
     yet; each request names only those subjects. NotFound names the model or dataset ids of the
     restriction the tenant lacks. Idempotency-Key as `requests.create_request`.
     """
-    earlier = _earlier(session, tenant_id=tenant_id, idempotency_key=idempotency_key, body_hash=body_hash)
+    earlier = _earlier(
+        session, tenant_id=tenant_id, idempotency_key=idempotency_key, body_hash=body_hash, tenant_key_id=tenant_key_id
+    )
     if earlier is not None:
         return earlier, False
     models = _models_in_scope(session, tenant_id=tenant_id, model_ids=model_ids, dataset_ids=dataset_ids)
@@ -131,6 +136,7 @@ def create_erasure(
             tenant_id=tenant_id,
             idempotency_key=idempotency_key,
             body_hash=body_hash,
+            tenant_key_id=tenant_key_id,
             subject_hashes=list(subject_hashes),
             subjects_not_found=len(subject_hashes) - len(_found_subjects(session, tenant_id, subject_hashes)),
             model_ids=_listed(model_ids),
@@ -156,6 +162,7 @@ def create_erasure(
             parameters=parameters,
             idempotency_key=None,
             body_hash=body_hash,
+            tenant_key_id=tenant_key_id,
             actor=actor,
             now=now,
         )
@@ -183,12 +190,14 @@ def create_erasure(
     return erasure, True
 
 
-def _earlier(session: Session, *, tenant_id: str, idempotency_key: str | None, body_hash: str) -> Erasure | None:
+def _earlier(
+    session: Session, *, tenant_id: str, idempotency_key: str | None, body_hash: str, tenant_key_id: int
+) -> Erasure | None:
     """The tenant's erasure made earlier with this Idempotency-Key (IdempotencyConflict for another body)."""
     if not idempotency_key:
         return None
     existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
-    return None if existing is None else _replay(existing, body_hash)
+    return None if existing is None else _replay(existing, body_hash, tenant_key_id)
 
 
 def _open_erasure(session: Session, erasure: Erasure) -> tuple[Erasure, bool]:
@@ -202,7 +211,7 @@ def _open_erasure(session: Session, erasure: Erasure) -> tuple[Erasure, bool]:
         existing = find_by_idempotency_key(session, tenant_id=erasure.tenant_id, key=erasure.idempotency_key or "")
         if existing is None:
             raise
-        return _replay(existing, erasure.body_hash), False
+        return _replay(existing, erasure.body_hash, erasure.tenant_key_id), False
     return erasure, True
 
 
@@ -221,6 +230,7 @@ def create_bulk_erasure(
     parameters: dict[str, Any],
     idempotency_key: str | None,
     body_hash: str,
+    tenant_key_id: int,
     actor: str,
     now: datetime | None = None,
 ) -> tuple[Erasure, bool]:
@@ -231,7 +241,9 @@ def create_bulk_erasure(
     samples are inserted in one executemany, and the audit events carry the subject count and a
     digest of the hash list instead of the list (the erasure row and each request keep the list).
     """
-    earlier = _earlier(session, tenant_id=tenant_id, idempotency_key=idempotency_key, body_hash=body_hash)
+    earlier = _earlier(
+        session, tenant_id=tenant_id, idempotency_key=idempotency_key, body_hash=body_hash, tenant_key_id=tenant_key_id
+    )
     if earlier is not None:
         return earlier, False
     models = _models_in_scope(session, tenant_id=tenant_id, model_ids=model_ids, dataset_ids=dataset_ids)
@@ -244,6 +256,7 @@ def create_bulk_erasure(
             tenant_id=tenant_id,
             idempotency_key=idempotency_key,
             body_hash=body_hash,
+            tenant_key_id=tenant_key_id,
             subject_hashes=list(subject_hashes),
             subjects_not_found=len(subject_hashes) - len(found),
             model_ids=_listed(model_ids),
@@ -338,6 +351,7 @@ def _bulk_request(
         parameters=erasure.parameters,
         idempotency_key=None,
         body_hash=erasure.body_hash,
+        tenant_key_id=erasure.tenant_key_id,
         now=now,
     )
     session.add(request)

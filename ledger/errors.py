@@ -65,6 +65,12 @@ class RateLimited(LedgerError):
         self.retry_after = retry_after
 
 
+class SecretMismatch(LedgerError):
+    """This process's server secret does not open a tenant key: the secret was rotated while it ran."""
+
+    code = "server_secret_mismatch"
+
+
 class ConfigError(ValueError):
     """The configuration is unusable; the message names the variable to fix (one line).
 

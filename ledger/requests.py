@@ -92,6 +92,13 @@ class Target:
 # --- creation -----------------------------------------------------------------------------------
 
 
+# A replay whose first request was hashed under a since-destroyed tenant key (ledger.tenant_keys) cannot be compared.
+KEY_DESTROYED = (
+    "this Idempotency-Key was first used with a body hashed under a tenant key that has since been destroyed "
+    "(crypto-shredded), so the two bodies cannot be compared; use a new key for a new request"
+)
+
+
 def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> DeletionRequest | None:
     """The tenant's request created with this Idempotency-Key, if any."""
     return session.scalar(
@@ -99,7 +106,9 @@ def find_by_idempotency_key(session: Session, *, tenant_id: str, key: str) -> De
     )
 
 
-def _replay(existing: DeletionRequest, body_hash: str) -> DeletionRequest:
+def _replay(existing: DeletionRequest, body_hash: str, tenant_key_id: int) -> DeletionRequest:
+    if existing.tenant_key_id != tenant_key_id:
+        raise IdempotencyConflict(KEY_DESTROYED)
     if existing.body_hash != body_hash:
         raise IdempotencyConflict(
             "this Idempotency-Key was already used with a different request body; use a new key for a new request"
@@ -171,18 +180,20 @@ def create_request(
     parameters: dict[str, Any],
     idempotency_key: str | None,
     body_hash: str,
+    tenant_key_id: int,
     actor: str,
     now: datetime | None = None,
 ) -> tuple[DeletionRequest, bool]:
     """Create a request with its samples, its dispatch row and its audit event; (request, created).
 
-    A known Idempotency-Key with the same body returns the earlier request (created=False); with
-    another body it raises IdempotencyConflict.
+    `target`'s subject hashes and `body_hash` are keyed by the tenant key `tenant_key_id`. A known
+    Idempotency-Key with the same body returns the earlier request (created=False); with another
+    body it raises IdempotencyConflict.
     """
     if idempotency_key:
         existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
         if existing is not None:
-            return _replay(existing, body_hash), False
+            return _replay(existing, body_hash, tenant_key_id), False
     samples = resolve_target(session, model=model, target=target)
     now = now or utcnow()
     request = new_request(
@@ -193,6 +204,7 @@ def create_request(
         parameters=parameters,
         idempotency_key=idempotency_key,
         body_hash=body_hash,
+        tenant_key_id=tenant_key_id,
         now=now,
     )
     try:
@@ -203,7 +215,7 @@ def create_request(
         existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key or "")
         if existing is None:
             raise
-        return _replay(existing, body_hash), False
+        return _replay(existing, body_hash, tenant_key_id), False
     session.add_all(RequestSample(request_id=request.id, sample_pk=s.id) for s in samples)
     announce(
         session,
@@ -225,6 +237,7 @@ def new_request(
     parameters: dict[str, Any],
     idempotency_key: str | None,
     body_hash: str,
+    tenant_key_id: int,
     now: datetime,
     erasure_id: str | None = None,
 ) -> DeletionRequest:
@@ -236,6 +249,7 @@ def new_request(
         status=RECEIVED,
         idempotency_key=idempotency_key,
         body_hash=body_hash,
+        tenant_key_id=tenant_key_id,
         target_kind=target.kind,
         subject_hashes=list(target.subject_hashes),
         num_targets=target.count,
@@ -291,6 +305,7 @@ def submit(
     parameters: dict[str, Any],
     idempotency_key: str | None,
     body_hash: str,
+    tenant_key_id: int,
     actor: str,
     per_minute: int,
     burst: int,
@@ -312,6 +327,7 @@ def submit(
         parameters=parameters,
         idempotency_key=idempotency_key,
         body_hash=body_hash,
+        tenant_key_id=tenant_key_id,
         actor=actor,
     )
     if created:

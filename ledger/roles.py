@@ -32,6 +32,7 @@ TABLE_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "webhook_endpoints": WRITE,  # deleting one marks it deleted: its deliveries stay in the log
     "webhook_events": WRITE,
     "webhook_deliveries": WRITE,
+    "tenant_keys": WRITE,  # destroying a key clears its wrapped material (crypto-shredding)
     "outbox": (*WRITE, "DELETE"),  # dispatched rows are cleaned up
     "audit_events": ("SELECT", "INSERT"),  # append-only
     "server_secret_check": ("SELECT", "INSERT"),  # recorded once; only the owner rotates it

@@ -1,15 +1,13 @@
-"""The server secret's check value: every process proves it holds the secret the ledger's hashes are keyed by.
+"""The server secret's check value: every process proves it holds the secret the ledger's tenant keys are wrapped by.
 
-Subject ids are stored only as HMAC-SHA256 under LTU_SECRET_KEY (ledger.hashing), so a process
-started with another secret finds no stored subject: it would answer "no such data subject" to
-real erasure requests. The ledger keeps HMAC-SHA256(secret, LABEL); the first `ltu migrate` or
-start-up records it (with an audit event) and every later one compares, refusing a mismatch. The
-value reveals nothing usable about a secret of the strength `ltu_settings` demands.
+The ledger's hashes are keyed by tenant keys stored only wrapped under LTU_SECRET_KEY
+(ledger.tenant_keys), so a process started with another secret could open none of them. The
+ledger keeps HMAC-SHA256(secret, LABEL); the first `ltu migrate` or start-up records it (with an
+audit event) and every later one compares, refusing a mismatch. The value reveals nothing usable
+about a secret of the strength `ltu_settings` demands.
 
-Rotation cannot re-key what is stored: the subject ids behind the keyed hashes of dataset samples
-and requests are never kept, and audit events are immutable links of a hash chain. `rotate`
-therefore replaces the check value only while the ledger holds no keyed hash (a deployment
-started with the wrong secret before any data arrived); otherwise it refuses and says why.
+`rotate` re-wraps every tenant key under the new secret and replaces the check value in one
+transaction: no hash changes, so every lookup and idempotent replay stays valid.
 """
 
 from __future__ import annotations
@@ -18,22 +16,21 @@ import hashlib
 import hmac
 import logging
 
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ledger import audit, tenants
+from ledger import audit, tenant_keys, tenants
 from ledger.db import Database
-from ledger.errors import ConfigError, Conflict
-from ledger.tables import DatasetSample, DeletionRequest, ServerSecretCheck, utcnow
+from ledger.errors import ConfigError
+from ledger.tables import ServerSecretCheck, utcnow
 
 log = logging.getLogger("ltu.ledger")
 
 LABEL = b"ltu-server-secret-check:v1"
 ROW_ID = 1
 MISMATCH = (
-    "LTU_SECRET_KEY is not the secret this ledger's subject hashes are keyed by (its check value differs): "
-    "with it every erasure request would find no data subject. Start with the ledger's secret; to replace "
+    "LTU_SECRET_KEY is not the secret this ledger's tenant keys are wrapped by (its check value differs): "
+    "with it no tenant key opens. Start with the ledger's secret; to replace "
     "it, run `ltu secret rotate --new-key-file FILE` with the current one"
 )
 
@@ -86,24 +83,24 @@ def check_secret_at(url: str, secret: str, *, actor: str) -> bool:
         database.dispose()
 
 
-def rotate(session: Session, *, current: str, new: str, actor: str) -> None:
-    """Replace the check value of `current` by that of `new`, while no stored hash is keyed by `current`.
+def rotate(session: Session, *, current: str, new: str, actor: str) -> tuple[int, int]:
+    """Make `new` the ledger's secret: re-wrap every tenant key under it and record its check value.
 
-    ConfigError if `current` is not the ledger's secret; Conflict (with the counts) if keyed hashes
-    exist, since their subject ids are not stored and cannot be hashed again under `new`.
+    (tenant keys re-wrapped, tenants whose pre-0011 hashes were adopted first). ConfigError if
+    `current` is not the ledger's secret. The row lock on the check value makes concurrent
+    rotations take turns.
     """
     verify_or_record(session, current, actor=actor)
-    samples = session.scalar(select(func.count()).select_from(DatasetSample))
-    requests = session.scalar(select(func.count()).select_from(DeletionRequest))
-    if samples or requests:
-        raise Conflict(
-            f"the ledger holds {samples} dataset sample(s) and {requests} erasure request(s) keyed by the current "
-            "secret; their subject ids are stored only as keyed hashes, so they cannot be hashed again under a "
-            "new secret. Keep the current secret (a new one needs a new ledger)"
-        )
     row = session.get(ServerSecretCheck, ROW_ID, with_for_update=True)
+    rewrapped, adopted = tenant_keys.rewrap_all(session, secret=current, new_secret=new, actor=actor)
     row.check_value, row.recorded_at = check_value(new), utcnow()
-    _audit(session, actor=actor, action="server_secret.rotated", data={})
+    _audit(
+        session,
+        actor=actor,
+        action="server_secret.rotated",
+        data={"tenant_keys_rewrapped": rewrapped, "tenants_adopted": adopted},
+    )
+    return rewrapped, adopted
 
 
 def _audit(session: Session, *, actor: str, action: str, data: dict) -> None:

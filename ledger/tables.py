@@ -1,8 +1,8 @@
 """Every table of the ledger (SQLAlchemy 2.0 typed mappings), one metadata for Alembic.
 
 Ids are UUID strings; timestamps are timezone-aware UTC on every database; JSON columns are
-JSONB on Postgres. Subject ids never appear in any table: only their keyed hashes
-(`ledger.hashing.subject_hash`). The current version of a model is a number that only moves
+JSONB on Postgres. Subject ids never appear in any table: only their hashes under the tenant's key
+(`ledger.tenant_keys`), whose id is stored beside them (`tenant_key_id`). The current version of a model is a number that only moves
 forward (`Model.current_version`); the version a request produced is found through the unique
 `ModelVersion.producing_request_id`, which is also what makes publishing happen exactly once.
 """
@@ -23,10 +23,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -167,6 +169,8 @@ class Dataset(Base):
     archive_sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(500))  # folder, relative to the artifact root
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The tenant key its samples' subject hashes are keyed by; NULL: by the server secret (before migration 0011).
+    tenant_key_id: Mapped[int | None]
 
 
 class DatasetSample(Base):
@@ -185,7 +189,7 @@ class DatasetSample(Base):
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
     row: Mapped[int]  # position in samples.csv / images.u8
     sample_id: Mapped[str] = mapped_column(String(255))
-    subject_hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256(server secret, subject_id)
+    subject_hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256(tenant key, subject_id)
     label: Mapped[int]
     split: Mapped[str] = mapped_column(String(16))
     # The first completed request that erased this sample: no later request or retrain reads it.
@@ -255,6 +259,7 @@ class DeletionRequest(Base):
     body_hash: Mapped[str] = mapped_column(String(64))  # keyed hash of the canonical request body
     target_kind: Mapped[str] = mapped_column(String(16))  # subjects | samples
     subject_hashes: Mapped[list[Any]]  # keyed hashes only
+    tenant_key_id: Mapped[int | None]  # the key of body_hash and subject_hashes (NULL: the server secret, pre-0011)
     num_targets: Mapped[int]
     method: Mapped[str] = mapped_column(String(64))
     parameters: Mapped[dict[str, Any]]
@@ -300,6 +305,7 @@ class Erasure(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     body_hash: Mapped[str] = mapped_column(String(64))  # keyed hash of the canonical request body
     subject_hashes: Mapped[list[Any]]  # keyed hashes only
+    tenant_key_id: Mapped[int | None]  # the key of body_hash and subject_hashes (NULL: the server secret, pre-0011)
     subjects_not_found: Mapped[int]  # subjects in no dataset of the tenant
     model_ids: Mapped[list[Any] | None]  # the restriction to these models, if any
     dataset_ids: Mapped[list[Any] | None]  # the restriction to models of these datasets, if any
@@ -432,6 +438,31 @@ class AuditReferenceSet(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     purged_at: Mapped[datetime | None]  # a superseded set's file was deleted (ledger.retention)
+
+
+class TenantKey(Base):
+    """A tenant's key for keyed hashes, stored only wrapped under the server secret (ledger.tenant_keys).
+
+    At most one live key per tenant; destroying one (crypto-shredding) clears `wrapped` for good.
+    """
+
+    __tablename__ = "tenant_keys"
+    __table_args__ = (
+        Index(
+            "ux_tenant_keys_live",
+            "tenant_id",
+            unique=True,
+            sqlite_where=text("destroyed_at IS NULL"),
+            postgresql_where=text("destroyed_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)  # the key id stored beside each hash
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    origin: Mapped[str] = mapped_column(String(16))  # random | legacy (the server secret of migration 0011's time)
+    wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)  # nonce + AES-256-GCM ciphertext; NULL once destroyed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    destroyed_at: Mapped[datetime | None]
 
 
 class ServerSecretCheck(Base):

@@ -14,7 +14,7 @@ one through the outbox with exponential backoff; after the last one the delivery
 replay is a new delivery of the same event: the same `webhook-id`, by which receivers deduplicate.
 
 Signing follows Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`
-under the endpoint's secret `whsec_<base64>`. The secret is derived from LTU_SECRET_KEY and the
+under the endpoint's secret `whsec_<base64>`. The secret is derived from the tenant key and the
 endpoint id (HMAC), so nothing secret is stored; it is shown once, at registration.
 """
 
@@ -26,7 +26,7 @@ import hmac
 import ipaddress
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,7 +36,7 @@ from sqlalchemy.event import listen
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ledger import audit, leases, outbox, requests
+from ledger import audit, leases, outbox, requests, tenant_keys
 from ledger.canonical import timestamp
 from ledger.errors import Conflict, InvalidInput, NotFound
 from ledger.pagination import Page, newest_first
@@ -75,9 +75,13 @@ SECRET_LABEL = b"ltu-webhook-endpoint-secret:v1:"
 # --- secrets and signatures -----------------------------------------------------------------------
 
 
-def endpoint_secret(server_secret: str, endpoint_id: str) -> str:
-    """The endpoint's signing secret, `whsec_<base64 of 32 bytes>`, derived (never stored)."""
-    key = hmac.new(server_secret.encode(), SECRET_LABEL + endpoint_id.encode(), hashlib.sha256).digest()
+def endpoint_secret(tenant_key: tenant_keys.Key, endpoint_id: str) -> str:
+    """The endpoint's signing secret, `whsec_<base64 of 32 bytes>`, derived from the tenant's key (never stored).
+
+    Derived from the tenant key, not the server secret, so a rotation of the server secret leaves it as
+    it is; destroying the tenant key (crypto-shredding) changes it.
+    """
+    key = hmac.new(tenant_key.material, SECRET_LABEL + endpoint_id.encode(), hashlib.sha256).digest()
     return "whsec_" + base64.b64encode(key).decode()
 
 
@@ -413,9 +417,12 @@ class Attempt:
     endpoint_id: str
     event_id: str
     body: str
+    signing_secret: str = field(repr=False)
 
 
-def begin_attempt(session: Session, *, delivery_id: str, number: int, hold: timedelta, now: datetime) -> Attempt | None:
+def begin_attempt(
+    session: Session, *, delivery_id: str, number: int, hold: timedelta, now: datetime, server_secret: str
+) -> Attempt | None:
     """Claim attempt `number` of a delivery for `hold`; None when it is not that attempt's turn (done,
     failed, another attempt, or one in flight)."""
     delivery = session.get(WebhookDelivery, delivery_id)
@@ -435,7 +442,10 @@ def begin_attempt(session: Session, *, delivery_id: str, number: int, hold: time
     if claimed != 1:
         return None
     endpoint, event = session.get(WebhookEndpoint, delivery.endpoint_id), session.get(WebhookEvent, delivery.event_id)
-    return Attempt(delivery_id, number, endpoint.url, endpoint.id, event.id, event.body)
+    tenant_key = tenant_keys.current(session, tenant_id=endpoint.tenant_id, secret=server_secret)
+    return Attempt(
+        delivery_id, number, endpoint.url, endpoint.id, event.id, event.body, endpoint_secret(tenant_key, endpoint.id)
+    )
 
 
 def finish_attempt(

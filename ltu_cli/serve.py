@@ -90,13 +90,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=_purge)
 
-    p = sub.add_parser("secret", help="the server secret (LTU_SECRET_KEY) that keys the ledger's subject hashes")
+    p = sub.add_parser("secret", help="the server secret (LTU_SECRET_KEY) and the tenant keys wrapped under it")
     actions = p.add_subparsers(dest="secret_command", required=True, metavar="ACTION")
     r = actions.add_parser(
-        "rotate", help="make the ledger expect a new secret (refused while it stores hashes keyed by the current one)"
+        "rotate", help="make the ledger expect a new secret: every tenant key is re-wrapped, no hash changes"
     )
     r.add_argument("--new-key-file", required=True, type=Path, help="file holding the new secret")
     r.set_defaults(handler=_secret_rotate)
+    r = actions.add_parser(
+        "shred-tenant",
+        help="destroy a tenant's key (crypto-shredding): its stored hashes can never be linked to a subject id again",
+    )
+    r.add_argument("--tenant", required=True, help="the tenant's name")
+    r.add_argument("--confirm", required=True, metavar="NAME", help="the tenant's name again (this cannot be undone)")
+    r.set_defaults(handler=_secret_shred_tenant)
 
 
 # --- composition ------------------------------------------------------------------------------------
@@ -341,14 +348,51 @@ def _secret_rotate(args: argparse.Namespace) -> int:
     database = Database(settings.ledger.database_url)
     try:
         with database.transaction() as session:
-            secret_check.rotate(session, current=settings.ledger.secret_key, new=new, actor="cli")
+            rewrapped, adopted = secret_check.rotate(session, current=settings.ledger.secret_key, new=new, actor="cli")
     except (ConfigError, LedgerError) as exc:
         raise CLIError(str(exc)) from None
     finally:
         database.dispose()
     print(
-        f"ltu secret rotate: the ledger now expects the secret in {args.new_key_file}; "
-        "set LTU_SECRET_KEY_FILE to it in every process",
+        f"ltu secret rotate: {rewrapped} tenant key(s) re-wrapped ({adopted} adopting hashes made before tenant keys); "
+        f"the ledger now expects the secret in {args.new_key_file}: set LTU_SECRET_KEY_FILE to it in every process "
+        "and restart them",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _secret_shred_tenant(args: argparse.Namespace) -> int:
+    from ledger import tenant_keys, tenants
+    from ledger.db import Database
+    from ledger.errors import LedgerError
+
+    if args.confirm != args.tenant:
+        raise CLIError("--confirm must repeat the tenant's name: destroying its key cannot be undone")
+    settings = load_settings()
+    database = Database(settings.ledger.database_url)
+    try:
+        with database.transaction() as session:
+            tenant = tenants.get_tenant_by_name(session, name=args.tenant)
+            if tenant is None:
+                raise CLIError(f"no tenant named {args.tenant!r}")
+            destroyed = tenant_keys.destroy(
+                session, tenant_id=tenant.id, secret=settings.ledger.secret_key, actor="cli"
+            )
+    except LedgerError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        database.dispose()
+    legacy = (
+        " It was a legacy key (the server secret of migration 0011's time): rotate the server secret too, "
+        "or its hashes stay linkable by whoever holds that secret."
+        if destroyed.origin == tenant_keys.LEGACY
+        else ""
+    )
+    print(
+        f"ltu secret shred-tenant: key {destroyed.id} of tenant {args.tenant!r} destroyed. Subject ids can no "
+        "longer be matched against anything it keyed (its datasets' subjects are not found by later erasures); "
+        f"the tenant's next keyed operation gets a new key and its webhook endpoints new signing secrets.{legacy}",
         file=sys.stderr,
     )
     return 0

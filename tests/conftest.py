@@ -253,9 +253,8 @@ def submit_backdated():
     """Factory: `submit(service, model_id, subject, days_ago)` → the id of a request received `days_ago` days ago."""
     from datetime import timedelta
 
-    from ledger import requests
+    from ledger import requests, tenant_keys
     from ledger.db import Database
-    from ledger.hashing import subject_hash
     from ledger.tables import Model, utcnow
 
     def submit(service: Service, model_id: str, subject: str, days_ago: float) -> str:
@@ -263,7 +262,8 @@ def submit_backdated():
         try:
             with database.transaction() as session:
                 model = session.get(Model, model_id)
-                target = requests.Target("subjects", (subject_hash(service.settings.ledger.secret_key, subject),))
+                key = tenant_keys.current(session, tenant_id=model.tenant_id, secret=service.settings.ledger.secret_key)
+                target = requests.Target("subjects", (key.subject_hash(subject),))
                 request, _ = requests.create_request(
                     session,
                     tenant_id=model.tenant_id,
@@ -273,6 +273,7 @@ def submit_backdated():
                     parameters={},
                     idempotency_key=None,
                     body_hash=secrets.token_hex(32),
+                    tenant_key_id=key.id,
                     actor="test",
                     now=utcnow() - timedelta(days=days_ago),
                 )

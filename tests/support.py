@@ -49,6 +49,14 @@ def new_key(service, *, scopes, tenant="default") -> str:
     return secret
 
 
+def tenant_key(database, tenant_id: str, secret: str):
+    """The tenant's live key (ledger.tenant_keys), created on first use: what the API hashes subject ids with."""
+    from ledger import tenant_keys
+
+    with database.transaction() as session:
+        return tenant_keys.current(session, tenant_id=tenant_id, secret=secret)
+
+
 def problem(response, status: int) -> dict:
     """Check a problem+json answer and return its body."""
     assert response.status_code == status, response.text

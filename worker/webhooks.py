@@ -42,7 +42,12 @@ def deliver(database: Database, settings: Settings, *, delivery_id: str, attempt
     """Make one attempt of a delivery; its new status, or None when it was not this attempt's turn."""
     with database.transaction() as session:
         claimed = webhooks.begin_attempt(
-            session, delivery_id=delivery_id, number=attempt, hold=attempt_hold(settings), now=utcnow()
+            session,
+            delivery_id=delivery_id,
+            number=attempt,
+            hold=attempt_hold(settings),
+            now=utcnow(),
+            server_secret=settings.ledger.secret_key,
         )
     if claimed is None:
         return None
@@ -69,13 +74,14 @@ def send(attempt: webhooks.Attempt, settings: Settings) -> tuple[int | None, str
     if refused:
         return None, refused
     sent_at = int(time.time())
-    secret = webhooks.endpoint_secret(settings.ledger.secret_key, attempt.endpoint_id)
     headers = {
         "content-type": "application/json",
         "user-agent": USER_AGENT,
         "webhook-id": attempt.event_id,
         "webhook-timestamp": str(sent_at),
-        "webhook-signature": webhooks.signature(secret, msg_id=attempt.event_id, sent_at=sent_at, body=attempt.body),
+        "webhook-signature": webhooks.signature(
+            attempt.signing_secret, msg_id=attempt.event_id, sent_at=sent_at, body=attempt.body
+        ),
     }
     try:
         with (

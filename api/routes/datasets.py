@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
@@ -12,9 +11,8 @@ from api.errors import ProblemError
 from api.routes.common import problems
 from api.schemas import DatasetPage, DatasetRead
 from api.uploads import FORMAT_VERSION, TooLarge, UploadError, save_stream, unpack_dataset_archive
-from ledger import datasets
+from ledger import datasets, tenant_keys
 from ledger.artifacts import sha256_file
-from ledger.hashing import subject_hash
 from ledger.tables import Dataset, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -45,13 +43,16 @@ def register_dataset(
     with 413 (`payload_too_large`) as soon as it passes the limit. The format: README, "Datasets: the
     ltu-dataset format"; `ltu dataset pack` builds one and `ltu dataset validate` checks one.
     """
+    tenant_key = tenant_keys.current(
+        session, tenant_id=key.tenant_id, secret=settings.ledger.secret_key, actor=actor(key)
+    )
     staged, folder = store.staging_file(".tar"), store.staging_dir()
     try:
         save_stream(archive.file, staged, limit=settings.api.max_dataset_bytes)
         upload = unpack_dataset_archive(
             staged,
             folder,
-            hash_subject=partial(subject_hash, settings.ledger.secret_key),
+            hash_subject=tenant_key.subject_hash,
             max_bytes=settings.api.max_dataset_bytes,
         )
         dataset_id = new_id()
@@ -76,6 +77,7 @@ def register_dataset(
         archive_sha256=archive_sha,
         storage_key=storage_key,
         samples=upload.samples,
+        tenant_key_id=tenant_key.id,
         actor=actor(key),
     )
     response.headers["Location"] = f"/v1/datasets/{dataset.id}"

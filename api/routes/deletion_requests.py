@@ -25,8 +25,7 @@ from api.schemas import (
     RequestSampleRead,
     RequestStatus,
 )
-from ledger import certificates, requests
-from ledger.hashing import body_hash, subject_hash
+from ledger import certificates, requests, tenant_keys
 from ledger.tables import ACTIVE_STATUSES, DeletionRequest, ModelVersion, utcnow
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
@@ -69,10 +68,10 @@ def _read(r: DeletionRequest, version: ModelVersion | None) -> DeletionRequestRe
     )
 
 
-def _target(body: DeletionRequestCreate, secret_key: str) -> requests.Target:
+def _target(body: DeletionRequestCreate, tenant_key: tenant_keys.Key) -> requests.Target:
     # Subject ids enter the ledger only as keyed hashes.
     if body.subject_ids is not None:
-        hashes = tuple(subject_hash(secret_key, s) for s in body.subject_ids)
+        hashes = tuple(tenant_key.subject_hash(s) for s in body.subject_ids)
         return requests.Target(kind="subjects", subject_hashes=hashes)
     return requests.Target(kind="samples", sample_ids=tuple(body.sample_ids or ()))
 
@@ -107,16 +106,20 @@ def create_deletion_request(
             f"at most {limit} subject or sample ids per request (LTU_MAX_SUBJECTS_PER_REQUEST)",
             code="validation_error",
         )
+    tenant_key = tenant_keys.current(
+        session, tenant_id=key.tenant_id, secret=settings.ledger.secret_key, actor=actor(key)
+    )
     request, created = requests.submit(
         session,
         tenant_id=key.tenant_id,
         api_key_id=key.id,
         model_id=body.model_id,
-        target=_target(body, settings.ledger.secret_key),
+        target=_target(body, tenant_key),
         method=body.method or settings.api.default_method,
         parameters=body.parameters,
         idempotency_key=idempotency_key,
-        body_hash=body_hash(settings.ledger.secret_key, body.model_dump(mode="json")),
+        body_hash=tenant_key.body_hash(body.model_dump(mode="json")),
+        tenant_key_id=tenant_key.id,
         actor=actor(key),
         per_minute=settings.api.rate_limit_per_minute,
         burst=settings.api.rate_limit_burst,
@@ -200,7 +203,9 @@ def extend_deadline(
         request_id=request_id,
         months=body.months,
         reason=body.reason,
-        reason_hash=body_hash(settings.ledger.secret_key, {"deadline_extension_reason": body.reason}),
+        reason_hash=tenant_keys.current(
+            session, tenant_id=key.tenant_id, secret=settings.ledger.secret_key, actor=actor(key)
+        ).body_hash({"deadline_extension_reason": body.reason}),
         actor=actor(key),
     )
     return request_reads(session, [request])[0]

@@ -31,9 +31,8 @@ from api.schemas import (
     ErasureSubjectRead,
     Progress,
 )
-from ledger import certificates, erasures
+from ledger import certificates, erasures, tenant_keys
 from ledger.db import Database
-from ledger.hashing import body_hash, subject_hash
 from ledger.tables import ACTIVE_STATUSES, ApiKey, Erasure
 from ltu_settings import Settings
 
@@ -188,7 +187,9 @@ def _accept(
     bulk: bool,
 ) -> ErasureRead:
     """Submit an erasure (single or bulk) and answer 202 with its Location; a replay says so."""
-    secret = settings.ledger.secret_key
+    tenant_key = tenant_keys.current(
+        session, tenant_id=key.tenant_id, secret=settings.ledger.secret_key, actor=actor(key)
+    )
     erasure, created = erasures.submit(
         session,
         tenant_id=key.tenant_id,
@@ -197,14 +198,15 @@ def _accept(
         burst=settings.api.rate_limit_burst,
         bulk=bulk,
         # Subject ids enter the ledger only as keyed hashes.
-        subject_hashes=[subject_hash(secret, s) for s in body.subject_ids],
+        subject_hashes=[tenant_key.subject_hash(s) for s in body.subject_ids],
         model_ids=body.model_ids,
         dataset_ids=body.dataset_ids,
         method=body.method or settings.api.default_method,
         parameters=body.parameters or {},
         idempotency_key=idempotency_key,
         # The parsed body: the same subjects as JSON or NDJSON (or with repeats) are the same erasure.
-        body_hash=body_hash(secret, body.model_dump(mode="json")),
+        body_hash=tenant_key.body_hash(body.model_dump(mode="json")),
+        tenant_key_id=tenant_key.id,
         actor=actor(key),
     )
     response.headers["Location"] = f"/v1/erasures/{erasure.id}"

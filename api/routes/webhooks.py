@@ -19,7 +19,7 @@ from api.schemas import (
     WebhookPage,
     WebhookRead,
 )
-from ledger import webhooks
+from ledger import tenant_keys, webhooks
 from ledger.tables import WebhookDelivery
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -39,7 +39,8 @@ def create_webhook(
         actor=actor(key),
     )
     response.headers["Location"] = f"/v1/webhooks/{endpoint.id}"
-    secret = webhooks.endpoint_secret(settings.ledger.secret_key, endpoint.id)
+    tenant_key = tenant_keys.current(session, tenant_id=key.tenant_id, secret=settings.ledger.secret_key)
+    secret = webhooks.endpoint_secret(tenant_key, endpoint.id)
     return WebhookCreated(**WebhookRead.model_validate(endpoint).model_dump(), secret=secret)
 
 

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from tests.support import tenant_key
+
 
 def _schema_diff(url: str) -> list:
     from alembic.autogenerate import compare_metadata
@@ -168,16 +170,19 @@ def test_subject_hashes_are_keyed(api, artifacts):
 
     from ledger.db import Database
     from ledger.hashing import subject_hash
-    from ledger.tables import DatasetSample
+    from ledger.tables import Dataset, DatasetSample
 
-    api.client.register_dataset(artifacts.archive)
+    dataset = api.client.register_dataset(artifacts.archive)
     subject = artifacts.subject_with_train_samples()
     database = Database(api.settings.ledger.database_url)
     with database.session() as session:
         stored = set(session.scalars(select(DatasetSample.subject_hash)))
+        row = session.get(Dataset, dataset.id)
+    key = tenant_key(database, row.tenant_id, api.settings.ledger.secret_key)
     database.dispose()
-    assert subject_hash(api.settings.ledger.secret_key, subject) in stored
-    assert subject_hash("another-secret", subject) not in stored
+    assert row.tenant_key_id == key.id and key.subject_hash(subject) in stored
+    # Keyed by the tenant's own key, not by the server secret itself.
+    assert subject_hash(api.settings.ledger.secret_key.encode(), subject) not in stored
     # Neither the ledger file nor the stored dataset keeps the raw subject id.
     assert all(subject.encode() not in f.read_bytes() for f in api.settings.ledger.home.glob("ledger.db*"))
     stored_csv = next(api.settings.ledger.artifacts_dir.glob("datasets/*/samples.csv")).read_text()
@@ -187,9 +192,8 @@ def test_subject_hashes_are_keyed(api, artifacts):
 def test_a_claim_that_races_the_relay_marking_it_queued_still_starts_it(celery_service, artifacts, monkeypatch):
     """Postgres, READ COMMITTED: the relay commits received → queued between the worker's read and
     its compare-and-set; the claim retries on the new state instead of dropping the request."""
-    from ledger import requests
+    from ledger import requests, tenant_keys
     from ledger.db import Database
-    from ledger.hashing import subject_hash
     from ledger.tables import Model, OutboxMessage
 
     client = celery_service.client
@@ -198,10 +202,9 @@ def test_a_claim_that_races_the_relay_marking_it_queued_still_starts_it(celery_s
     database = Database(celery_service.settings.ledger.database_url)
     try:
         with database.transaction() as setup:  # a request the relay never sees (its outbox row is removed)
-            target = requests.Target(
-                "subjects",
-                (subject_hash(celery_service.settings.ledger.secret_key, artifacts.subject_with_train_samples(5)),),
-            )
+            tenant_id = setup.get(Model, model.id).tenant_id
+            key = tenant_keys.current(setup, tenant_id=tenant_id, secret=celery_service.settings.ledger.secret_key)
+            target = requests.Target("subjects", (key.subject_hash(artifacts.subject_with_train_samples(5)),))
             request, _ = requests.create_request(
                 setup,
                 tenant_id=setup.get(Model, model.id).tenant_id,
@@ -211,6 +214,7 @@ def test_a_claim_that_races_the_relay_marking_it_queued_still_starts_it(celery_s
                 parameters={},
                 idempotency_key=None,
                 body_hash="0" * 64,
+                tenant_key_id=key.id,
                 actor="test",
             )
             request_id = request.id

@@ -22,15 +22,27 @@ def estate(api, artifacts, tmp_path):
     database.dispose()
 
 
-def hashed(service, *subject_ids: str) -> list[str]:
-    from ledger.hashing import subject_hash
+def hashed(service, tenant_id: str, *subject_ids: str) -> list[str]:
+    """The subject ids as the API stores them: hashed under the tenant's key."""
+    from ledger import tenant_keys
+    from ledger.db import Database
 
-    return [subject_hash(service.settings.ledger.secret_key, s) for s in subject_ids]
+    database = Database(service.settings.ledger.database_url)
+    try:
+        with database.transaction() as session:
+            key = tenant_keys.current(session, tenant_id=tenant_id, secret=service.settings.ledger.secret_key)
+    finally:
+        database.dispose()
+    return [key.subject_hash(s) for s in subject_ids]
 
 
 def erase(session, tenant_id, subject_hashes, *, key=None, body="body", model_ids=None, dataset_ids=None):
-    from ledger import erasures
+    from sqlalchemy import select
 
+    from ledger import erasures
+    from ledger.tables import TenantKey
+
+    live_key = select(TenantKey.id).where(TenantKey.tenant_id == tenant_id, TenantKey.destroyed_at.is_(None))
     return erasures.create_erasure(
         session,
         tenant_id=tenant_id,
@@ -41,6 +53,7 @@ def erase(session, tenant_id, subject_hashes, *, key=None, body="body", model_id
         parameters={"max_passes": 1.0, "batch_size": 4, "attacker_steps": 20},
         idempotency_key=key,
         body_hash=body,
+        tenant_key_id=session.scalar(live_key),
         actor="test",
     )
 
@@ -52,9 +65,9 @@ def test_one_erasure_makes_one_request_per_model_trained_on_the_person(estate, a
     from ledger.tables import AuditEvent, DeletionRequest
 
     service, estate, database, tenant_id = estate
-    person = hashed(service, artifacts.subject_with_train_samples(0))
+    person = hashed(service, tenant_id, artifacts.subject_with_train_samples(0))
     with database.transaction() as session:
-        erasure, created = erase(session, tenant_id, [*person, *hashed(service, "nobody-at-all")])
+        erasure, created = erase(session, tenant_id, [*person, *hashed(service, tenant_id, "nobody-at-all")])
         erasure_id = erasure.id
     assert created
     with database.session() as session:
@@ -81,7 +94,7 @@ def test_restrictions_replays_and_unknown_ids(estate, artifacts):
     from ledger.errors import IdempotencyConflict, NotFound
 
     service, estate, database, tenant_id = estate
-    person = hashed(service, artifacts.subject_with_train_samples(1))
+    person = hashed(service, tenant_id, artifacts.subject_with_train_samples(1))
     with database.transaction() as session:
         only_first, _ = erase(session, tenant_id, person, model_ids=[estate.model_ids[0]], key="k1")
         assert [r.model_id for r in requests_of(session, only_first)] == [estate.model_ids[0]]
@@ -127,9 +140,9 @@ def test_the_aggregate_status_in_python_and_in_sql(estate, artifacts, statuses, 
     from ledger.tables import DeletionRequest
 
     service, estate, database, tenant_id = estate
-    person = hashed(service, artifacts.subject_with_train_samples(0))
+    person = hashed(service, tenant_id, artifacts.subject_with_train_samples(0))
     with database.transaction() as session:
-        erasure, _ = erase(session, tenant_id, person if statuses else hashed(service, "nobody"))
+        erasure, _ = erase(session, tenant_id, person if statuses else hashed(service, tenant_id, "nobody"))
         requests = requests_of(session, erasure)
         for request, status in zip(requests, statuses, strict=True):
             session.execute(update(DeletionRequest).where(DeletionRequest.id == request.id).values(status=status))
@@ -148,7 +161,7 @@ def test_a_model_that_forgot_the_person_gets_no_second_request_and_the_locations
 
     service, estate, database, tenant_id = estate
     subject = artifacts.subject_with_train_samples(0)
-    (person,) = hashed(service, subject)
+    (person,) = hashed(service, tenant_id, subject)
 
     def locations():
         with database.session() as session:
@@ -187,7 +200,7 @@ def test_a_subject_found_nowhere_is_recorded_and_completed_without_requests(esta
 
     service, estate, database, tenant_id = estate
     with database.transaction() as session:
-        erasure, created = erase(session, tenant_id, hashed(service, "nobody", "no-one"))
+        erasure, created = erase(session, tenant_id, hashed(service, tenant_id, "nobody", "no-one"))
         state = erasures.states(session, [erasure])[0]
     assert created and state.requests == [] and state.dataset_purge == []
     assert (state.status, state.erasure.subjects_not_found, state.finished_at) == (
@@ -196,5 +209,7 @@ def test_a_subject_found_nowhere_is_recorded_and_completed_without_requests(esta
         state.erasure.received_at,
     )
     with database.session() as session:
-        nowhere = erasures.subject_locations(session, tenant_id=tenant_id, subject_hash=hashed(service, "nobody")[0])
+        nowhere = erasures.subject_locations(
+            session, tenant_id=tenant_id, subject_hash=hashed(service, tenant_id, "nobody")[0]
+        )
     assert (nowhere.datasets, nowhere.models) == ([], [])

@@ -319,6 +319,7 @@ def test_queueing_claiming_and_superseding_on_postgres(fresh_postgres_url):
                 archive_sha256="0" * 64,
                 storage_key="datasets/x",
                 samples=[SampleRow(i, f"s{i}", "h" * 64, i % 2, "train") for i in range(4)],
+                tenant_key_id=0,  # no subject is looked up here
                 actor="test",
             )
             model, _ = registry.create_model(

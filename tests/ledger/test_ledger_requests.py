@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support import tenant_key
+
 
 @pytest.fixture()
 def ledger(api, artifacts):
-    """(database, model id, tenant id, secret key) of a registered model with no requests."""
+    """(database, model id, tenant id, tenant key) of a registered model with no requests."""
     from ledger.db import Database
 
     dataset = api.client.register_dataset(artifacts.archive)
@@ -18,7 +20,7 @@ def ledger(api, artifacts):
         from ledger.tables import Model
 
         tenant_id = session.get(Model, model.id).tenant_id
-    yield database, model.id, tenant_id, api.settings.ledger.secret_key
+    yield database, model.id, tenant_id, tenant_key(database, tenant_id, api.settings.ledger.secret_key)
     database.dispose()
 
 
@@ -51,7 +53,7 @@ def test_a_submission_takes_its_token_last_and_a_rate_limited_one_writes_nothing
     from ledger.errors import InvalidInput, RateLimited
     from ledger.tables import AuditEvent, DeletionRequest, RateLimitBucket
 
-    database, model_id, tenant_id, _ = ledger
+    database, model_id, tenant_id, key = ledger
     with database.transaction() as session:
         key_id = tenants.create_key(session, tenant_id=tenant_id, name="limited", scopes=["submit"], actor="test")[0].id
 
@@ -66,6 +68,7 @@ def test_a_submission_takes_its_token_last_and_a_rate_limited_one_writes_nothing
             parameters={},
             idempotency_key=idempotency_key,
             body_hash=str(sample_ids),
+            tenant_key_id=key.id,
             actor="test",
             per_minute=1,
             burst=2,
@@ -127,10 +130,9 @@ def test_forget_sets_are_the_named_training_samples_not_yet_erased(ledger, artif
 
     from ledger import datasets, requests
     from ledger.errors import InvalidInput
-    from ledger.hashing import subject_hash
     from ledger.tables import COMPLETED, DeletionRequest, Model
 
-    database, model_id, tenant_id, secret_key = ledger
+    database, model_id, tenant_id, key = ledger
     train = set(artifacts.dataset.sample_ids[artifacts.dataset.split_indices("train")].tolist())
     first_subject = artifacts.subject_with_train_samples(0)
     mixed = next(
@@ -152,14 +154,13 @@ def test_forget_sets_are_the_named_training_samples_not_yet_erased(ledger, artif
                 parameters={},
                 idempotency_key=None,
                 body_hash=str(target),
+                tenant_key_id=key.id,
                 actor="test",
             )[0].id
 
         first = create(requests.Target("samples", sample_ids=train_samples(artifacts, 0)))
         both = create(
-            requests.Target(
-                "subjects", subject_hashes=tuple(subject_hash(secret_key, s) for s in (first_subject, mixed))
-            )
+            requests.Target("subjects", subject_hashes=tuple(key.subject_hash(s) for s in (first_subject, mixed)))
         )  # names every split's samples
 
     def forget_sets(request_ids):
@@ -191,10 +192,11 @@ def test_forget_sets_are_the_named_training_samples_not_yet_erased(ledger, artif
             session,
             tenant_id=tenant_id,
             model=session.get(Model, model_id),
-            target=requests.Target("subjects", subject_hashes=(subject_hash(secret_key, first_subject),)),
+            target=requests.Target("subjects", subject_hashes=(key.subject_hash(first_subject),)),
             method="ltu",
             parameters={},
             idempotency_key=None,
             body_hash="x",
+            tenant_key_id=key.id,
             actor="test",
         )

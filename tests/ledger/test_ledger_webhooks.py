@@ -63,11 +63,14 @@ def test_the_signature_is_standard_webhooks_v1():
     assert signed == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
-def test_an_endpoint_secret_is_derived_per_endpoint_and_server_secret():
-    secret = webhooks.endpoint_secret("s" * 40, "endpoint-1")
-    assert secret.startswith("whsec_") and secret == webhooks.endpoint_secret("s" * 40, "endpoint-1")
-    assert secret != webhooks.endpoint_secret("s" * 40, "endpoint-2")
-    assert secret != webhooks.endpoint_secret("t" * 40, "endpoint-1")
+def test_an_endpoint_secret_is_derived_per_endpoint_and_tenant_key():
+    from ledger.tenant_keys import Key
+
+    one, another = Key(1, b"s" * 32), Key(2, b"t" * 32)
+    secret = webhooks.endpoint_secret(one, "endpoint-1")
+    assert secret.startswith("whsec_") and secret == webhooks.endpoint_secret(Key(1, b"s" * 32), "endpoint-1")
+    assert secret != webhooks.endpoint_secret(one, "endpoint-2")
+    assert secret != webhooks.endpoint_secret(another, "endpoint-1")
 
 
 @pytest.mark.parametrize(
@@ -166,7 +169,14 @@ def test_each_attempt_is_claimed_once_backs_off_and_the_last_one_fails_the_deliv
 
     def begin(number: int):
         with database.transaction() as session:
-            return webhooks.begin_attempt(session, delivery_id=delivery.id, number=number, hold=hold, now=now)
+            return webhooks.begin_attempt(
+                session,
+                delivery_id=delivery.id,
+                number=number,
+                hold=hold,
+                now=now,
+                server_secret=api.settings.ledger.secret_key,
+            )
 
     def finish(attempt, status_code):
         with database.transaction() as session:
@@ -209,7 +219,14 @@ def test_a_delivered_delivery_takes_no_more_attempts_and_a_replay_is_a_new_deliv
     (delivery,) = deliveries(database)
     now = utcnow()
     with database.transaction() as session:
-        attempt = webhooks.begin_attempt(session, delivery_id=delivery.id, number=1, hold=timedelta(seconds=9), now=now)
+        attempt = webhooks.begin_attempt(
+            session,
+            delivery_id=delivery.id,
+            number=1,
+            hold=timedelta(seconds=9),
+            now=now,
+            server_secret=api.settings.ledger.secret_key,
+        )
         assert (
             webhooks.finish_attempt(
                 session, attempt, status_code=204, error=None, max_attempts=3, backoff_first=1, backoff_cap=1, now=now
@@ -217,7 +234,14 @@ def test_a_delivered_delivery_takes_no_more_attempts_and_a_replay_is_a_new_deliv
             == "delivered"
         )
         assert (
-            webhooks.begin_attempt(session, delivery_id=delivery.id, number=2, hold=timedelta(seconds=9), now=now)
+            webhooks.begin_attempt(
+                session,
+                delivery_id=delivery.id,
+                number=2,
+                hold=timedelta(seconds=9),
+                now=now,
+                server_secret=api.settings.ledger.secret_key,
+            )
             is None
         )
         replayed = webhooks.replay(
@@ -235,7 +259,12 @@ def test_deleting_an_endpoint_fails_its_pending_deliveries_and_nothing_is_sent(a
         webhooks.delete_endpoint(session, tenant_id=tenant_id, endpoint_id=endpoint_id, actor="test")
     with database.transaction() as session:
         claimed = webhooks.begin_attempt(
-            session, delivery_id=delivery.id, number=1, hold=timedelta(seconds=9), now=utcnow()
+            session,
+            delivery_id=delivery.id,
+            number=1,
+            hold=timedelta(seconds=9),
+            now=utcnow(),
+            server_secret=api.settings.ledger.secret_key,
         )
     assert claimed is None
     (failed,) = deliveries(database)
