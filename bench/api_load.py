@@ -1,12 +1,15 @@
 """Load benchmark of the erasure API: Postgres, several uvicorn workers, erasure submissions and
-status reads on loopback, then a check that every accepted (202) request is in the ledger.
+status reads on loopback, then a check that every accepted (202) request is in the ledger; the same
+load then drives a bare floor (bench/floor_app.py) and the two are compared.
 
-    python bench/api_load.py --quick     # smoke: 200 submissions + 400 reads, well under a minute
+    python bench/api_load.py --quick     # smoke: 200 submissions + 400 reads each, about a minute
     python bench/api_load.py             # 2000 submissions + 4000 reads, 2 workers, 16 in flight
     python bench/api_load.py --workers 4 --concurrency 32 --json /tmp/api_load-4w.json
+    python bench/api_load.py --no-floor  # the service alone, as before the floor existed
 
 (with the project's virtualenv, e.g. `.venv/bin/python bench/api_load.py`, from any directory;
-it needs Postgres with trust auth on 127.0.0.1:5432, or a URL in --postgres).
+it needs Postgres with trust auth on 127.0.0.1:5432, or a URL in --postgres). Where one
+submission's and one read's time goes, statement by statement: bench/api_profile.py.
 
 What it does, in order:
 
@@ -20,21 +23,32 @@ What it does, in order:
    --concurrency requests in flight): POST /v1/deletion-requests with a distinct Idempotency-Key
    each, naming a random subject that has training samples, and GET /v1/deletion-requests/{id} of
    ids already accepted. Every latency and status code is recorded; every non-2xx is reported;
-5. reads the database directly: each id answered with 202 must have its deletion_requests row,
-   its request_samples, its outbox row and its `deletion_request.received` audit event
-   ("lost: 0"), and the audit hash chain must verify (GET /v1/audit/verify);
-6. prints the table (operation | count | errors | ops/s | p50 | p95 | p99) and writes --json;
-   stops the server and drops the database, also on Ctrl-C or failure.
+   the CPU of the uvicorn processes during the load is read from /proc;
+5. stops it and starts the bare floor the same way (uvicorn, as many workers, same database, its
+   own table): FastAPI + pydantic + SQLAlchemy Core, one INSERT + COMMIT per POST, one SELECT by
+   primary key per GET, no authentication, idempotency, rate limit, audit or outbox. The same
+   client drives it with the same seed (same operation order and subjects), warm-up included;
+   `--floor-first` swaps the order, `--no-floor` skips it;
+6. reads the database directly: each id the service answered with 202 must have its
+   deletion_requests row, its request_samples, its outbox row and its `deletion_request.received`
+   audit event ("lost: 0"), and the audit hash chain must verify (GET /v1/audit/verify); each id
+   the floor answered with 202 must be in its table;
+7. prints each server's table (operation | count | errors | ops/s | p50 | p95 | p99), then the
+   comparison (service and floor rows, service / floor ratios of throughput, p99 and server CPU
+   per request) and writes --json; stops the servers and drops the database, also on Ctrl-C or
+   failure.
 
 What it measures and what it does not: the API and the ledger only. No Celery worker runs and the
 outbox is not relayed (Redis is never touched), so every request stays `received`; reads see small
 rows. Rate limiting is raised out of the way (LTU_RATE_LIMIT_*), so this is the service's raw
 capacity, not the admission policy. Client, server and Postgres share this machine's cores over
-loopback: the numbers are a regression yardstick for this machine, not a capacity plan. The
-process CPU split printed at the end shows how much the load generator itself took.
+loopback: the numbers are a regression yardstick for this machine, not a capacity plan, and the
+ratios to the floor, measured minutes apart under the same conditions, say more than either
+absolute row. The process CPU split printed at the end shows how much the load generator took.
 
 Exit status: 0 when nothing was lost, the chain verifies and (unless --allow-errors) no request
-failed; 1 otherwise; 2 when the benchmark could not run (no Postgres, the server did not start).
+failed, the floor's included; 1 otherwise; 2 when the benchmark could not run (no Postgres, a
+server did not start).
 """
 
 from __future__ import annotations
@@ -111,7 +125,7 @@ class Server:
 
 @contextmanager
 def running_server(env: dict[str, str], workers: int, log: Path) -> Iterator[Server]:
-    """Start `uvicorn --workers N` on a free loopback port; yield once every worker has started."""
+    """Start `ltu serve --workers N` on a free loopback port; yield once every worker has started."""
     port = _free_port()
     # Exactly how a deployment runs the API: `ltu serve --workers N`, one app per process, its JSON
     # access log included (at INFO, which also carries the per-worker start-up lines waited for).
@@ -127,6 +141,43 @@ def running_server(env: dict[str, str], workers: int, log: Path) -> Iterator[Ser
         "--workers",
         str(workers),
     ]
+    with _started(command, env, workers, log, port, what="the API server") as server:
+        yield server
+
+
+@contextmanager
+def running_floor(database_url: str, workers: int, log: Path, http: str) -> Iterator[Server]:
+    """Start the bare floor (bench/floor_app.py) under uvicorn with `workers` processes on a free loopback port."""
+    port = _free_port()
+    # uvicorn's own defaults but for its access log: the floor is what the framework costs, and the
+    # service writes its access line through its own middleware (counted in its CPU, not here).
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(REPO / "bench"),
+        "floor_app:app_from_env",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--http",
+        http,
+        "--no-access-log",
+    ]
+    env = {**os.environ, floor_app_module().DATABASE_URL_VARIABLE: database_url}
+    with _started(command, env, workers, log, port, what="the floor server") as server:
+        yield server
+
+
+@contextmanager
+def _started(
+    command: list[str], env: dict[str, str], workers: int, log: Path, port: int, what: str
+) -> Iterator[Server]:
     with open(log, "wb") as out:
         # A session of its own: a Ctrl-C in the terminal reaches only this script, whose finally
         # stops the server in order (uvicorn's supervisor then stops its workers).
@@ -148,7 +199,7 @@ def running_server(env: dict[str, str], workers: int, log: Path) -> Iterator[Ser
                     if "Traceback" in log_text
                     else "timed out"
                 )
-                raise BenchError(f"the API server {state} before all {workers} workers started:\n{server.log_tail()}")
+                raise BenchError(f"{what} {state} before all {workers} workers started:\n{server.log_tail()}")
             time.sleep(0.2)
         yield server
     finally:
@@ -233,6 +284,26 @@ def check_ledger(database_url: str, accepted_ids: list[str]) -> LedgerCheck:
         total = conn.execute("SELECT count(*) FROM deletion_requests").fetchone()[0]
         dispatched = conn.execute("SELECT count(*) FROM outbox WHERE dispatched_at IS NOT NULL").fetchone()[0]
     return LedgerCheck(accepted=len(ids), missing=missing, unacknowledged=total - len(ids), dispatched=dispatched)
+
+
+def floor_app_module():
+    """bench/floor_app.py, imported by path (bench/ is no package): its table and its database variable."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_floor_app", REPO / "bench" / "floor_app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_floor(database_url: str, accepted_ids: list[str]) -> list[str]:
+    """The ids the floor answered 202 for that its table lacks (the floor must really commit to compare)."""
+    import psycopg
+
+    ids = sorted(set(accepted_ids))
+    with psycopg.connect(_libpq(database_url), connect_timeout=5) as conn:
+        found = {row[0] for row in conn.execute("SELECT id FROM floor_requests WHERE id = ANY(%s)", (ids,))}
+    return [i for i in ids if i not in found]
 
 
 # --- fixtures: a dataset and a model ------------------------------------------------------------------
@@ -445,28 +516,34 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     names = {SUBMIT: "POST /v1/deletion-requests", READ: "GET /v1/deletion-requests/{id}", "all": "all"}
     header = ("operation", "count", "errors", "ops/s", "p50 ms", "p95 ms", "p99 ms")
 
-    def num(value: float | None, digits: int) -> str:
-        return "–" if value is None else f"{value:.{digits}f}"
-
     body = [
         (
             names[op],
             str(r["count"]),
             str(r["errors"]),
-            num(r["ops_per_s"], 0),
-            num(r["p50_ms"], 1),
-            num(r["p95_ms"], 1),
-            num(r["p99_ms"], 1),
+            _num(r["ops_per_s"], 0),
+            _num(r["p50_ms"], 1),
+            _num(r["p95_ms"], 1),
+            _num(r["p99_ms"], 1),
         )
         for op, r in rows.items()
     ]
+    return _markdown(header, body)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _markdown(header: tuple[str, ...], body: list[tuple[str, ...]], left: tuple[int, ...] = (0,)) -> str:
+    """A markdown table, the `left` columns left-aligned, the others right-aligned (pastes into the README as is)."""
     widths = [max(len(row[i]) for row in (header, *body)) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
-        padded = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        padded = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    rule = "|" + "|".join("-" * (w + 2) if i in left else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     return "\n".join([line(header), rule, *(line(row) for row in body)])
 
 
@@ -579,13 +656,168 @@ def _git() -> dict[str, Any]:
     return {"commit": run("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
-def run(args: argparse.Namespace) -> int:
+def versions() -> dict[str, str | None]:
+    """Versions of what both servers run on (the floor's cost is mostly theirs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("fastapi", "starlette", "pydantic", "sqlalchemy", "psycopg", "uvicorn", "h11", "httptools", "uvloop"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+@dataclass
+class Measured:
+    """One server's run of the client pattern: warm-up, measured load, and the CPU used during the load."""
+
+    warm: LoadResult
+    load: LoadResult
+    cpu: dict[str, float | None]
+
+    @property
+    def rows(self) -> dict[str, dict[str, Any]]:
+        return summarize(self.load.records, self.load.wall_seconds)
+
+    @property
+    def server_cpu_ms_per_request(self) -> float | None:
+        used = self.cpu.get("api_server")
+        return used * 1000 / len(self.load.records) if used is not None and self.load.records else None
+
+    @property
+    def errors(self) -> Counter:
+        return Counter(r.error for r in self.warm.records + self.load.records if r.error)
+
+    def cpu_json(self) -> dict[str, Any]:
+        return {
+            "load_wall_seconds": round(self.load.wall_seconds, 2),
+            "cpu_seconds_during_load": {k: _round(v, 2) for k, v in self.cpu.items()},
+            "server_cpu_ms_per_request": _round(self.server_cpu_ms_per_request, 3),
+        }
+
+
+def drive(server: Server, *, api_key: str, model_id: str, subjects: list[str], args: argparse.Namespace) -> Measured:
+    """Warm up, then the measured load under a CpuMeter; a fresh Random(seed) per server, so that the
+    service and the floor get the same operation order and the same subjects."""
+    rng = random.Random(args.seed)
+    common = {
+        "url": server.url,
+        "api_key": api_key,
+        "model_id": model_id,
+        "subjects": subjects,
+        "concurrency": args.concurrency,
+        "rng": rng,
+    }
+    # Warm-up: connection pools, first imports and query plans of every worker; not in the statistics
+    # (the service's 202s are checked in the ledger like the others).
+    warm = asyncio.run(drive_load(**common, submissions=args.warmup, reads=args.warmup, key_prefix="warm"))
+    with CpuMeter(server) as cpu:
+        load = asyncio.run(
+            drive_load(
+                **common, submissions=args.submissions, reads=args.reads, key_prefix="load", readable=warm.accepted
+            )
+        )
+    return Measured(warm, load, cpu.used)
+
+
+@dataclass
+class ServiceRun:
+    measured: Measured
+    chain: dict[str, Any]
+    server_log: str
+
+
+def run_service(args: argparse.Namespace, database_url: str, fixture: Fixture, root: Path, t0: float) -> ServiceRun:
+    """`ltu serve`: register the dataset, model and a load key, drive the load, verify the audit chain."""
     from ltu_client import ApiError, Client
 
+    admin_key = "ltu_" + secrets.token_urlsafe(32)
+    env = server_env(database_url, args.broker_url, root / "home", admin_key)
+    with running_server(env, args.workers, root / "server.log") as server:
+        setup_seconds = time.perf_counter() - t0
+        try:
+            with Client(server.url, admin_key) as admin:
+                dataset = admin.register_dataset(fixture.archive, name="bench-synthetic")
+                model = admin.register_model(fixture.weights, dataset_id=dataset.id, name="bench-tiny")
+                load_key = admin.create_api_key("bench-load", ["submit", "read"])["key"]
+        except ApiError as exc:
+            raise BenchError(f"registering the dataset and model failed: {exc}\n{server.log_tail()}") from None
+        print(
+            f"api_load: service {server.url} ready, database {database_url.rsplit('/', 1)[1]}, "
+            f"dataset {dataset.id} ({len(fixture.subjects)} subjects with training samples), "
+            f"model {model.id}; set-up {setup_seconds:.1f} s"
+        )
+        measured = drive(server, api_key=load_key, model_id=model.id, subjects=fixture.subjects, args=args)
+        try:  # the chain is sealed under an advisory lock: concurrent commits must not fork it
+            with Client(server.url, admin_key) as admin:
+                chain = admin.verify_audit()
+        except ApiError as exc:
+            chain = {"valid": False, "broken": f"GET /v1/audit/verify: {exc}"}
+        return ServiceRun(measured, chain, server.log_tail(1 << 20))
+
+
+def run_floor(args: argparse.Namespace, database_url: str, fixture: Fixture, root: Path) -> Measured:
+    """The bare floor on its own table of the same database, driven exactly like the service."""
+    floor_app_module().create_table(database_url)
+    with running_floor(database_url, args.workers, root / "floor.log", args.floor_http) as server:
+        print(f"api_load: floor {server.url} ready (bench/floor_app.py, uvicorn --http {args.floor_http})")
+        # The same shape of body as the service gets; the floor checks no model, so any id does.
+        return drive(server, api_key="floor", model_id="floor-model", subjects=fixture.subjects, args=args)
+
+
+def comparison(service: Measured, floor: Measured) -> dict[str, Any]:
+    """Service over floor: throughput, p99 and server CPU per request, per operation of the same pattern."""
+    srows, frows = service.rows, floor.rows
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    return {
+        op: {
+            "ops_per_s": ratio(srows[op]["ops_per_s"], frows[op]["ops_per_s"]),
+            "p99_ms": ratio(srows[op]["p99_ms"], frows[op]["p99_ms"]),
+        }
+        for op in (SUBMIT, READ, "all")
+    } | {"server_cpu_ms_per_request": ratio(service.server_cpu_ms_per_request, floor.server_cpu_ms_per_request)}
+
+
+def comparison_table(service: Measured, floor: Measured, workers: int) -> str:
+    """The README's two rows (service, floor) and their ratio, per operation of the mixed load."""
+    ratios = comparison(service, floor)
+    header = ("server", "submissions/s", "p99 ms", "reads/s", "p99 ms", "CPU ms/request")
+
+    def cells(m: Measured) -> tuple[str, ...]:
+        rows = m.rows
+        return (
+            _num(rows[SUBMIT]["ops_per_s"], 0),
+            _num(rows[SUBMIT]["p99_ms"], 0),
+            _num(rows[READ]["ops_per_s"], 0),
+            _num(rows[READ]["p99_ms"], 0),
+            _num(m.server_cpu_ms_per_request, 2),
+        )
+
+    body = [
+        (f"`ltu serve --workers {workers}`", *cells(service)),
+        ("bare floor (bench/floor_app.py)", *cells(floor)),
+        (
+            "service / floor",
+            _num(ratios[SUBMIT]["ops_per_s"], 2),
+            _num(ratios[SUBMIT]["p99_ms"], 2),
+            _num(ratios[READ]["ops_per_s"], 2),
+            _num(ratios[READ]["p99_ms"], 2),
+            _num(ratios["server_cpu_ms_per_request"], 2),
+        ),
+    ]
+    return _markdown(header, body)
+
+
+def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    rng = random.Random(args.seed)
     cpus = os.cpu_count() or 1
     load_before = _load_average()  # other work on the machine skews every number: say how much there was
+    order = ["service"] if args.no_floor else ["floor", "service"] if args.floor_first else ["service", "floor"]
     config = {
         "workers": args.workers,
         "concurrency": args.concurrency,
@@ -595,98 +827,84 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "cpu_count": cpus,
         "dataset_samples": DATASET_SAMPLES,
+        "order": order,
+        "floor_http": None if args.no_floor else args.floor_http,
     }
     print(
         f"api_load: {args.workers} uvicorn workers, concurrency {args.concurrency}, "
         f"{args.submissions} submissions + {args.reads} reads (+{args.warmup} warm-up submissions and reads), "
-        f"{cpus} CPUs shared by client, API workers and Postgres (loopback)"
+        f"{cpus} CPUs shared by client, server workers and Postgres (loopback); "
+        f"order: {', then '.join(order)}, one at a time"
     )
     print(
         f"api_load: rate limits raised to {UNLIMITED_RATE}/min (burst {UNLIMITED_RATE}) for the benchmark; "
         "no Celery worker or relay runs, so requests stay `received`"
     )
 
+    floor = None
     with tempfile.TemporaryDirectory(prefix="ltu-bench-") as tmp:
         root = Path(tmp)
-        admin_key = "ltu_" + secrets.token_urlsafe(32)
         with throwaway_database(args.postgres) as database_url:
             fixture = build_fixture(root, args.seed)
-            env = server_env(database_url, args.broker_url, root / "home", admin_key)
-            with running_server(env, args.workers, root / "server.log") as server:
-                setup_seconds = time.perf_counter() - t0
-                try:
-                    with Client(server.url, admin_key) as admin:
-                        dataset = admin.register_dataset(fixture.archive, name="bench-synthetic")
-                        model = admin.register_model(fixture.weights, dataset_id=dataset.id, name="bench-tiny")
-                        load_key = admin.create_api_key("bench-load", ["submit", "read"])["key"]
-                except ApiError as exc:
-                    raise BenchError(f"registering the dataset and model failed: {exc}\n{server.log_tail()}") from None
-                print(
-                    f"api_load: server {server.url} ready, database {database_url.rsplit('/', 1)[1]}, "
-                    f"dataset {dataset.id} ({len(fixture.subjects)} subjects with training samples), "
-                    f"model {model.id}; set-up {setup_seconds:.1f} s"
-                )
-
-                common = {
-                    "url": server.url,
-                    "api_key": load_key,
-                    "model_id": model.id,
-                    "subjects": fixture.subjects,
-                    "concurrency": args.concurrency,
-                    "rng": rng,
-                }
-                # Warm-up: connection pools, first imports and query plans of every worker; not
-                # in the statistics, but its 202s are checked in the ledger like the others.
-                warm = asyncio.run(drive_load(**common, submissions=args.warmup, reads=args.warmup, key_prefix="warm"))
-                with CpuMeter(server) as cpu:
-                    load = asyncio.run(
-                        drive_load(
-                            **common,
-                            submissions=args.submissions,
-                            reads=args.reads,
-                            key_prefix="load",
-                            readable=warm.accepted,
-                        )
-                    )
-                try:  # the chain is sealed under an advisory lock: concurrent commits must not fork it
-                    with Client(server.url, admin_key) as admin:
-                        chain = admin.verify_audit()
-                except ApiError as exc:
-                    chain = {"valid": False, "broken": f"GET /v1/audit/verify: {exc}"}
-                server_log = server.log_tail(1 << 20)
-            # The server is stopped: every answered request's transaction has ended.
-            accepted = warm.accepted + load.accepted
+            for name in order:
+                if name == "service":
+                    service_run = run_service(args, database_url, fixture, root, t0)
+                else:
+                    floor = run_floor(args, database_url, fixture, root)
+            # Both servers are stopped: every answered request's transaction has ended.
+            service = service_run.measured
+            accepted = service.warm.accepted + service.load.accepted
             ledger = check_ledger(database_url, accepted)
+            floor_lost = check_floor(database_url, floor.warm.accepted + floor.load.accepted) if floor else []
 
-    rows = summarize(load.records, load.wall_seconds)
-    warm_errors = sum(r.error is not None for r in warm.records)
-    errors = Counter(r.error for r in warm.records + load.records if r.error)
+    chain, server_log = service_run.chain, service_run.server_log
+    rows = service.rows
+    errors = service.errors
+    warm_errors = sum(r.error is not None for r in service.warm.records)
     server_errors = server_log.count("Traceback")
     total_seconds = time.perf_counter() - t0
 
     print()
+    print(f"service (`ltu serve --workers {args.workers}`):")
     print(table(rows))
+    if floor:
+        print()
+        print(f"bare floor (bench/floor_app.py, uvicorn --workers {args.workers} --http {args.floor_http}):")
+        print(table(floor.rows))
+        print()
+        print(comparison_table(service, floor, args.workers))
     print()
-    print(f"load {load.wall_seconds:.1f} s wall; total {total_seconds:.1f} s (set-up, warm-up, load, checks, teardown)")
-    used = cpu.used
-    api_cpu_ms = used["api_server"] * 1000 / len(load.records) if used.get("api_server") and load.records else None
-    if all(used.get(k) is not None for k in ("client", "api_server", "machine")):
-        capacity = cpus * load.wall_seconds
-        print(
-            f"CPU during the load (of {capacity:.0f} core-seconds): load generator {used['client']:.1f} s, "
-            f"API processes {used['api_server']:.1f} s, whole machine {used['machine']:.1f} s "
-            f"({used['machine'] / capacity:.0%} busy; the rest is Postgres and whatever else runs here; "
-            f"load average before the run {load_before})"
-        )
-    if api_cpu_ms is not None:
-        # Throughput moves with whatever else runs on a shared machine; CPU per request much less.
-        print(f"API CPU per request: {api_cpu_ms:.2f} ms (mixed load; steadier than ops/s on a shared machine)")
+    walls = f"load {service.load.wall_seconds:.1f} s wall" + (
+        f" (floor {floor.load.wall_seconds:.1f} s)" if floor else ""
+    )
+    print(f"{walls}; total {total_seconds:.1f} s (set-up, warm-up, loads, checks, teardown)")
+    for name, measured in (("service", service), ("floor", floor)):
+        used = measured.cpu if measured else {}
+        if all(used.get(k) is not None for k in ("client", "api_server", "machine")):
+            capacity = cpus * measured.load.wall_seconds
+            print(
+                f"CPU during the {name} load (of {capacity:.0f} core-seconds): load generator {used['client']:.1f} s, "
+                f"server processes {used['api_server']:.1f} s, whole machine {used['machine']:.1f} s "
+                f"({used['machine'] / capacity:.0%} busy; the rest is Postgres and whatever else runs here)"
+            )
+        if measured and measured.server_cpu_ms_per_request is not None:
+            # Throughput moves with whatever else runs on a shared machine; CPU per request much less.
+            print(
+                f"{name} CPU per request: {measured.server_cpu_ms_per_request:.2f} ms "
+                "(mixed load; steadier than ops/s on a shared machine)"
+            )
+    print(f"load average before the run: {load_before}")
     for error, n in errors.most_common(10):
         print(f"error x{n}: {error}")
     if warm_errors:
-        print(f"warm-up: {warm_errors} of {len(warm.records)} requests failed")
+        print(f"warm-up: {warm_errors} of {len(service.warm.records)} requests failed")
     if server_errors:
         print(f"server log: {server_errors} traceback(s); last lines:\n{server_log[-3000:]}")
+    if floor:
+        for error, n in floor.errors.most_common(10):
+            print(f"floor error x{n}: {error}")
+        if floor_lost:
+            print(f"floor: {len(floor_lost)} id(s) answered 202 that its table lacks")
 
     lost = ledger.lost
     print(
@@ -713,6 +931,10 @@ def run(args: argparse.Namespace) -> int:
         failures.append(f"{duplicates} distinct Idempotency-Keys were answered with an id already given")
     if errors and not args.allow_errors:
         failures.append(f"{sum(errors.values())} request(s) failed (--allow-errors to accept)")
+    if floor and floor.errors and not args.allow_errors:
+        failures.append(f"{sum(floor.errors.values())} floor request(s) failed: the ratios compare nothing")
+    if floor_lost:
+        failures.append(f"the floor's table lacks {len(floor_lost)} id(s) it answered 202 for")
 
     if args.json:
         record = {
@@ -722,15 +944,17 @@ def run(args: argparse.Namespace) -> int:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
                 "machine_note": f"loopback; {cpus} CPUs shared by the load generator, "
-                f"{args.workers} uvicorn workers and Postgres; no Celery worker",
+                f"{args.workers} uvicorn workers and Postgres; no Celery worker; service and floor one at a time",
                 "rate_limits": f"raised to {UNLIMITED_RATE} per minute and burst",
+                "versions": versions(),
+                "service_http": "h11 (api.http_protocol.ProblemH11Protocol)",
                 **_git(),
             },
             "operations": rows,
-            "load_wall_seconds": round(load.wall_seconds, 2),
+            "load_wall_seconds": round(service.load.wall_seconds, 2),
             "total_seconds": round(total_seconds, 2),
-            "cpu_seconds_during_load": {k: _round(v, 2) for k, v in used.items()},
-            "api_cpu_ms_per_request": _round(api_cpu_ms, 3),
+            "cpu_seconds_during_load": {k: _round(v, 2) for k, v in service.cpu.items()},
+            "api_cpu_ms_per_request": _round(service.server_cpu_ms_per_request, 3),
             "load_average_before": load_before,
             "errors": dict(errors),
             "server_tracebacks": server_errors,
@@ -742,6 +966,17 @@ def run(args: argparse.Namespace) -> int:
                 "dispatched_outbox_rows": ledger.dispatched,
             },
             "audit_chain": chain,
+            "floor": None
+            if floor is None
+            else {
+                "http": args.floor_http,
+                "operations": floor.rows,
+                **floor.cpu_json(),
+                "errors": dict(floor.errors),
+                "accepted": len(set(floor.warm.accepted + floor.load.accepted)),
+                "lost": floor_lost,
+            },
+            "service_over_floor": comparison(service, floor) if floor else None,
             "passed": not failures,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -797,6 +1032,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(default LTU_BENCH_BROKER_URL or {DEFAULT_BROKER})",
     )
     parser.add_argument("--allow-errors", action="store_true", help="exit 0 even if some requests failed")
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="drive only the service, not the bare floor (bench/floor_app.py) after it: no ratios",
+    )
+    parser.add_argument(
+        "--floor-first",
+        action="store_true",
+        help="drive the floor before the service (to see whether the order moves the ratios)",
+    )
+    parser.add_argument(
+        "--floor-http",
+        choices=("auto", "h11", "httptools"),
+        default="auto",
+        help="uvicorn --http of the floor (default auto: httptools if installed; the service always runs h11)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.submissions, args.reads, args.warmup = QUICK["submissions"], QUICK["reads"], QUICK["warmup"]
@@ -810,6 +1061,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be 0 or more")
     if not args.broker_url:
         parser.error("--broker-url must be set: without it the API would run erasure jobs in its own processes")
+    if args.no_floor and args.floor_first:
+        parser.error("--floor-first needs the floor: drop --no-floor")
     if args.reads and not (args.submissions or args.warmup):
         parser.error("reads need something to read: --submissions or --warmup must be positive")
     return args

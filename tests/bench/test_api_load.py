@@ -1,5 +1,5 @@
 """bench/api_load.py keeps working: its statistics, its ledger check (which must be able to fail),
-and a tiny end-to-end run against Postgres with two uvicorn workers.
+and a tiny end-to-end run against Postgres with two uvicorn workers, the service and then the floor.
 
 The benchmark's numbers are never asserted (bench/ is not part of pass/fail); that it runs, loses
 nothing and cleans up after itself is. Without Postgres these tests skip, under CI=true they fail.
@@ -103,6 +103,12 @@ def test_a_tiny_run_loses_nothing_and_cleans_up(postgres_admin_url, tmp_path):
     assert record["passed"] and record["ledger"]["accepted"] == 24
     assert record["operations"]["submit"]["status_codes"] == {"202": 24}
     assert record["operations"]["read"]["status_codes"] == {"200": 48}
+    # The floor got the same load after the service, and committed every row it answered 202 for.
+    assert record["config"]["order"] == ["service", "floor"]
+    assert record["floor"]["operations"]["submit"]["status_codes"] == {"202": 24}
+    assert record["floor"]["operations"]["read"]["status_codes"] == {"200": 48}
+    assert record["floor"]["accepted"] == 24 and record["floor"]["lost"] == []
+    assert set(record["service_over_floor"]) == {"submit", "read", "all", "server_cpu_ms_per_request"}
     database = re.search(r"database (ltu_bench_[0-9a-f]+)", done.stdout).group(1)
     with psycopg.connect(api_load._libpq(postgres_admin_url), connect_timeout=5) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None
