@@ -1,4 +1,4 @@
-"""Shared OpenAPI fragments for the routes."""
+"""What several routes share: OpenAPI fragments, query times, the tenant key outside the route's session."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 from api.errors import ProblemError
 from api.schemas import Problem
+from ledger import tenant_keys
+from ledger.db import Database
 
 PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 
@@ -32,3 +34,18 @@ def aware(moment: datetime | None) -> datetime | None:
         raise ProblemError(
             422, f"{moment.isoformat()} lies outside the representable UTC range", code="validation_error"
         ) from None
+
+
+def tenant_key_apart(database: Database, *, tenant_id: str, secret: str, actor: str) -> tenant_keys.Key:
+    """The tenant's key, read in a read session of its own or, the first time, made in a transaction of its own.
+
+    For routes whose session must not write yet (an upload is copied and checked before SQLite's write
+    lock is taken) or cannot (a GET's read session). An operator shredding the key meanwhile leaves the
+    route's hashes under a destroyed key: unlinkable, as shredding means.
+    """
+    with database.read() as session:
+        key = tenant_keys.live(session, tenant_id=tenant_id, secret=secret)
+    if key is None:
+        with database.transaction() as session:
+            key = tenant_keys.current(session, tenant_id=tenant_id, secret=secret, actor=actor)
+    return key

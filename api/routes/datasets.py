@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from api.deps import AdminKey, ReadKey, SessionDep, SettingsDep, StoreDep, actor
+from api.deps import AdminKey, DatabaseDep, ReadKey, SessionDep, SettingsDep, StoreDep, actor
 from api.errors import ProblemError
-from api.routes.common import problems
+from api.routes.common import problems, tenant_key_apart
 from api.schemas import DatasetPage, DatasetRead
 from api.uploads import FORMAT_VERSION, TooLarge, UploadError, save_stream, unpack_dataset_archive
-from ledger import datasets, tenant_keys
+from ledger import datasets
 from ledger.artifacts import sha256_file
 from ledger.tables import Dataset, new_id
 
@@ -31,6 +31,7 @@ def register_dataset(
         UploadFile, File(description="An uncompressed tar of manifest.json, samples.csv, images.u8 (ltu-dataset v1).")
     ],
     session: SessionDep,
+    database: DatabaseDep,
     key: AdminKey,
     settings: SettingsDep,
     store: StoreDep,
@@ -43,8 +44,8 @@ def register_dataset(
     with 413 (`payload_too_large`) as soon as it passes the limit. The format: README, "Datasets: the
     ltu-dataset format"; `ltu dataset pack` builds one and `ltu dataset validate` checks one.
     """
-    tenant_key = tenant_keys.current(
-        session, tenant_id=key.tenant_id, secret=settings.ledger.secret_key, actor=actor(key)
+    tenant_key = tenant_key_apart(
+        database, tenant_id=key.tenant_id, secret=settings.ledger.secret_key, actor=actor(key)
     )
     staged, folder = store.staging_file(".tar"), store.staging_dir()
     try:

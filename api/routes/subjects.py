@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import AuditKey, DatabaseDep, SessionDep, SettingsDep
-from api.routes.common import problems
+from api.deps import AuditKey, DatabaseDep, SessionDep, SettingsDep, actor
+from api.routes.common import problems, tenant_key_apart
 from api.schemas import DatasetLocationRead, ModelLocationRead, SubjectLocations
-from ledger import erasures, tenant_keys
+from ledger import erasures
 
 router = APIRouter(prefix="/v1/subjects", tags=["erasures"])
 
@@ -20,11 +20,9 @@ def get_subject_locations(
 
     A subject found nowhere has empty lists (the same answer another tenant's subject gets).
     """
-    secret = settings.ledger.secret_key
-    tenant_key = tenant_keys.live(session, tenant_id=key.tenant_id, secret=secret)
-    if tenant_key is None:  # a GET reads in a read session: the tenant's first key is made in a transaction of its own
-        with database.transaction() as own:
-            tenant_key = tenant_keys.current(own, tenant_id=key.tenant_id, secret=secret)
+    tenant_key = tenant_key_apart(
+        database, tenant_id=key.tenant_id, secret=settings.ledger.secret_key, actor=actor(key)
+    )
     found = erasures.subject_locations(
         session, tenant_id=key.tenant_id, subject_hash=tenant_key.subject_hash(subject_id)
     )
