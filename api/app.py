@@ -27,6 +27,7 @@ from api.routes import (
     metrics,
     models,
     subjects,
+    tenant,
     webhooks,
     well_known,
 )
@@ -142,6 +143,7 @@ def create_app(
         subjects,
         audit,
         api_keys,
+        tenant,
         webhooks,
         well_known,
         dashboard,

@@ -582,6 +582,12 @@ class ModelLocationRead(BaseModel):
     versions_holding: list[int] = Field(description="Stored versions (not purged) trained on some of them.")
 
 
+class SubjectLookup(InputBody):
+    """A data subject to look up, in the body: unlike a URL path, a body stays out of proxies' access logs."""
+
+    subject_id: str = Field(min_length=1, max_length=1000, description="Hashed under the tenant's key, never stored.")
+
+
 class SubjectLocations(BaseModel):
     """Where a data subject's samples are, or were: datasets, models and their versions."""
 
@@ -767,3 +773,31 @@ class WebhookDeliveryPage(BaseModel):
 
     items: list[WebhookDeliveryRead]
     next_cursor: str | None = None
+
+
+class TenantKeyRead(BaseModel):
+    """The tenant's live key for keyed hashes: its id (stored beside every hash it made), never its material."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    origin: str = Field(description="`random`, or `legacy`: the server secret that keyed hashes before tenant keys.")
+    created_at: datetime
+
+
+class TenantRead(BaseModel):
+    """The caller's tenant and its policies."""
+
+    id: str
+    name: str
+    purge_raw_data_at_once: bool = Field(
+        description="Erased subjects' pixels are purged from a dataset once one model erased them (true) or once "
+        "every model registered on the dataset did (false, the default: the others still need them to unlearn)."
+    )
+    tenant_key: TenantKeyRead | None = Field(description="None until the tenant's first keyed operation.")
+
+
+class TenantUpdate(InputBody):
+    """The tenant's policies to change."""
+
+    purge_raw_data_at_once: bool

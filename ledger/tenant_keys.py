@@ -195,3 +195,8 @@ def _unwrap(secret: str, tenant_id: str, wrapped: bytes) -> bytes:
             "this process's LTU_SECRET_KEY does not open the tenant's key: the server secret was rotated; "
             "restart the process with the ledger's current secret"
         ) from None
+
+
+def live_row(session: Session, *, tenant_id: str) -> TenantKey | None:
+    """The tenant's live key row (id, origin, creation; the material stays wrapped), None before its first use."""
+    return _live(session, tenant_id)

@@ -187,7 +187,7 @@ def _purge_now(settings) -> None:
 
 
 def _locations_line(client, subject: str) -> str:
-    """GET /v1/subjects/{id}/locations in one line: each model and the stored versions that hold the subject."""
+    """POST /v1/subjects/locations in one line: each model and the stored versions that hold the subject."""
     found = call(client.subject_locations, subject)
     if not found["models"]:
         return "in no model"

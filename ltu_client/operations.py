@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from ltu_client.models import (
     AuditEvent,
@@ -389,7 +388,7 @@ class Operations:
     def subject_locations(self, subject_id: str) -> Steps[dict[str, Any]]:
         """Where a data subject's samples are (audit): per dataset (samples, erased, purged) and per model
         (the version that erased them, the versions still holding them)."""
-        return (yield from self._json("GET", f"/v1/subjects/{quote(subject_id, safe='')}/locations"))
+        return (yield from self._json("POST", "/v1/subjects/locations", json={"subject_id": subject_id}))
 
     # --- audit and keys --------------------------------------------------------------------------
 

@@ -109,6 +109,11 @@ def test_restriction_replay_and_other_tenants(api, artifacts, tmp_path):
     problem(api.http.get(f"/v1/erasures/{first.json()['id']}", headers=stranger), 404)
     theirs = api.http.get(f"/v1/subjects/{subject}/locations", headers=stranger).json()
     assert (theirs["datasets"], theirs["models"]) == ([], [])
+    # The POST form answers the same, with the id out of the URL; it validates its body like every route.
+    mine = api.http.post("/v1/subjects/locations", json={"subject_id": subject}, headers=api.client.headers)
+    assert mine.json() == get(api, f"/v1/subjects/{subject}/locations").json() and mine.json()["datasets"]
+    for wrong in ({}, {"subject_id": ""}, {"subject_id": 7}, {"subject_id": "a", "extra": 1}):
+        problem(api.http.post("/v1/subjects/locations", json=wrong, headers=api.client.headers), 422)
     # Only the audit scope may ask where a person is.
     reader = {"Authorization": f"Bearer {new_key(api, scopes=['read'])}"}
     problem(api.http.get(f"/v1/subjects/{subject}/locations", headers=reader), 403)
@@ -130,6 +135,7 @@ def test_the_openapi_document_types_every_erasure_route(api):
     assert ref(paths["/v1/erasures"]["get"]["responses"]["200"]) == "ErasurePage"
     assert ref(paths["/v1/erasures/{erasure_id}"]["get"]["responses"]["200"]) == "ErasureRead"
     assert ref(paths["/v1/subjects/{subject_id}/locations"]["get"]["responses"]["200"]) == "SubjectLocations"
+    assert ref(paths["/v1/subjects/locations"]["post"]["responses"]["200"]) == "SubjectLocations"
     certificate = paths["/v1/erasures/{erasure_id}/certificate"]["get"]["responses"]
     assert {"200", "404", "409", "503"} <= set(certificate)
     erasure = schemas["ErasureRead"]["properties"]

@@ -46,8 +46,8 @@ class FakeService:
             if match[2]:
                 return httpx.Response(200, content=self.certificate)
             return httpx.Response(200, json=self._advance(found), headers={"Retry-After": "2"})
-        if match := re.fullmatch(r"/v1/subjects/([^/]+)/locations", path):
-            return httpx.Response(200, json=self._locations(match[1]))
+        if (method, path) == ("POST", "/v1/subjects/locations"):
+            return httpx.Response(200, json=self._locations(json.loads(http_request.content)["subject_id"]))
         return httpx.Response(404, json={"title": "Not Found", "status": 404})
 
     def _submit(self, body: dict) -> httpx.Response:
