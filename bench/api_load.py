@@ -1,11 +1,12 @@
 """Load benchmark of the erasure API: Postgres, several uvicorn workers, erasure submissions and
 status reads on loopback, then a check that every accepted (202) request is in the ledger; the same
-load then drives a bare floor (bench/floor_app.py) and the two are compared.
+load then drives a bare floor (bench/floor_app.py) and the two are compared, phase by phase.
 
-    python bench/api_load.py --quick     # smoke: 200 submissions + 400 reads each, about a minute
-    python bench/api_load.py             # 2000 submissions + 4000 reads, 2 workers, 16 in flight
+    python bench/api_load.py --quick     # smoke: 200 submissions then 400 reads each, about a minute
+    python bench/api_load.py             # 2000 submissions then 4000 reads, 2 workers, 16 in flight
     python bench/api_load.py --workers 4 --concurrency 32 --json /tmp/api_load-4w.json
-    python bench/api_load.py --no-floor  # the service alone, as before the floor existed
+    python bench/api_load.py --no-floor  # the service alone, no ratios
+    python bench/api_load.py --interleaved  # submissions and reads mixed under one clock, no goals
 
 (with the project's virtualenv, e.g. `.venv/bin/python bench/api_load.py`, from any directory;
 it needs Postgres with trust auth on 127.0.0.1:5432, or a URL in --postgres). Where one
@@ -19,24 +20,30 @@ What it does, in order:
    in-process, a random LTU_SECRET_KEY and admin key);
 3. registers a small synthetic dataset and an untrained tiny model through ltu_client, and creates
    a submit+read API key for the load (what an integration would hold);
-4. warms up, then drives a bounded, interleaved load from this process (httpx, asyncio, at most
-   --concurrency requests in flight): POST /v1/deletion-requests with a distinct Idempotency-Key
-   each, naming a random subject that has training samples, and GET /v1/deletion-requests/{id} of
-   ids already accepted. Every latency and status code is recorded; every non-2xx is reported;
-   the CPU of the uvicorn processes during the load is read from /proc;
+4. warms up, then drives the load from this process (asyncio, --concurrency keep-alive HTTP/1.1
+   connections, one request in flight on each) in two phases, each on its own clock: first every
+   POST /v1/deletion-requests (a distinct Idempotency-Key each, naming a random subject that has
+   training samples; bodies encoded before the clock starts), then every
+   GET /v1/deletion-requests/{id} of a random id among those accepted. Every latency and status
+   code is recorded; every non-2xx is reported; the CPU of the server's processes, of this client
+   and of the whole machine during each phase is read from /proc (`--interleaved`: one seeded
+   mix of both under one clock instead, where submissions/s and reads/s are fixed shares of the
+   same total and their ratios to the floor cannot differ);
 5. stops it and starts the bare floor the same way (uvicorn, as many workers, same database, its
    own table): FastAPI + pydantic + SQLAlchemy Core, one INSERT + COMMIT per POST, one SELECT by
    primary key per GET, no authentication, idempotency, rate limit, audit or outbox. The same
-   client drives it with the same seed (same operation order and subjects), warm-up included;
-   `--floor-first` swaps the order, `--no-floor` skips it;
+   client drives it with the same seed (same phases, operation order and subjects), warm-up
+   included; `--floor-first` swaps the order, `--no-floor` skips it;
 6. reads the database directly: each id the service answered with 202 must have its
    deletion_requests row, its request_samples, its outbox row and its `deletion_request.received`
    audit event ("lost: 0"), and the audit hash chain must verify (GET /v1/audit/verify); each id
    the floor answered with 202 must be in its table;
-7. prints each server's table (operation | count | errors | ops/s | p50 | p95 | p99), then the
-   comparison (service and floor rows, service / floor ratios of throughput, p99 and server CPU
-   per request) and writes --json; stops the servers and drops the database, also on Ctrl-C or
-   failure.
+7. prints each server's table (operation | count | errors | ops/s | p50 | p95 | p99), then per
+   phase the service's and the floor's ops/s, p99 and server CPU per request with their ratios,
+   the client's CPU per request and share beside each, and whether issue 15's goals are met
+   (reads ≥ 0.8 and submissions ≥ 0.5 of the floor's throughput, p99 under 2× the floor's, nothing
+   lost: computed, never part of the exit status); writes --json; stops the servers and drops the
+   database, also on Ctrl-C or failure.
 
 What it measures and what it does not: the API and the ledger only. No Celery worker runs and the
 outbox is not relayed (Redis is never touched), so every request stays `received`; reads see small
@@ -44,7 +51,8 @@ rows. Rate limiting is raised out of the way (LTU_RATE_LIMIT_*), so this is the 
 capacity, not the admission policy. Client, server and Postgres share this machine's cores over
 loopback: the numbers are a regression yardstick for this machine, not a capacity plan, and the
 ratios to the floor, measured minutes apart under the same conditions, say more than either
-absolute row. The process CPU split printed at the end shows how much the load generator took.
+absolute row. The client's CPU share says when the load generator, not the server, set the pace:
+the floor then looks slower than it is, and the ratios too kind to the service.
 
 Exit status: 0 when nothing was lost, the chain verifies and (unless --allow-errors) no request
 failed, the floor's included; 1 otherwise; 2 when the benchmark could not run (no Postgres, a
@@ -69,12 +77,11 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
-
-import httpx
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO / "bench" / "results" / "api_load.json"
@@ -335,7 +342,11 @@ def build_fixture(root: Path, seed: int) -> Fixture:
 
 # --- the load ---------------------------------------------------------------------------------------
 
-SUBMIT, READ = "submit", "read"
+SUBMIT, READ, MIXED = "submit", "read", "mixed"
+REQUESTS_PATH = "/v1/deletion-requests"
+# The row a phase is judged by: its own operation, or the total of an interleaved mix.
+PHASE_OPERATION = {SUBMIT: SUBMIT, READ: READ, MIXED: "all"}
+PHASE_NAMES = {SUBMIT: "submissions", READ: "reads", MIXED: "interleaved"}
 
 
 @dataclass
@@ -353,70 +364,149 @@ class LoadResult:
     wall_seconds: float = 0.0
 
 
+class TransportError(Exception):
+    """No answer came (refused, reset, closed early, timed out, malformed); the message is its kind."""
+
+
+@dataclass
+class Answer:
+    status: int
+    reason: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection of the load generator, one request at a time.
+
+    The client shares the cores with the server, so its CPU per request is taken from the server:
+    httpx's AsyncClient spent 3-7 ms of CPU a request here (more the more connections it pools),
+    more than the floor server spends answering, so it set the floor's pace. This speaks only the
+    HTTP/1.1 both servers answer with (Content-Length bodies, keep-alive) for about 0.2 ms.
+    A connection that fails is closed, and the next request opens a new one; nothing is retried.
+    """
+
+    def __init__(self, url: str, api_key: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.fixed_headers = f"Host: {parts.netloc}\r\nAuthorization: Bearer {api_key}\r\n".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: bytes, path: bytes, body: bytes = b"", headers: bytes = b"") -> Answer:
+        """Send one request (`headers`: ready-made `Name: value\\r\\n` lines) and read its whole answer."""
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                length = b"Content-Length: %d\r\n" % len(body) if body else b""
+                self.writer.write(
+                    b"%s %s HTTP/1.1\r\n%s%s%s\r\n%s" % (method, path, self.fixed_headers, headers, length, body)
+                )
+                head = (await self.reader.readuntil(b"\r\n\r\n"))[:-4].decode("latin-1").split("\r\n")
+                _version, status_text, *reason = head[0].split(" ", 2)
+                status = int(status_text)
+                fields = dict(line.split(":", 1) for line in head[1:])
+                answer_headers = {name.strip().lower(): value.strip() for name, value in fields.items()}
+                if "content-length" not in answer_headers:  # chunked: never sent by these JSON routes
+                    raise ValueError("an answer without Content-Length")
+                answer_body = await self.reader.readexactly(int(answer_headers["content-length"]))
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            await self.close()
+            raise TransportError(type(exc).__name__) from None
+        if answer_headers.get("connection", "").lower() == "close":
+            await self.close()
+        return Answer(status, " ".join(reason), answer_headers, answer_body)
+
+    async def close(self) -> None:
+        writer, self.reader, self.writer = self.writer, None, None
+        if writer is not None:
+            writer.close()
+            with suppress(OSError):
+                await writer.wait_closed()
+
+
+def plans(submissions: int, reads: int, *, interleaved: bool, rng: random.Random) -> list[tuple[str, list[str]]]:
+    """The phases of one load, in order, each a name and its operations.
+
+    Phased (the default): every submission, then every read, each phase on its own clock, so that
+    each operation's throughput is its own. Interleaved: one seeded shuffle of both under one clock,
+    where submissions/s and reads/s are fixed shares of the same total.
+    """
+    if interleaved:
+        plan = [SUBMIT] * submissions + [READ] * reads
+        rng.shuffle(plan)
+        return [(MIXED, plan)] if plan else []
+    return [(op, [op] * count) for op, count in ((SUBMIT, submissions), (READ, reads)) if count]
+
+
 async def drive_load(
+    connections: list[Connection],
+    plan: list[str],
     *,
-    url: str,
-    api_key: str,
     model_id: str,
     subjects: list[str],
-    submissions: int,
-    reads: int,
-    concurrency: int,
     rng: random.Random,
     key_prefix: str,
-    readable: list[str] | None = None,
+    readable: list[str],
 ) -> LoadResult:
-    """Run `submissions` POSTs and `reads` GETs, interleaved in a seeded random order, `concurrency` at a time.
+    """Run the operations of `plan` in order, one request in flight on each connection at a time.
 
-    Reads pick a random id among those accepted so far (`readable` seeds that pool, e.g. from the
-    warm-up), the way clients poll the requests they submitted.
+    Reads pick a random id among those accepted so far (`readable` seeds that pool, e.g. with the
+    submission phase's ids), the way clients poll the requests they submitted. Submission bodies
+    and headers are encoded before the clock starts: the load generator shares the cores with the
+    server, so every millisecond of its CPU per request is one the server does not get.
     """
-    plan = [SUBMIT] * submissions + [READ] * reads
-    rng.shuffle(plan)
+    plan = list(plan)
     if not readable and READ in plan and SUBMIT in plan:
         plan.remove(SUBMIT)
         plan.insert(0, SUBMIT)  # something must be accepted before the first read
+    prepared = {
+        index: (
+            json.dumps({"model_id": model_id, "subject_ids": [rng.choice(subjects)]}).encode(),
+            f"Content-Type: application/json\r\nIdempotency-Key: {key_prefix}-{index}\r\n".encode(),
+        )
+        for index, op in enumerate(plan)
+        if op == SUBMIT
+    }
     queue = iter(enumerate(plan))  # shared by the tasks; asyncio switches only at awaits
     result = LoadResult()
-    pool = list(readable or ())
-    submits_left = submissions
+    pool = list(readable)
+    submits_left = len(prepared)
     readable_event = asyncio.Event()  # set once a read can pick an id (or never will)
-    if pool or not submissions:
+    if pool or not submits_left:
         readable_event.set()
-    headers = {"Authorization": f"Bearer {api_key}"}
 
-    async def submit(client: httpx.AsyncClient, index: int) -> None:
+    async def submit(connection: Connection, index: int) -> None:
         nonlocal submits_left
-        body = {"model_id": model_id, "subject_ids": [rng.choice(subjects)]}
+        body, headers = prepared[index]
         started = time.perf_counter()
         try:
-            response = await client.post(
-                "/v1/deletion-requests", json=body, headers={**headers, "Idempotency-Key": f"{key_prefix}-{index}"}
-            )
-        except httpx.HTTPError as exc:
-            result.records.append(Record(SUBMIT, 0, time.perf_counter() - started, type(exc).__name__))
+            response = await connection.request(b"POST", REQUESTS_PATH.encode(), body, headers)
+        except TransportError as exc:
+            result.records.append(Record(SUBMIT, 0, time.perf_counter() - started, str(exc)))
         else:
             elapsed = time.perf_counter() - started
             error = None
-            if response.status_code == 202:
+            if response.status == 202:
                 request_id = _answer_id(response)
-                if request_id and response.headers.get("Location") == f"/v1/deletion-requests/{request_id}":
+                if request_id and response.headers.get("location") == f"{REQUESTS_PATH}/{request_id}":
                     result.accepted.append(request_id)
                     pool.append(request_id)
                     readable_event.set()
                 else:
                     error = "202 without the request id and its Location"
-            elif response.is_success:
-                error = f"expected 202, got {response.status_code}"
+            elif 200 <= response.status < 300:
+                error = f"expected 202, got {response.status}"
             else:
                 error = _problem(response)
-            result.records.append(Record(SUBMIT, response.status_code, elapsed, error))
+            result.records.append(Record(SUBMIT, response.status, elapsed, error))
         finally:
             submits_left -= 1
             if not submits_left:
                 readable_event.set()  # nothing more will be accepted: waiting reads must not hang
 
-    async def read(client: httpx.AsyncClient) -> None:
+    async def read(connection: Connection) -> None:
         await readable_event.wait()  # not timed: this is the load's ordering, not the server's latency
         if not pool:
             result.records.append(Record(READ, 0, 0.0, "nothing accepted to read"))
@@ -424,51 +514,49 @@ async def drive_load(
         request_id = rng.choice(pool)
         started = time.perf_counter()
         try:
-            response = await client.get(f"/v1/deletion-requests/{request_id}", headers=headers)
-        except httpx.HTTPError as exc:
-            result.records.append(Record(READ, 0, time.perf_counter() - started, type(exc).__name__))
+            response = await connection.request(b"GET", f"{REQUESTS_PATH}/{request_id}".encode())
+        except TransportError as exc:
+            result.records.append(Record(READ, 0, time.perf_counter() - started, str(exc)))
             return
         elapsed = time.perf_counter() - started
         error = None
-        if response.status_code != 200:  # a 404 here means an accepted request is not readable
+        if response.status != 200:  # a 404 here means an accepted request is not readable
             error = _problem(response)
         elif _answer_id(response) != request_id:
             error = "200 with another request's body"
-        result.records.append(Record(READ, response.status_code, elapsed, error))
+        result.records.append(Record(READ, response.status, elapsed, error))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(connection: Connection) -> None:
         for index, op in queue:
             if op == SUBMIT:
-                await submit(client, index)
+                await submit(connection, index)
             else:
-                await read(client)
+                await read(connection)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=REQUEST_TIMEOUT) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        result.wall_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(connection) for connection in connections))
+    result.wall_seconds = time.perf_counter() - started
     return result
 
 
-def _answer_id(response: httpx.Response) -> str | None:
+def _answer_id(response: Answer) -> str | None:
     """The `id` of a JSON object answer, or None (a malformed answer is an error, not a crash)."""
     try:
-        body = response.json()
+        body = json.loads(response.body)
     except ValueError:
         return None
     return body.get("id") if isinstance(body, dict) else None
 
 
-def _problem(response: httpx.Response) -> str:
+def _problem(response: Answer) -> str:
     """`<status> <code>: <detail>` of an error answer (problem+json), shortened."""
     try:
-        body = response.json()
+        body = json.loads(response.body)
     except ValueError:
         body = {}
     if not isinstance(body, dict):
         body = {}
-    text = f"{response.status_code} {body.get('code') or response.reason_phrase}"
+    text = f"{response.status} {body.get('code') or response.reason}"
     detail = body.get("detail") or body.get("title")
     return f"{text}: {str(detail)[:120]}" if detail else text
 
@@ -586,6 +674,35 @@ def _machine_busy() -> float | None:
     return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
 
 
+def _threads(pid: int) -> int | None:
+    """The number of threads of a live process (/proc/<pid>/status), or None."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Threads:")), None)
+
+
+def _process_threads(server: Server) -> list[dict[str, Any]]:
+    """Each of the server's processes (the supervisor first): its command line and thread count."""
+
+    def command(pid: int) -> str | None:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+        except OSError:
+            return None
+
+    return [{"pid": pid, "command": command(pid), "threads": _threads(pid)} for pid in server.pids()]
+
+
+def _cpu_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
 def _load_average() -> str | None:
     """The 1, 5 and 15 minute load averages, e.g. "1.02 0.80 0.41", or None."""
     try:
@@ -596,26 +713,40 @@ def _load_average() -> str | None:
 
 @dataclass
 class CpuMeter:
-    """CPU seconds used during one phase by this client, the API processes and the whole machine."""
+    """CPU seconds used during one phase by this client, the server's processes and the whole machine."""
 
     server: Server
     start: dict[str, float | None] = field(default_factory=dict)
     used: dict[str, float | None] = field(default_factory=dict)
+    # Each server process's own share: uvicorn's workers accept the keep-alive connections as they
+    # come, and one worker holding most of them runs most of the load on one core.
+    by_process: dict[int, float] = field(default_factory=dict)
+    _start_by_process: dict[int, float | None] = field(default_factory=dict)
+
+    def _sample_processes(self) -> dict[int, float | None]:
+        return {pid: _process_cpu([pid]) for pid in self.server.pids()}
 
     def _sample(self) -> dict[str, float | None]:
         times = os.times()
         return {
             "client": times.user + times.system,
-            "api_server": _process_cpu(self.server.pids()),
+            "server": _process_cpu(self.server.pids()),
             "machine": _machine_busy(),
         }
 
     def __enter__(self) -> Self:
+        self._start_by_process = self._sample_processes()
         self.start = self._sample()
         return self
 
     def __exit__(self, *exc: object) -> None:
         end = self._sample()
+        end_by_process = self._sample_processes()
+        self.by_process = {
+            pid: end_by_process[pid] - before
+            for pid, before in self._start_by_process.items()
+            if before is not None and end_by_process.get(pid) is not None
+        }
         self.used = {k: (end[k] - v if v is not None and end[k] is not None else None) for k, v in self.start.items()}
 
 
@@ -670,56 +801,119 @@ def versions() -> dict[str, str | None]:
 
 
 @dataclass
-class Measured:
-    """One server's run of the client pattern: warm-up, measured load, and the CPU used during the load."""
+class Phase:
+    """One measured stretch of the load: its requests, its own wall time and the CPU used meanwhile."""
 
-    warm: LoadResult
     load: LoadResult
     cpu: dict[str, float | None]
+    server_cpu_by_process: dict[int, float]
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
         return summarize(self.load.records, self.load.wall_seconds)
 
-    @property
-    def server_cpu_ms_per_request(self) -> float | None:
-        used = self.cpu.get("api_server")
+    def cpu_ms_per_request(self, who: str) -> float | None:
+        """CPU milliseconds per request of `who` ("server" or "client") during this phase."""
+        used = self.cpu.get(who)
         return used * 1000 / len(self.load.records) if used is not None and self.load.records else None
 
     @property
-    def errors(self) -> Counter:
-        return Counter(r.error for r in self.warm.records + self.load.records if r.error)
+    def client_cpu_share(self) -> float | None:
+        """The load generator's CPU seconds per wall second: near 1 it, not the server, sets the pace."""
+        used = self.cpu.get("client")
+        return used / self.load.wall_seconds if used is not None and self.load.wall_seconds else None
 
-    def cpu_json(self) -> dict[str, Any]:
+    def json(self) -> dict[str, Any]:
         return {
-            "load_wall_seconds": round(self.load.wall_seconds, 2),
-            "cpu_seconds_during_load": {k: _round(v, 2) for k, v in self.cpu.items()},
-            "server_cpu_ms_per_request": _round(self.server_cpu_ms_per_request, 3),
+            "operations": self.rows,
+            "wall_seconds": round(self.load.wall_seconds, 3),
+            "cpu_seconds": {k: _round(v, 3) for k, v in self.cpu.items()},
+            "server_cpu_seconds_by_process": {pid: round(v, 3) for pid, v in self.server_cpu_by_process.items()},
+            "server_cpu_ms_per_request": _round(self.cpu_ms_per_request("server"), 3),
+            "client_cpu_ms_per_request": _round(self.cpu_ms_per_request("client"), 3),
+            "client_cpu_share": _round(self.client_cpu_share, 3),
+        }
+
+
+@dataclass
+class Measured:
+    """One server's run of the client pattern: the warm-up, then each measured phase in order."""
+
+    warm: LoadResult
+    phases: dict[str, Phase]
+    threads: list[dict[str, Any]]  # of the server's processes, right after the load
+
+    @property
+    def accepted(self) -> list[str]:
+        return self.warm.accepted + [i for phase in self.phases.values() for i in phase.load.accepted]
+
+    @property
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """This server's table: each phase's own operation row (a mix's rows as they are)."""
+        if MIXED in self.phases:
+            return self.phases[MIXED].rows
+        return {op: phase.rows[op] for op, phase in self.phases.items()}
+
+    @property
+    def errors(self) -> Counter:
+        records = self.warm.records + [r for phase in self.phases.values() for r in phase.load.records]
+        return Counter(r.error for r in records if r.error)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "warmup": {"operations": summarize(self.warm.records, self.warm.wall_seconds)},
+            "phases": {name: phase.json() for name, phase in self.phases.items()},
+            "threads": self.threads,
+            "errors": dict(self.errors),
+            "accepted": len(set(self.accepted)),
         }
 
 
 def drive(server: Server, *, api_key: str, model_id: str, subjects: list[str], args: argparse.Namespace) -> Measured:
-    """Warm up, then the measured load under a CpuMeter; a fresh Random(seed) per server, so that the
-    service and the floor get the same operation order and the same subjects."""
+    """Warm up, then each phase under its own CpuMeter; a fresh Random(seed) per server, so that the
+    service and the floor get the same operations in the same order with the same subjects."""
+    return asyncio.run(_drive(server, api_key=api_key, model_id=model_id, subjects=subjects, args=args))
+
+
+async def _drive(
+    server: Server, *, api_key: str, model_id: str, subjects: list[str], args: argparse.Namespace
+) -> Measured:
     rng = random.Random(args.seed)
-    common = {
-        "url": server.url,
-        "api_key": api_key,
-        "model_id": model_id,
-        "subjects": subjects,
-        "concurrency": args.concurrency,
-        "rng": rng,
-    }
-    # Warm-up: connection pools, first imports and query plans of every worker; not in the statistics
-    # (the service's 202s are checked in the ledger like the others).
-    warm = asyncio.run(drive_load(**common, submissions=args.warmup, reads=args.warmup, key_prefix="warm"))
-    with CpuMeter(server) as cpu:
-        load = asyncio.run(
-            drive_load(
-                **common, submissions=args.submissions, reads=args.reads, key_prefix="load", readable=warm.accepted
+    # One keep-alive connection per request in flight, for the whole run: opened in the warm-up,
+    # not inside a measured phase.
+    connections = [Connection(server.url, api_key) for _ in range(args.concurrency)]
+    try:
+
+        async def load(plan: list[str], key_prefix: str, readable: list[str]) -> LoadResult:
+            return await drive_load(
+                connections,
+                plan,
+                model_id=model_id,
+                subjects=subjects,
+                rng=rng,
+                key_prefix=key_prefix,
+                readable=readable,
             )
-        )
-    return Measured(warm, load, cpu.used)
+
+        # Warm-up: connections, first imports and query plans of every worker, in the same phases;
+        # not in the statistics (the service's 202s are checked in the ledger like the others).
+        warm = LoadResult()
+        for name, plan in plans(args.warmup, args.warmup, interleaved=args.interleaved, rng=rng):
+            done = await load(plan, f"warm-{name}", warm.accepted)
+            warm.records += done.records
+            warm.accepted += done.accepted
+            warm.wall_seconds += done.wall_seconds
+        phases = {}
+        readable = list(warm.accepted)
+        for name, plan in plans(args.submissions, args.reads, interleaved=args.interleaved, rng=rng):
+            with CpuMeter(server) as cpu:
+                done = await load(plan, f"load-{name}", readable)
+            readable += done.accepted
+            phases[name] = Phase(done, cpu.used, cpu.by_process)
+    finally:
+        for connection in connections:
+            await connection.close()
+    return Measured(warm, phases, _process_threads(server))
 
 
 @dataclass
@@ -767,50 +961,99 @@ def run_floor(args: argparse.Namespace, database_url: str, fixture: Fixture, roo
         return drive(server, api_key="floor", model_id="floor-model", subjects=fixture.subjects, args=args)
 
 
-def comparison(service: Measured, floor: Measured) -> dict[str, Any]:
-    """Service over floor: throughput, p99 and server CPU per request, per operation of the same pattern."""
-    srows, frows = service.rows, floor.rows
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
 
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return round(a / b, 3) if a is not None and b else None
 
-    return {
-        op: {
-            "ops_per_s": ratio(srows[op]["ops_per_s"], frows[op]["ops_per_s"]),
-            "p99_ms": ratio(srows[op]["p99_ms"], frows[op]["p99_ms"]),
+def comparison(service: Measured, floor: Measured) -> dict[str, dict[str, float | None]]:
+    """Service over floor, phase by phase: throughput, p99 and server CPU per request."""
+    ratios = {}
+    for name, mine in service.phases.items():
+        theirs, op = floor.phases[name], PHASE_OPERATION[name]
+        ratios[name] = {
+            "ops_per_s": _ratio(mine.rows[op]["ops_per_s"], theirs.rows[op]["ops_per_s"]),
+            "p99_ms": _ratio(mine.rows[op]["p99_ms"], theirs.rows[op]["p99_ms"]),
+            "server_cpu_ms_per_request": _ratio(mine.cpu_ms_per_request("server"), theirs.cpu_ms_per_request("server")),
         }
-        for op in (SUBMIT, READ, "all")
-    } | {"server_cpu_ms_per_request": ratio(service.server_cpu_ms_per_request, floor.server_cpu_ms_per_request)}
+    return ratios
 
 
 def comparison_table(service: Measured, floor: Measured, workers: int) -> str:
-    """The README's two rows (service, floor) and their ratio, per operation of the mixed load."""
+    """Per phase: the service's row, the floor's row and their ratio, with the client's CPU beside each."""
     ratios = comparison(service, floor)
-    header = ("server", "submissions/s", "p99 ms", "reads/s", "p99 ms", "CPU ms/request")
+    header = ("phase", "server", "ops/s", "p99 ms", "server CPU ms/req", "client CPU ms/req", "client CPU share")
 
-    def cells(m: Measured) -> tuple[str, ...]:
-        rows = m.rows
+    def cells(phase: Phase, op: str) -> tuple[str, ...]:
+        share = phase.client_cpu_share
         return (
-            _num(rows[SUBMIT]["ops_per_s"], 0),
-            _num(rows[SUBMIT]["p99_ms"], 0),
-            _num(rows[READ]["ops_per_s"], 0),
-            _num(rows[READ]["p99_ms"], 0),
-            _num(m.server_cpu_ms_per_request, 2),
+            _num(phase.rows[op]["ops_per_s"], 0),
+            _num(phase.rows[op]["p99_ms"], 1),
+            _num(phase.cpu_ms_per_request("server"), 2),
+            _num(phase.cpu_ms_per_request("client"), 2),
+            "–" if share is None else f"{share:.0%}",
         )
 
-    body = [
-        (f"`ltu serve --workers {workers}`", *cells(service)),
-        ("bare floor (bench/floor_app.py)", *cells(floor)),
-        (
-            "service / floor",
-            _num(ratios[SUBMIT]["ops_per_s"], 2),
-            _num(ratios[SUBMIT]["p99_ms"], 2),
-            _num(ratios[READ]["ops_per_s"], 2),
-            _num(ratios[READ]["p99_ms"], 2),
-            _num(ratios["server_cpu_ms_per_request"], 2),
-        ),
-    ]
-    return _markdown(header, body)
+    body = []
+    for name, ratio in ratios.items():
+        op = PHASE_OPERATION[name]
+        body += [
+            (PHASE_NAMES[name], f"`ltu serve --workers {workers}`", *cells(service.phases[name], op)),
+            ("", "bare floor", *cells(floor.phases[name], op)),
+            (
+                "",
+                "service / floor",
+                _num(ratio["ops_per_s"], 2),
+                _num(ratio["p99_ms"], 2),
+                _num(ratio["server_cpu_ms_per_request"], 2),
+                "",
+                "",
+            ),
+        ]
+    return _markdown(header, body, left=(0, 1))
+
+
+# Issue 15's goals, against the bare floor at the same concurrency, phase by phase.
+READS_THROUGHPUT_GOAL = 0.8  # service reads/s ÷ floor reads/s, at least
+SUBMISSIONS_THROUGHPUT_GOAL = 0.5  # service submissions/s ÷ floor INSERTs/s, at least
+P99_GOAL = 2.0  # service p99 ÷ floor p99, below
+
+
+def goals(ratios: dict[str, dict[str, float | None]], lost: int) -> dict[str, dict[str, Any]]:
+    """Each goal's measured value and whether it is met (None: that phase did not run)."""
+
+    def judged(value: float | None, bound: float, at_least: bool) -> dict[str, Any]:
+        met = None if value is None else value >= bound if at_least else value < bound
+        return {"value": value, "goal": f"{'>=' if at_least else '<'} {bound}", "met": met}
+
+    def ratio(phase: str, what: str) -> float | None:
+        return ratios.get(phase, {}).get(what)
+
+    return {
+        "reads_throughput_ratio": judged(ratio(READ, "ops_per_s"), READS_THROUGHPUT_GOAL, at_least=True),
+        "submissions_throughput_ratio": judged(ratio(SUBMIT, "ops_per_s"), SUBMISSIONS_THROUGHPUT_GOAL, at_least=True),
+        "reads_p99_ratio": judged(ratio(READ, "p99_ms"), P99_GOAL, at_least=False),
+        "submissions_p99_ratio": judged(ratio(SUBMIT, "p99_ms"), P99_GOAL, at_least=False),
+        "lost": {"value": lost, "goal": "0", "met": lost == 0},
+    }
+
+
+def goals_line(judged: dict[str, dict[str, Any]]) -> str:
+    def verdict(goal: dict[str, Any]) -> str:
+        return {True: "met", False: "NOT met", None: "not measured"}[goal["met"]]
+
+    def part(label: str, key: str, bound: str) -> str:
+        goal = judged[key]
+        return f"{label} {_num(goal['value'], 2)} ({bound}: {verdict(goal)})"
+
+    return "goals (issue 15, service / floor): " + "; ".join(
+        [
+            part("reads/s", "reads_throughput_ratio", f"≥ {READS_THROUGHPUT_GOAL}"),
+            part("submissions/s", "submissions_throughput_ratio", f"≥ {SUBMISSIONS_THROUGHPUT_GOAL}"),
+            part("reads p99", "reads_p99_ratio", f"< {P99_GOAL}"),
+            part("submissions p99", "submissions_p99_ratio", f"< {P99_GOAL}"),
+            f"lost {judged['lost']['value']} ({verdict(judged['lost'])})",
+        ]
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -818,6 +1061,9 @@ def run(args: argparse.Namespace) -> int:
     cpus = os.cpu_count() or 1
     load_before = _load_average()  # other work on the machine skews every number: say how much there was
     order = ["service"] if args.no_floor else ["floor", "service"] if args.floor_first else ["service", "floor"]
+    phase_order = [
+        name for name, _ in plans(args.submissions, args.reads, interleaved=args.interleaved, rng=random.Random())
+    ]
     config = {
         "workers": args.workers,
         "concurrency": args.concurrency,
@@ -825,14 +1071,20 @@ def run(args: argparse.Namespace) -> int:
         "reads": args.reads,
         "warmup": args.warmup,
         "seed": args.seed,
-        "cpu_count": cpus,
-        "dataset_samples": DATASET_SAMPLES,
+        "load": "interleaved" if args.interleaved else "phased",
+        "phases": phase_order,
         "order": order,
+        "dataset_samples": DATASET_SAMPLES,
         "floor_http": None if args.no_floor else args.floor_http,
     }
+    shape = (
+        "interleaved in one seeded order"
+        if args.interleaved
+        else "all submissions, then reads of the accepted ids, each phase on its own clock"
+    )
     print(
         f"api_load: {args.workers} uvicorn workers, concurrency {args.concurrency}, "
-        f"{args.submissions} submissions + {args.reads} reads (+{args.warmup} warm-up submissions and reads), "
+        f"{args.submissions} submissions + {args.reads} reads ({shape}; +{args.warmup} warm-up of each), "
         f"{cpus} CPUs shared by client, server workers and Postgres (loopback); "
         f"order: {', then '.join(order)}, one at a time"
     )
@@ -853,46 +1105,50 @@ def run(args: argparse.Namespace) -> int:
                     floor = run_floor(args, database_url, fixture, root)
             # Both servers are stopped: every answered request's transaction has ended.
             service = service_run.measured
-            accepted = service.warm.accepted + service.load.accepted
+            accepted = service.accepted
             ledger = check_ledger(database_url, accepted)
-            floor_lost = check_floor(database_url, floor.warm.accepted + floor.load.accepted) if floor else []
+            floor_lost = check_floor(database_url, floor.accepted) if floor else []
 
     chain, server_log = service_run.chain, service_run.server_log
-    rows = service.rows
     errors = service.errors
     warm_errors = sum(r.error is not None for r in service.warm.records)
     server_errors = server_log.count("Traceback")
     total_seconds = time.perf_counter() - t0
+    lost = ledger.lost
+    ratios = comparison(service, floor) if floor else None
+    judged = goals(ratios, len(lost)) if ratios is not None and not args.interleaved else None
 
     print()
     print(f"service (`ltu serve --workers {args.workers}`):")
-    print(table(rows))
+    print(table(service.rows))
     if floor:
         print()
         print(f"bare floor (bench/floor_app.py, uvicorn --workers {args.workers} --http {args.floor_http}):")
         print(table(floor.rows))
         print()
         print(comparison_table(service, floor, args.workers))
+        print(
+            "(server CPU: the uvicorn supervisor and workers; client CPU: this process; client CPU share: its "
+            "CPU seconds per wall second of the phase, near 100% the load generator sets the pace)"
+        )
+    if judged:
+        print(goals_line(judged))
+    elif floor:
+        print("goals (issue 15): not judged on an interleaved mix, whose per-operation ratios are one ratio")
     print()
-    walls = f"load {service.load.wall_seconds:.1f} s wall" + (
-        f" (floor {floor.load.wall_seconds:.1f} s)" if floor else ""
-    )
-    print(f"{walls}; total {total_seconds:.1f} s (set-up, warm-up, loads, checks, teardown)")
     for name, measured in (("service", service), ("floor", floor)):
-        used = measured.cpu if measured else {}
-        if all(used.get(k) is not None for k in ("client", "api_server", "machine")):
-            capacity = cpus * measured.load.wall_seconds
-            print(
-                f"CPU during the {name} load (of {capacity:.0f} core-seconds): load generator {used['client']:.1f} s, "
-                f"server processes {used['api_server']:.1f} s, whole machine {used['machine']:.1f} s "
-                f"({used['machine'] / capacity:.0%} busy; the rest is Postgres and whatever else runs here)"
-            )
-        if measured and measured.server_cpu_ms_per_request is not None:
-            # Throughput moves with whatever else runs on a shared machine; CPU per request much less.
-            print(
-                f"{name} CPU per request: {measured.server_cpu_ms_per_request:.2f} ms "
-                "(mixed load; steadier than ops/s on a shared machine)"
-            )
+        for phase_name, phase in measured.phases.items() if measured else ():
+            used = phase.cpu
+            if all(used.get(k) is not None for k in ("client", "server", "machine")):
+                capacity = cpus * phase.load.wall_seconds
+                split = ", ".join(f"{v:.1f}" for v in sorted(phase.server_cpu_by_process.values(), reverse=True))
+                print(
+                    f"{name} {PHASE_NAMES[phase_name]}: {phase.load.wall_seconds:.1f} s wall; CPU (of "
+                    f"{capacity:.1f} core-seconds): load generator {used['client']:.1f} s, server processes "
+                    f"{used['server']:.1f} s (by process: {split}), whole machine {used['machine']:.1f} s "
+                    f"({used['machine'] / capacity:.0%} busy; the rest is Postgres and whatever else runs here)"
+                )
+    print(f"total {total_seconds:.1f} s (set-up, warm-up, loads, checks, teardown)")
     print(f"load average before the run: {load_before}")
     for error, n in errors.most_common(10):
         print(f"error x{n}: {error}")
@@ -906,7 +1162,6 @@ def run(args: argparse.Namespace) -> int:
         if floor_lost:
             print(f"floor: {len(floor_lost)} id(s) answered 202 that its table lacks")
 
-    lost = ledger.lost
     print(
         f"ledger: {ledger.accepted} ids answered 202 (warm-up included); "
         + ", ".join(f"{len(ids)} without {what}" for what, ids in ledger.missing.items())
@@ -943,21 +1198,23 @@ def run(args: argparse.Namespace) -> int:
             "environment": {
                 "python": platform.python_version(),
                 "platform": platform.platform(),
+                "cpu_count": cpus,
+                "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                "cpu_model": _cpu_model(),
                 "machine_note": f"loopback; {cpus} CPUs shared by the load generator, "
                 f"{args.workers} uvicorn workers and Postgres; no Celery worker; service and floor one at a time",
                 "rate_limits": f"raised to {UNLIMITED_RATE} per minute and burst",
                 "versions": versions(),
                 "service_http": "h11 (api.http_protocol.ProblemH11Protocol)",
+                "thread_variables": {
+                    name: os.environ.get(name)
+                    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+                },
                 **_git(),
             },
-            "operations": rows,
-            "load_wall_seconds": round(service.load.wall_seconds, 2),
             "total_seconds": round(total_seconds, 2),
-            "cpu_seconds_during_load": {k: _round(v, 2) for k, v in service.cpu.items()},
-            "api_cpu_ms_per_request": _round(service.server_cpu_ms_per_request, 3),
             "load_average_before": load_before,
-            "errors": dict(errors),
-            "server_tracebacks": server_errors,
+            "service": service.json() | {"server_tracebacks": server_errors},
             "ledger": {
                 "accepted": ledger.accepted,
                 "missing": {k: len(v) for k, v in ledger.missing.items()},
@@ -966,17 +1223,9 @@ def run(args: argparse.Namespace) -> int:
                 "dispatched_outbox_rows": ledger.dispatched,
             },
             "audit_chain": chain,
-            "floor": None
-            if floor is None
-            else {
-                "http": args.floor_http,
-                "operations": floor.rows,
-                **floor.cpu_json(),
-                "errors": dict(floor.errors),
-                "accepted": len(set(floor.warm.accepted + floor.load.accepted)),
-                "lost": floor_lost,
-            },
-            "service_over_floor": comparison(service, floor) if floor else None,
+            "floor": None if floor is None else floor.json() | {"http": args.floor_http, "lost": floor_lost},
+            "service_over_floor": ratios,
+            "goals": judged,
             "passed": not failures,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -1032,6 +1281,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"(default LTU_BENCH_BROKER_URL or {DEFAULT_BROKER})",
     )
     parser.add_argument("--allow-errors", action="store_true", help="exit 0 even if some requests failed")
+    parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="one seeded mix of submissions and reads under one clock instead of the two phases "
+        "(what clients do at once; its per-operation throughputs are shares of one total, so no goals)",
+    )
     parser.add_argument(
         "--no-floor",
         action="store_true",

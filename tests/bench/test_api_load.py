@@ -1,5 +1,6 @@
-"""bench/api_load.py keeps working: its statistics, its ledger check (which must be able to fail),
-and a tiny end-to-end run against Postgres with two uvicorn workers, the service and then the floor.
+"""bench/api_load.py keeps working: its statistics, its phases, its goals, its ledger check (which
+must be able to fail), and a tiny end-to-end run against Postgres with two uvicorn workers, the
+service and then the floor, submissions then reads.
 
 The benchmark's numbers are never asserted (bench/ is not part of pass/fail); that it runs, loses
 nothing and cleans up after itself is. Without Postgres these tests skip, under CI=true they fail.
@@ -59,6 +60,36 @@ def test_percentiles_are_nearest_rank_and_the_table_counts_errors():
     assert "|     2 |      1 |" in lines[2]
 
 
+def test_the_load_is_phased_unless_interleaved():
+    import random
+
+    assert api_load.plans(3, 5, interleaved=False, rng=random.Random(0)) == [
+        ("submit", ["submit"] * 3),
+        ("read", ["read"] * 5),
+    ]
+    assert api_load.plans(0, 5, interleaved=False, rng=random.Random(0)) == [("read", ["read"] * 5)]
+    [(name, mix)] = api_load.plans(3, 5, interleaved=True, rng=random.Random(0))
+    assert name == "mixed" and sorted(mix) == ["read"] * 5 + ["submit"] * 3
+
+
+def test_the_goals_are_judged_on_the_measured_ratios():
+    ratios = {
+        "submit": {"ops_per_s": 0.5, "p99_ms": 2.0, "server_cpu_ms_per_request": 3.0},
+        "read": {"ops_per_s": 0.79, "p99_ms": 1.99, "server_cpu_ms_per_request": 2.0},
+    }
+    judged = api_load.goals(ratios, lost=0)
+    assert {name: goal["met"] for name, goal in judged.items()} == {
+        "reads_throughput_ratio": False,
+        "submissions_throughput_ratio": True,
+        "reads_p99_ratio": True,
+        "submissions_p99_ratio": False,
+        "lost": True,
+    }
+    assert api_load.goals({}, lost=1)["reads_throughput_ratio"]["met"] is None
+    assert api_load.goals({}, lost=1)["lost"]["met"] is False
+    assert "reads/s 0.79 (≥ 0.8: NOT met)" in api_load.goals_line(judged)
+
+
 def test_the_ledger_check_reports_an_accepted_id_the_ledger_lacks(postgres_admin_url):
     with api_load.throwaway_database(postgres_admin_url) as url:
         check = api_load.check_ledger(url, ["00000000-0000-0000-0000-000000000000"])
@@ -99,16 +130,35 @@ def test_a_tiny_run_loses_nothing_and_cleans_up(postgres_admin_url, tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "lost: 0" in done.stdout
+    assert "goals (issue 15, service / floor): reads/s " in done.stdout
     record = json.loads(out.read_text())
     assert record["passed"] and record["ledger"]["accepted"] == 24
-    assert record["operations"]["submit"]["status_codes"] == {"202": 24}
-    assert record["operations"]["read"]["status_codes"] == {"200": 48}
-    # The floor got the same load after the service, and committed every row it answered 202 for.
-    assert record["config"]["order"] == ["service", "floor"]
-    assert record["floor"]["operations"]["submit"]["status_codes"] == {"202": 24}
-    assert record["floor"]["operations"]["read"]["status_codes"] == {"200": 48}
-    assert record["floor"]["accepted"] == 24 and record["floor"]["lost"] == []
-    assert set(record["service_over_floor"]) == {"submit", "read", "all", "server_cpu_ms_per_request"}
+    assert record["config"]["load"] == "phased" and record["config"]["order"] == ["service", "floor"]
+    # Every submission in a phase of its own, then every read of an accepted id in the next; the
+    # floor got the same phases after the service and committed every row it answered 202 for.
+    for server in ("service", "floor"):
+        phases = record[server]["phases"]
+        assert list(phases) == ["submit", "read"]
+        assert phases["submit"]["operations"]["submit"]["status_codes"] == {"202": 24}
+        assert phases["submit"]["operations"]["read"]["count"] == 0
+        assert phases["read"]["operations"]["read"]["status_codes"] == {"200": 48}
+        assert phases["read"]["operations"]["submit"]["count"] == 0
+        for phase in phases.values():
+            assert set(phase["cpu_seconds"]) == {"client", "server", "machine"}
+            assert phase["client_cpu_share"] is not None and phase["server_cpu_ms_per_request"] is not None
+        assert record[server]["accepted"] == 24 and record[server]["errors"] == {}
+    assert record["floor"]["lost"] == []
+    assert set(record["service_over_floor"]) == {"submit", "read"}
+    assert all(
+        set(r) == {"ops_per_s", "p99_ms", "server_cpu_ms_per_request"} for r in record["service_over_floor"].values()
+    )
+    goals = record["goals"]
+    assert goals["lost"] == {"value": 0, "goal": "0", "met": True}
+    throughput = record["service_over_floor"]["read"]["ops_per_s"]
+    assert goals["reads_throughput_ratio"] == {"value": throughput, "goal": ">= 0.8", "met": throughput >= 0.8}
+    assert record["environment"]["commit"] and record["environment"]["versions"]["uvicorn"]
+    # The uvicorn supervisor and its two workers at least (multiprocessing may add a resource tracker).
+    assert len(record["service"]["threads"]) >= 3 and all(p["threads"] for p in record["service"]["threads"])
     database = re.search(r"database (ltu_bench_[0-9a-f]+)", done.stdout).group(1)
     with psycopg.connect(api_load._libpq(postgres_admin_url), connect_timeout=5) as conn:
         assert conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None
