@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +32,16 @@ def get_tenant(session: Session, *, tenant_id: str) -> Tenant:
     return tenant
 
 
-def is_operator(session: Session, *, key: ApiKey) -> bool:
+@dataclass(frozen=True, slots=True)
+class LiveKey:
+    """What a request needs of the caller's key: who it is, whose it is and what it may do."""
+
+    id: str
+    tenant_id: str
+    scopes: tuple[str, ...]
+
+
+def is_operator(session: Session, *, key: LiveKey) -> bool:
     """True for admin keys of the operator's tenant (DEFAULT_TENANT, which LTU_ADMIN_API_KEY joins).
 
     Only they may read other tenants' audit events; every other key sees its own tenant only.
@@ -129,18 +139,30 @@ def ensure_admin_key(session: Session, *, secret: str, tenant_name: str = DEFAUL
     return key
 
 
-def authenticate(session: Session, *, secret: str) -> ApiKey | None:
-    """The live key whose secret this is, or None."""
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash(secret)))
-    if key is None or key.revoked_at is not None:
-        return None
-    return key
+_api_keys = ApiKey.__table__
+# Built once: a statement object keeps its cache key, so each request skips rebuilding and re-keying it.
+_LIVE_KEYS = select(_api_keys.c.id, _api_keys.c.tenant_id, _api_keys.c.scopes).where(_api_keys.c.revoked_at.is_(None))
+LIVE_KEY_BY_HASH = _LIVE_KEYS.where(_api_keys.c.key_hash == bindparam("key_hash"))
+LIVE_KEY_BY_ID = _LIVE_KEYS.where(_api_keys.c.id == bindparam("key_id"))
 
 
-def get_live_key(session: Session, *, key_id: str) -> ApiKey | None:
+def authenticate(session: Session, *, secret: str) -> LiveKey | None:
+    """The live key whose secret this is, or None.
+
+    Every authenticated request pays for this lookup, so it is one Core statement of the three columns a
+    request uses, on the session's connection: no ORM row is built or kept in the session.
+    """
+    return _live_key(session, LIVE_KEY_BY_HASH, {"key_hash": key_hash(secret)})
+
+
+def get_live_key(session: Session, *, key_id: str) -> LiveKey | None:
     """The key with this id unless it is revoked; None then, or when there is none."""
-    key = session.get(ApiKey, key_id)
-    return key if key is not None and key.revoked_at is None else None
+    return _live_key(session, LIVE_KEY_BY_ID, {"key_id": key_id})
+
+
+def _live_key(session: Session, statement: Select, parameters: dict[str, str]) -> LiveKey | None:
+    found = session.connection().execute(statement, parameters).first()
+    return None if found is None else LiveKey(id=found.id, tenant_id=found.tenant_id, scopes=tuple(found.scopes))
 
 
 def list_keys(session: Session, *, tenant_id: str) -> list[ApiKey]:

@@ -29,7 +29,8 @@ from api.schemas import (
 from ledger import audit, registry, reports, tenants
 from ledger.db import Database
 from ledger.reports import Figures
-from ledger.tables import ApiKey, Tenant, utcnow
+from ledger.tables import Tenant, utcnow
+from ledger.tenants import LiveKey
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -61,7 +62,7 @@ TenantQuery = Annotated[
 ]
 
 
-def audited_tenant(session: Session, key: ApiKey, tenant_id: str | None) -> str:
+def audited_tenant(session: Session, key: LiveKey, tenant_id: str | None) -> str:
     """The tenant whose events the key may read: its own, or any for the operator's admin keys."""
     if tenant_id is None or tenant_id == key.tenant_id:
         return key.tenant_id

@@ -25,7 +25,8 @@ from api.errors import ProblemError
 from api.routes.common import PROBLEM, problems
 from api.schemas import Deadline
 from ledger import certificates, reports, tenants
-from ledger.tables import ACTIVE_STATUSES, ApiKey, utcnow
+from ledger.tables import ACTIVE_STATUSES, utcnow
+from ledger.tenants import LiveKey
 
 router = APIRouter(prefix="/dashboard", tags=["dashboard"])
 
@@ -50,7 +51,7 @@ def dashboard_key(
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> ApiKey | None:
+) -> LiveKey | None:
     """The signed-in key (Bearer header, else session cookie), or None; 403 without the audit scope.
 
     No credentials send a browser to the sign-in form (the pages redirect on None), but a Bearer key
@@ -77,7 +78,7 @@ def dashboard_key(
 SESSION_TOKEN = re.compile(r"(?P<key_id>[A-Za-z0-9-]{1,64})\.(?P<expires>[0-9]{1,12})\.[0-9a-f]{64}")
 
 
-def _cookie_key(session, secret: str, token: str) -> ApiKey | None:
+def _cookie_key(session, secret: str, token: str) -> LiveKey | None:
     match = SESSION_TOKEN.fullmatch(token)
     if match is None:
         return None
@@ -87,7 +88,7 @@ def _cookie_key(session, secret: str, token: str) -> ApiKey | None:
     return tenants.get_live_key(session, key_id=key_id)
 
 
-DashboardKey = Annotated[ApiKey | None, Depends(dashboard_key)]
+DashboardKey = Annotated[LiveKey | None, Depends(dashboard_key)]
 
 
 @router.get("/login", response_class=HTMLResponse)

@@ -33,7 +33,8 @@ from api.schemas import (
 )
 from ledger import certificates, erasures, tenant_keys
 from ledger.db import Database
-from ledger.tables import ACTIVE_STATUSES, ApiKey, Erasure
+from ledger.tables import ACTIVE_STATUSES, Erasure
+from ledger.tenants import LiveKey
 from ltu_settings import Settings
 
 NDJSON = "application/x-ndjson"
@@ -179,7 +180,7 @@ def create_bulk_erasure(
 def _accept(
     session: Session,
     response: Response,
-    key: ApiKey,
+    key: LiveKey,
     settings: Settings,
     body: ErasureCreate | BulkErasureCreate,
     idempotency_key: str | None,

@@ -18,14 +18,15 @@ from api.deps import DatabaseDep, bearer, get_current_key
 from api.errors import ProblemError
 from api.routes.common import problems
 from ledger import tenants
-from ledger.tables import ApiKey, Tenant
+from ledger.tables import Tenant
+from ledger.tenants import LiveKey
 
 router = APIRouter(tags=["operations"])
 
 
 def operator_key(
     database: DatabaseDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> ApiKey:
+) -> LiveKey:
     """The caller's key if it is an audit or admin key of the operator tenant; 401 or 403 otherwise.
 
     Checked in a transaction of its own, closed before the collectors open theirs: on SQLite every
@@ -56,7 +57,7 @@ def operator_key(
         },
     },
 )
-def metrics(request: Request, key: Annotated[ApiKey, Depends(operator_key)]) -> Response:
+def metrics(request: Request, key: Annotated[LiveKey, Depends(operator_key)]) -> Response:
     """HTTP requests and latencies of this process; requests by status, queue depth, job phase durations and
     verification outcomes read from the ledger at scrape time."""
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))

@@ -10,7 +10,7 @@ from api.routes.common import problems, tenant_key_apart
 from api.schemas import DatasetLocationRead, ModelLocationRead, SubjectLocations, SubjectLookup
 from ledger import erasures
 from ledger.db import Database
-from ledger.tables import ApiKey
+from ledger.tenants import LiveKey
 from ltu_settings import Settings
 
 router = APIRouter(prefix="/v1/subjects", tags=["erasures"])
@@ -38,7 +38,7 @@ def get_subject_locations(
 
 
 def _locations(
-    session: Session, database: Database, key: ApiKey, settings: Settings, subject_id: str
+    session: Session, database: Database, key: LiveKey, settings: Settings, subject_id: str
 ) -> SubjectLocations:
     tenant_key = tenant_key_apart(
         database, tenant_id=key.tenant_id, secret=settings.ledger.secret_key, actor=actor(key)

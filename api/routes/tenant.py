@@ -9,7 +9,7 @@ from api.deps import AdminKey, SessionDep, actor
 from api.routes.common import problems
 from api.schemas import TenantKeyRead, TenantRead, TenantUpdate
 from ledger import datasets, tenant_keys, tenants
-from ledger.tables import ApiKey
+from ledger.tenants import LiveKey
 
 router = APIRouter(prefix="/v1/tenant", tags=["tenant"])
 
@@ -28,7 +28,7 @@ def update_tenant(body: TenantUpdate, session: SessionDep, key: AdminKey) -> Ten
     return _read(session, key)
 
 
-def _read(session: Session, key: ApiKey) -> TenantRead:
+def _read(session: Session, key: LiveKey) -> TenantRead:
     tenant = tenants.get_tenant(session, tenant_id=key.tenant_id)
     live = tenant_keys.live_row(session, tenant_id=tenant.id)
     return TenantRead(
