@@ -2,7 +2,7 @@
 
 `record` is the only writer. It inserts nothing: it adds the event to its session's pending list,
 and the commit seals that list into the chain (`install` hooks the session factory): it takes
-the chain lock, reads the head, gives each event the next sequence number, its canonical body
+the chain lock, reads the chain's head and its tenants' heads (one statement), gives each event the next sequence number, its canonical body
 (ledger.canonical) and the SHA-256 of that body, whose `prev_hash` is the head's hash, and
 inserts them just before COMMIT. Sealing last makes the chain lock the transaction's last lock,
 held for an instant: it can never close a deadlock with the row locks the change itself takes.
@@ -28,6 +28,7 @@ data later never breaks the chain. UPDATE, DELETE and TRUNCATE are rejected by t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, event, func, insert, select
+from sqlalchemy import Row, String, bindparam, event, func, insert, null, select, union_all
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from ledger.canonical import canonical_json, timestamp
@@ -61,6 +62,8 @@ CHAIN_COLUMNS = (
     "request_id",
 )
 TENANT_LINK = ("tenant_seq", "tenant_prev_hash")  # in the chained body of events sealed since migration 0007
+AUDIT_EVENTS = AuditEvent.__table__
+LOCK_CHAIN = select(func.pg_advisory_xact_lock(CHAIN_LOCK))
 VERIFY_LIMIT = 10_000  # events one verify call checks at most: every call's work is bounded
 
 
@@ -157,17 +160,37 @@ class TenantHeads:
             self._heads[tenant_id] = (tenant_seq, digest)
 
 
-def _stored_tenant_head(session: Session) -> Callable[[str], tuple[int, str] | None]:
-    def lookup(tenant_id: str) -> tuple[int, str] | None:
-        head = session.execute(
-            select(AuditEvent.tenant_seq, AuditEvent.hash)
+def _heads(session: Session, tenant_ids: list[str]) -> tuple[tuple[int, str], dict[str, tuple[int, str]]]:
+    """The chain's head (seq, hash) and the stored head (tenant_seq, hash) of each of `tenant_ids` that has one,
+    read in one statement."""
+    rows = session.execute(_heads_statement(len(tenant_ids)), {f"tenant_{i}": t for i, t in enumerate(tenant_ids)})
+    head, tenants = (0, GENESIS), {}
+    for row in rows:
+        if row.tenant_id is None:
+            head = (row.position, row.hash)
+        else:
+            tenants[row.tenant_id] = (row.position, row.hash)
+    return head, tenants
+
+
+@functools.cache
+def _heads_statement(tenants: int):
+    """The newest event of the chain, and of each of `tenants` tenants' chains (bound as tenant_0, tenant_1, ...)."""
+    deployment = (
+        select(AuditEvent.seq.label("position"), AuditEvent.hash, null().label("tenant_id"))
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    branches = [deployment]
+    for i in range(tenants):
+        tenant_id = bindparam(f"tenant_{i}", type_=String())
+        branches.append(
+            select(AuditEvent.tenant_seq.label("position"), AuditEvent.hash, tenant_id.label("tenant_id"))
             .where(AuditEvent.tenant_id == tenant_id, AuditEvent.tenant_seq.is_not(None))
             .order_by(AuditEvent.tenant_seq.desc())
             .limit(1)
-        ).first()
-        return tuple(head) if head else None
-
-    return lookup
+        )
+    return union_all(*(select(branch.subquery()) for branch in branches))
 
 
 def _seal(session: Session) -> None:
@@ -175,11 +198,13 @@ def _seal(session: Session) -> None:
     if not pending or session.in_nested_transaction():  # a savepoint's release: the outer commit seals
         return
     session.flush()  # the change's own row locks come first, the chain lock last
+    tenant_ids = sorted({fields["tenant_id"] for fields in pending if fields["tenant_id"] is not None})
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK)))
-    head = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
-    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
-    tenant_heads = TenantHeads(_stored_tenant_head(session))
+        # Its own statement: READ COMMITTED takes each statement's snapshot as it starts, so only a
+        # statement begun after the lock is granted sees the head the previous holder committed.
+        session.execute(LOCK_CHAIN)
+    (seq, prev), stored = _heads(session, tenant_ids)
+    tenant_heads = TenantHeads(stored.get)
     rows = []
     for fields in pending:
         seq += 1
@@ -199,7 +224,7 @@ def _seal(session: Session) -> None:
         )
         tenant_heads.advance(fields["tenant_id"], fields["tenant_seq"], digest)
         prev = digest
-    session.execute(insert(AuditEvent), rows)
+    session.execute(insert(AUDIT_EVENTS), rows)
     pending.clear()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, Row, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from ledger import audit
@@ -142,17 +142,56 @@ def samples_by_subject(
     return out
 
 
-def samples_by_id(session: Session, *, dataset_id: str, sample_ids: Sequence[str]) -> dict[str, DatasetSample]:
-    """The samples with these ids (unknown ids are absent)."""
-    out: dict[str, DatasetSample] = {}
-    for start in range(0, len(sample_ids), 500):
-        rows = session.scalars(
-            select(DatasetSample).where(
-                DatasetSample.dataset_id == dataset_id, DatasetSample.sample_id.in_(sample_ids[start : start + 500])
+@dataclass(frozen=True)
+class Named:
+    """The samples a request names, as plain rows (id, sample_id, subject_hash, split), and which of them a
+    completed request on the model already forgot."""
+
+    rows: list[Row]
+    erased: set[int]
+
+
+def named_for_model(
+    session: Session,
+    *,
+    model_id: str,
+    dataset_id: str,
+    subject_hashes: Sequence[str] | None = None,
+    sample_ids: Sequence[str] | None = None,
+) -> Named:
+    """The dataset's samples of these subjects or with these ids, each flagged erased for the model or not.
+
+    One query per 500 keys answers both what `samples_by_subject` (or a lookup by sample id) and
+    `erased_for_model` would, reading only the named samples' erasures rather than the model's all.
+    """
+    column, keys = (
+        (DatasetSample.subject_hash, subject_hashes)
+        if subject_hashes is not None
+        else (DatasetSample.sample_id, sample_ids or ())
+    )
+    erased = _forgotten_by(model_id).label("erased")
+    rows: list[Row] = []
+    for start in range(0, len(keys), 500):
+        rows.extend(
+            session.execute(
+                select(
+                    DatasetSample.id, DatasetSample.sample_id, DatasetSample.subject_hash, DatasetSample.split, erased
+                )
+                .where(DatasetSample.dataset_id == dataset_id, column.in_(keys[start : start + 500]))
+                .order_by(DatasetSample.id)
             )
         )
-        out.update({row.sample_id: row for row in rows})
-    return out
+    return Named(rows, {row.id for row in rows if row.erased})
+
+
+def _forgotten_by(model_id: str) -> ColumnElement[bool]:
+    """SQL, per DatasetSample row: a completed request on the model named it (`erased_for_model`'s rule)."""
+    return exists().where(
+        RequestSample.sample_pk == DatasetSample.id,
+        DeletionRequest.id == RequestSample.request_id,
+        DeletionRequest.model_id == model_id,
+        DeletionRequest.status == COMPLETED,
+    )
 
 
 def erased_for_model(session: Session, *, model_id: str) -> set[int]:

@@ -12,23 +12,24 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ledger.tables import OutboxMessage, utcnow
 
 ERASURE_TASK = "ltu.erasure.run"
 AUDIT_REFERENCES_TASK = "ltu.audit_references.train"  # the likelihood-ratio tier's reference models
+OUTBOX = OutboxMessage.__table__
 
 
-def enqueue(session: Session, *, task_name: str, payload: dict[str, Any], delay: float = 0.0) -> OutboxMessage:
-    """Add a dispatch row (flushed, not committed), due at once or `delay` seconds from now (a retry's backoff)."""
+def enqueue(session: Session, *, task_name: str, payload: dict[str, Any], delay: float = 0.0) -> None:
+    """Insert a dispatch row (not committed), due at once or `delay` seconds from now (a retry's backoff)."""
     now = utcnow()
     due = now + timedelta(seconds=delay) if delay > 0 else None
-    message = OutboxMessage(task_name=task_name, payload=payload, created_at=now, claimed_until=due)
-    session.add(message)
-    session.flush()
-    return message
+    # Core, not the unit of work: one INSERT, no object for the session to track (the hot path of every submission).
+    session.execute(
+        insert(OUTBOX).values(task_name=task_name, payload=payload, created_at=now, claimed_until=due, attempts=0)
+    )
 
 
 def claim_next(

@@ -19,11 +19,11 @@ import calendar
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, and_, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from ledger import audit, datasets, leases, outbox, ratelimit, registry
 from ledger.errors import (
@@ -51,10 +51,15 @@ from ledger.tables import (
     Model,
     ModelVersion,
     RequestSample,
+    new_id,
     utcnow,
 )
 
 WORKER = "worker"
+REQUESTS = DeletionRequest.__table__
+# The columns' scalar defaults, written out: an inserted request's row and its ORM object hold the same values.
+REQUEST_DEFAULTS = {c.key: c.default.arg for c in REQUESTS.columns if c.default is not None and c.default.is_scalar}
+SampleT = TypeVar("SampleT", DatasetSample, Row)  # an ORM sample, or a row with its id and split
 CLAIM_TRIES = 3
 
 
@@ -116,7 +121,7 @@ def _replay(existing: DeletionRequest, body_hash: str, tenant_key_id: int) -> De
     return existing
 
 
-def still_to_forget(samples: Iterable[DatasetSample], *, erased: Collection[int]) -> list[DatasetSample]:
+def still_to_forget(samples: Iterable[SampleT], *, erased: Collection[int]) -> list[SampleT]:
     """The samples of `samples` a model must still forget: training samples whose key is not in `erased`.
 
     The one statement of the forget-set rule: submission refuses a target for which this is empty,
@@ -126,14 +131,22 @@ def still_to_forget(samples: Iterable[DatasetSample], *, erased: Collection[int]
     return [s for s in samples if s.split == "train" and s.id not in erased]
 
 
-def resolve_target(session: Session, *, model: Model, target: Target) -> list[DatasetSample]:
-    """The samples a request names (all splits), or NotFound / InvalidInput saying which entry is wrong."""
-    forgotten = datasets.erased_for_model(session, model_id=model.id)
-    chosen: list[DatasetSample] = []
-    if target.kind == "subjects":
-        groups = datasets.samples_by_subject(
-            session, dataset_id=model.dataset_id, subject_hashes=list(target.subject_hashes)
-        )
+def resolve_target(session: Session, *, model: Model, target: Target) -> list[Row]:
+    """The samples a request names (all splits) as rows (id, sample_id, subject_hash, split), or NotFound /
+    InvalidInput saying which entry is wrong. One query per 500 targets reads them and their erasures."""
+    subjects = target.kind == "subjects"
+    named = datasets.named_for_model(
+        session,
+        model_id=model.id,
+        dataset_id=model.dataset_id,
+        subject_hashes=target.subject_hashes if subjects else None,
+        sample_ids=None if subjects else target.sample_ids,
+    )
+    chosen: list[Row] = []
+    if subjects:
+        groups: dict[str, list[Row]] = {}
+        for row in named.rows:
+            groups.setdefault(row.subject_hash, []).append(row)
         unknown = [i for i, h in enumerate(target.subject_hashes) if h not in groups]
         if unknown:
             raise NotFound(
@@ -145,11 +158,11 @@ def resolve_target(session: Session, *, model: Model, target: Target) -> list[Da
                     f"subject_ids[{i}] has no training samples in dataset {model.dataset_id} "
                     "(only test/holdout samples): the model never learned from this subject"
                 )
-            if not still_to_forget(groups[h], erased=forgotten):
+            if not still_to_forget(groups[h], erased=named.erased):
                 raise AlreadyErased(f"subject_ids[{i}] has already been erased from model {model.id}")
             chosen.extend(groups[h])
     else:
-        found = datasets.samples_by_id(session, dataset_id=model.dataset_id, sample_ids=list(target.sample_ids))
+        found = {row.sample_id: row for row in named.rows}
         unknown = [i for i, sid in enumerate(target.sample_ids) if sid not in found]
         if unknown:
             raise NotFound(f"sample_ids{_positions(unknown)}: no such sample in the model's dataset {model.dataset_id}")
@@ -159,7 +172,7 @@ def resolve_target(session: Session, *, model: Model, target: Target) -> list[Da
                 raise InvalidInput(
                     f"sample_ids[{i}] is a {sample.split!r} sample; only training samples can be unlearned"
                 )
-            if not still_to_forget([sample], erased=forgotten):
+            if not still_to_forget([sample], erased=named.erased):
                 raise AlreadyErased(f"sample_ids[{i}] has already been erased from model {model.id}")
             chosen.append(sample)
     return list({s.id: s for s in chosen}.values())
@@ -194,9 +207,38 @@ def create_request(
         existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
         if existing is not None:
             return _replay(existing, body_hash, tenant_key_id), False
+    return _create_new(
+        session,
+        tenant_id=tenant_id,
+        model=model,
+        target=target,
+        method=method,
+        parameters=parameters,
+        idempotency_key=idempotency_key,
+        body_hash=body_hash,
+        tenant_key_id=tenant_key_id,
+        actor=actor,
+        now=now,
+    )
+
+
+def _create_new(
+    session: Session,
+    *,
+    tenant_id: str,
+    model: Model,
+    target: Target,
+    method: str,
+    parameters: dict[str, Any],
+    idempotency_key: str | None,
+    body_hash: str,
+    tenant_key_id: int,
+    actor: str,
+    now: datetime | None,
+) -> tuple[DeletionRequest, bool]:
+    """`create_request` once no earlier request with the Idempotency-Key was found (one may still arrive)."""
     samples = resolve_target(session, model=model, target=target)
-    now = now or utcnow()
-    request = new_request(
+    values = _request_values(
         tenant_id=tenant_id,
         model_id=model.id,
         target=target,
@@ -205,18 +247,15 @@ def create_request(
         idempotency_key=idempotency_key,
         body_hash=body_hash,
         tenant_key_id=tenant_key_id,
-        now=now,
+        now=now or utcnow(),
     )
-    try:
-        with session.begin_nested():
-            session.add(request)
-            session.flush()
-    except IntegrityError:  # the same key arrived concurrently
+    request = _insert_unless_replayed(session, values)
+    if request is None:  # the same key arrived concurrently and committed first
         existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key or "")
         if existing is None:
-            raise
+            raise RuntimeError(f"Idempotency-Key {idempotency_key!r} conflicted, yet no request holds it")
         return _replay(existing, body_hash, tenant_key_id), False
-    session.add_all(RequestSample(request_id=request.id, sample_pk=s.id) for s in samples)
+    session.execute(insert(RequestSample.__table__), [{"request_id": request.id, "sample_pk": s.id} for s in samples])
     announce(
         session,
         request,
@@ -226,6 +265,30 @@ def create_request(
         data={"subject_hashes": list(target.subject_hashes)},
     )
     return request, True
+
+
+def _insert_unless_replayed(session: Session, values: dict[str, Any]) -> DeletionRequest | None:
+    """INSERT the request, or nothing (None) when the tenant already has one with its Idempotency-Key.
+
+    ON CONFLICT DO NOTHING instead of a savepoint around a plain INSERT: one round trip, and on
+    Postgres a concurrent insert of the same key makes this one wait for its outcome (nothing if it
+    commits, the insert if it rolls back). A Core INSERT: the ORM object is built from the very
+    values inserted and joins the session as a loaded, persistent row, with no unit of work to run.
+    """
+    values = REQUEST_DEFAULTS | values
+    dialect = session.get_bind().dialect.name
+    statement = (
+        (postgresql.insert if dialect == "postgresql" else sqlite.insert)(REQUESTS)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[REQUESTS.c.tenant_id, REQUESTS.c.idempotency_key])
+        .returning(REQUESTS.c.id)
+    )
+    if session.execute(statement).first() is None:
+        return None
+    request = DeletionRequest(**(dict.fromkeys(REQUESTS.columns.keys()) | values))
+    make_transient_to_detached(request)
+    session.add(request)
+    return request
 
 
 def new_request(
@@ -243,22 +306,50 @@ def new_request(
 ) -> DeletionRequest:
     """A received request row (not added), due one calendar month after `now`."""
     return DeletionRequest(
-        tenant_id=tenant_id,
-        model_id=model_id,
+        **_request_values(
+            tenant_id=tenant_id,
+            model_id=model_id,
+            target=target,
+            method=method,
+            parameters=parameters,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+            tenant_key_id=tenant_key_id,
+            now=now,
+        ),
         erasure_id=erasure_id,
-        status=RECEIVED,
-        idempotency_key=idempotency_key,
-        body_hash=body_hash,
-        tenant_key_id=tenant_key_id,
-        target_kind=target.kind,
-        subject_hashes=list(target.subject_hashes),
-        num_targets=target.count,
-        method=method,
-        parameters=parameters,
-        received_at=now,
-        due_at=gdpr_due_at(now),
-        updated_at=now,
     )
+
+
+def _request_values(
+    *,
+    tenant_id: str,
+    model_id: str,
+    target: Target,
+    method: str,
+    parameters: dict[str, Any],
+    idempotency_key: str | None,
+    body_hash: str,
+    tenant_key_id: int,
+    now: datetime,
+) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "tenant_id": tenant_id,
+        "model_id": model_id,
+        "status": RECEIVED,
+        "idempotency_key": idempotency_key,
+        "body_hash": body_hash,
+        "tenant_key_id": tenant_key_id,
+        "target_kind": target.kind,
+        "subject_hashes": list(target.subject_hashes),
+        "num_targets": target.count,
+        "method": method,
+        "parameters": parameters,
+        "received_at": now,
+        "due_at": gdpr_due_at(now),
+        "updated_at": now,
+    }
 
 
 def announce(
@@ -317,8 +408,12 @@ def submit(
     key's bucket (`per_minute`, `burst`) is empty: the request is already added, so the caller must
     roll back (the API's session does, on any error), which also gives back the bucket's row.
     """
-    model = registry.get_model(session, tenant_id=tenant_id, model_id=model_id)
-    request, created = create_request(
+    model, earlier = _model_and_earlier(
+        session, tenant_id=tenant_id, model_id=model_id, idempotency_key=idempotency_key
+    )
+    if earlier is not None:
+        return _replay(earlier, body_hash, tenant_key_id), False
+    request, created = _create_new(
         session,
         tenant_id=tenant_id,
         model=model,
@@ -329,6 +424,7 @@ def submit(
         body_hash=body_hash,
         tenant_key_id=tenant_key_id,
         actor=actor,
+        now=None,
     )
     if created:
         # Last in the transaction: the key's bucket row stays locked only until the commit, not for the
@@ -341,6 +437,22 @@ def submit(
                 retry_after=decision.retry_after,
             )
     return request, created
+
+
+def _model_and_earlier(
+    session: Session, *, tenant_id: str, model_id: str, idempotency_key: str | None
+) -> tuple[Model, DeletionRequest | None]:
+    """The tenant's model (NotFound as `registry.get_model`) and its request with this Idempotency-Key, if any:
+    one query for what `registry.get_model` and `find_by_idempotency_key` would ask in two."""
+    if not idempotency_key:
+        return registry.get_model(session, tenant_id=tenant_id, model_id=model_id), None
+    earlier = and_(DeletionRequest.tenant_id == tenant_id, DeletionRequest.idempotency_key == idempotency_key)
+    row = session.execute(
+        select(Model, DeletionRequest).outerjoin(DeletionRequest, earlier).where(Model.id == model_id)
+    ).first()
+    if row is None or row.Model.tenant_id != tenant_id:
+        raise NotFound(f"model {model_id} not found")
+    return row.Model, row.DeletionRequest
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -126,11 +126,11 @@ def test_a_submission_takes_its_token_last_and_a_rate_limited_one_writes_nothing
 
 
 def test_forget_sets_are_the_named_training_samples_not_yet_erased(ledger, artifacts):
-    from sqlalchemy import update
+    from sqlalchemy import select, update
 
-    from ledger import datasets, requests
+    from ledger import requests
     from ledger.errors import InvalidInput
-    from ledger.tables import COMPLETED, DeletionRequest, Model
+    from ledger.tables import COMPLETED, DatasetSample, DeletionRequest, Model
 
     database, model_id, tenant_id, key = ledger
     train = set(artifacts.dataset.sample_ids[artifacts.dataset.split_indices("train")].tolist())
@@ -172,8 +172,12 @@ def test_forget_sets_are_the_named_training_samples_not_yet_erased(ledger, artif
 
     def train_in_dataset_order(ids):
         with database.session() as session:
-            found = datasets.samples_by_id(session, dataset_id=dataset_id, sample_ids=list(ids))
-        return [s.sample_id for s in sorted(found.values(), key=lambda s: s.row) if s.sample_id in train]
+            in_order = session.scalars(
+                select(DatasetSample.sample_id)
+                .where(DatasetSample.dataset_id == dataset_id, DatasetSample.sample_id.in_(list(ids)))
+                .order_by(DatasetSample.row)
+            )
+            return [sample_id for sample_id in in_order if sample_id in train]
 
     named_by_both = artifacts.samples_of(first_subject) | artifacts.samples_of(mixed)
     with database.session() as session:
@@ -200,3 +204,149 @@ def test_forget_sets_are_the_named_training_samples_not_yet_erased(ledger, artif
             tenant_key_id=key.id,
             actor="test",
         )
+
+
+@pytest.fixture()
+def pg_ledger(make_service, artifacts, fresh_postgres_url):
+    """The `ledger` fixture's (database, model id, tenant id, tenant key), on Postgres."""
+    import secrets
+
+    from ledger.db import Database
+    from ledger.tables import Model
+
+    service = make_service(database_url=fresh_postgres_url, secret_key=secrets.token_urlsafe(48))
+    dataset = service.client.register_dataset(artifacts.archive)
+    model = service.client.register_model(artifacts.weights, dataset_id=dataset.id)
+    database = Database(fresh_postgres_url)
+    with database.session() as session:
+        tenant_id = session.get(Model, model.id).tenant_id
+    yield database, model.id, tenant_id, tenant_key(database, tenant_id, service.settings.ledger.secret_key)
+    database.dispose()
+
+
+@pytest.mark.parametrize("first_ends", ["commit", "rollback"])
+@pytest.mark.parametrize("second_body", ["same", "other"])
+def test_one_idempotency_key_arriving_twice_at_once_makes_one_request(pg_ledger, artifacts, first_ends, second_body):
+    """The second INSERT of a key waits for the first transaction: it replays (or conflicts on another body) once
+    the first commits, and creates the request itself if the first rolls back."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from ledger import requests
+    from ledger.errors import IdempotencyConflict
+    from ledger.tables import DeletionRequest, Model
+
+    database, model_id, tenant_id, key = pg_ledger
+    with database.session() as session:
+        model = session.get(Model, model_id)
+
+    def create(session, index: int):
+        sample_ids = train_samples(artifacts, index)[:1]
+        return requests.create_request(
+            session,
+            tenant_id=tenant_id,
+            model=model,
+            target=requests.Target("samples", sample_ids=sample_ids),
+            method="ltu",
+            parameters={},
+            idempotency_key="twice",
+            body_hash=str(sample_ids),
+            tenant_key_id=key.id,
+            actor="test",
+        )
+
+    outcome: dict[str, object] = {}
+
+    def second() -> None:
+        with database.session() as session:
+            try:
+                outcome["second"] = create(session, 0 if second_body == "same" else 1)
+                session.commit()
+            except IdempotencyConflict as exc:
+                outcome["second"] = exc
+
+    with database.session() as session:
+        first, created = create(session, 0)
+        assert created
+        first_id = first.id
+        racer = threading.Thread(target=second)
+        racer.start()
+        racer.join(timeout=1.0)
+        assert racer.is_alive()  # its INSERT waits on the first transaction's row
+        session.commit() if first_ends == "commit" else session.rollback()
+    racer.join(timeout=30)
+    assert not racer.is_alive()
+
+    with database.session() as session:
+        rows = session.scalar(
+            select(func.count()).select_from(DeletionRequest).where(DeletionRequest.idempotency_key == "twice")
+        )
+    assert rows == 1
+    if first_ends == "rollback":
+        request, created = outcome["second"]
+        assert created and request.id != first_id
+    elif second_body == "same":
+        request, created = outcome["second"]
+        assert not created and request.id == first_id
+    else:
+        assert isinstance(outcome["second"], IdempotencyConflict)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_bucket_counts_to_the_microsecond_and_a_refusal_writes_nothing(backend, key_on):
+    """The refill is computed in SQL: one token a second is there after 1 s, not after 999,999 µs, on either
+    backend; and a refusal leaves the stored bucket as it was."""
+    from datetime import timedelta
+
+    from ledger import ratelimit
+    from ledger.tables import RateLimitBucket, utcnow
+
+    database, key_id = key_on(backend)
+
+    def take(at):
+        with database.transaction() as session:
+            return ratelimit.take(session, api_key_id=key_id, per_minute=60, burst=1, now=at)
+
+    def stored():
+        with database.session() as session:
+            bucket = session.get(RateLimitBucket, key_id)
+            return bucket.tokens, bucket.refilled_at
+
+    start = utcnow()
+    assert take(start).allowed and stored() == (0.0, start)
+    refused = take(start + timedelta(microseconds=999_999))
+    assert not refused.allowed and refused.retry_after == 1 and refused.remaining == pytest.approx(0.999999)
+    assert stored() == (0.0, start)
+    assert take(start + timedelta(seconds=1)).allowed
+    assert stored() == (0.0, start + timedelta(seconds=1))
+    # A clock behind the bucket's adds nothing and does not move the refill time back.
+    assert not take(start).allowed
+    assert take(start + timedelta(seconds=2, microseconds=500_000)).allowed
+    assert stored() == (0.0, start + timedelta(seconds=2, microseconds=500_000))  # refilled to the burst, no further
+
+
+@pytest.fixture()
+def key_on(tmp_path, request):
+    """(database, API key id) on a fresh SQLite or Postgres ledger."""
+    from ledger import migrate, tenants
+    from ledger.db import Database
+
+    databases = []
+
+    def make(backend: str):
+        url = (
+            request.getfixturevalue("fresh_postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'l.db'}"
+        )
+        if backend == "sqlite":
+            migrate.upgrade(url)
+        database = Database(url)
+        databases.append(database)
+        with database.transaction() as session:
+            tenant = tenants.ensure_tenant(session, name="bucket")
+            key, _ = tenants.create_key(session, tenant_id=tenant.id, name="b", scopes=["submit"], actor="test")
+        return database, key.id
+
+    yield make
+    for database in databases:
+        database.dispose()
