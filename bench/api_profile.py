@@ -264,8 +264,10 @@ class ThreadHops:
 def _silence_logs() -> None:
     """Keep formatting every log record (part of a request's cost) but write it nowhere."""
     sink = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
+    consoles = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler):
+        # The service's console handler only: another one (a test runner's capture) keeps its own stream.
+        if isinstance(handler, logging.StreamHandler) and handler.stream in consoles:
             handler.setStream(sink)
 
 
