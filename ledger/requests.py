@@ -196,47 +196,19 @@ def create_request(
     tenant_key_id: int,
     actor: str,
     now: datetime | None = None,
+    looked_up: bool = False,
 ) -> tuple[DeletionRequest, bool]:
     """Create a request with its samples, its dispatch row and its audit event; (request, created).
 
     `target`'s subject hashes and `body_hash` are keyed by the tenant key `tenant_key_id`. A known
     Idempotency-Key with the same body returns the earlier request (created=False); with another
-    body it raises IdempotencyConflict.
+    body it raises IdempotencyConflict. `looked_up`: the caller found no earlier request with the
+    key already (`submit`, in the model's query); one may still arrive concurrently.
     """
-    if idempotency_key:
+    if idempotency_key and not looked_up:
         existing = find_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
         if existing is not None:
             return _replay(existing, body_hash, tenant_key_id), False
-    return _create_new(
-        session,
-        tenant_id=tenant_id,
-        model=model,
-        target=target,
-        method=method,
-        parameters=parameters,
-        idempotency_key=idempotency_key,
-        body_hash=body_hash,
-        tenant_key_id=tenant_key_id,
-        actor=actor,
-        now=now,
-    )
-
-
-def _create_new(
-    session: Session,
-    *,
-    tenant_id: str,
-    model: Model,
-    target: Target,
-    method: str,
-    parameters: dict[str, Any],
-    idempotency_key: str | None,
-    body_hash: str,
-    tenant_key_id: int,
-    actor: str,
-    now: datetime | None,
-) -> tuple[DeletionRequest, bool]:
-    """`create_request` once no earlier request with the Idempotency-Key was found (one may still arrive)."""
     samples = resolve_target(session, model=model, target=target)
     values = _request_values(
         tenant_id=tenant_id,
@@ -413,7 +385,7 @@ def submit(
     )
     if earlier is not None:
         return _replay(earlier, body_hash, tenant_key_id), False
-    request, created = _create_new(
+    request, created = create_request(
         session,
         tenant_id=tenant_id,
         model=model,
@@ -424,7 +396,7 @@ def submit(
         body_hash=body_hash,
         tenant_key_id=tenant_key_id,
         actor=actor,
-        now=None,
+        looked_up=True,
     )
     if created:
         # Last in the transaction: the key's bucket row stays locked only until the commit, not for the
