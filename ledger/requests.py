@@ -263,34 +263,9 @@ def _insert_unless_replayed(session: Session, values: dict[str, Any]) -> Deletio
     return request
 
 
-def new_request(
-    *,
-    tenant_id: str,
-    model_id: str,
-    target: Target,
-    method: str,
-    parameters: dict[str, Any],
-    idempotency_key: str | None,
-    body_hash: str,
-    tenant_key_id: int,
-    now: datetime,
-    erasure_id: str | None = None,
-) -> DeletionRequest:
-    """A received request row (not added), due one calendar month after `now`."""
-    return DeletionRequest(
-        **_request_values(
-            tenant_id=tenant_id,
-            model_id=model_id,
-            target=target,
-            method=method,
-            parameters=parameters,
-            idempotency_key=idempotency_key,
-            body_hash=body_hash,
-            tenant_key_id=tenant_key_id,
-            now=now,
-        ),
-        erasure_id=erasure_id,
-    )
+def new_request(*, erasure_id: str | None = None, **fields: Any) -> DeletionRequest:
+    """A received request row (not added), due one calendar month after `now`; `fields` as `_request_values`."""
+    return DeletionRequest(**_request_values(**fields), erasure_id=erasure_id)
 
 
 def _request_values(
@@ -305,6 +280,7 @@ def _request_values(
     tenant_key_id: int,
     now: datetime,
 ) -> dict[str, Any]:
+    """The columns of a received request, due one calendar month after `now`."""
     return {
         "id": new_id(),
         "tenant_id": tenant_id,
