@@ -52,10 +52,11 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_DIRS = tuple(str(REPO / d) + os.sep for d in ("api", "ledger"))
@@ -403,12 +404,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ltu_client import Client
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ltu-profile-") as tmp:
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="ltu-profile-") as tmp:
         root = Path(tmp)
         with api_load.throwaway_database(args.postgres) as database_url:
             fixture = api_load.build_fixture(root, args.seed)
             admin_key = "ltu_" + secrets.token_urlsafe(32)
-            os.environ.update(api_load.server_env(database_url, args.broker_url, root / "home", admin_key))
+            # The app reads its configuration from LTU_* variables, as `ltu serve` does; restored afterwards.
+            stack.enter_context(
+                mock.patch.dict(
+                    os.environ, api_load.server_env(database_url, args.broker_url, root / "home", admin_key)
+                )
+            )
             app = app_from_env()
             _silence_logs()
             recorder = Recorder(app.state.database.engine)

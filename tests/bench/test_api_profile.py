@@ -7,11 +7,16 @@ No timing is asserted. Without Postgres these tests skip, under CI=true they fai
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests.support import load_bench_script, unavailable
 
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "bench" / "api_profile.py"
 api_profile = load_bench_script("api_profile")
 ROUTES = ("POST /v1/deletion-requests", "GET /v1/deletion-requests/{id}")
 
@@ -26,8 +31,11 @@ def record(tmp_path_factory) -> dict:
     except psycopg.Error as exc:
         unavailable(f"Postgres is not reachable at {url} ({type(exc).__name__})")
     out = tmp_path_factory.mktemp("profile") / "profile.json"
+    # Its own process: the profiled app configures logging and reads LTU_* variables, as `ltu serve` does.
     # A warm-up past psycopg's prepare threshold (5 executions): a first PREPARE is one more message on the wire.
-    assert api_profile.main(["--repeat", "2", "--warmup", "6", "--top", "5", "--json", str(out)]) == 0
+    command = [sys.executable, str(SCRIPT), "--repeat", "2", "--warmup", "6", "--top", "5", "--json", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(out.read_text())
 
 
