@@ -116,12 +116,18 @@ def create_erasure(
     tenant_key_id: int,
     actor: str,
     now: datetime | None = None,
+    bulk: bool = False,
 ) -> tuple[Erasure, bool]:
     """Create the erasure and one request per affected model, with its audit event; (erasure, created).
 
     A model is affected when its dataset holds training samples of a subject it has not forgotten
     yet; each request names only those subjects. NotFound names the model or dataset ids of the
     restriction the tenant lacks. Idempotency-Key as `requests.create_request`.
+
+    `bulk`, for up to 100,000 distinct subjects accepted in seconds: the same erasure and the same
+    rule, but the samples are read once in chunked IN lists, the request samples are inserted in one
+    executemany, and the audit event carries the subject count and a digest of the hash list instead
+    of the list (the erasure row and each request keep the list).
     """
     earlier = _earlier(
         session, tenant_id=tenant_id, idempotency_key=idempotency_key, body_hash=body_hash, tenant_key_id=tenant_key_id
@@ -129,6 +135,11 @@ def create_erasure(
     if earlier is not None:
         return earlier, False
     models = _models_in_scope(session, tenant_id=tenant_id, model_ids=model_ids, dataset_ids=dataset_ids)
+    if bulk:
+        samples = _tenant_samples(session, tenant_id, subject_hashes)
+        found = {row.subject_hash for row in samples}
+    else:
+        found = _found_subjects(session, tenant_id, subject_hashes)
     now = now or utcnow()
     erasure, created = _open_erasure(
         session,
@@ -138,7 +149,7 @@ def create_erasure(
             body_hash=body_hash,
             tenant_key_id=tenant_key_id,
             subject_hashes=list(subject_hashes),
-            subjects_not_found=len(subject_hashes) - len(_found_subjects(session, tenant_id, subject_hashes)),
+            subjects_not_found=len(subject_hashes) - len(found),
             model_ids=_listed(model_ids),
             dataset_ids=_listed(dataset_ids),
             method=method,
@@ -148,27 +159,20 @@ def create_erasure(
     )
     if not created:
         return erasure, False
-    created = []
+    made = []
     for model in models:
-        remaining = _still_held(session, model=model, subject_hashes=subject_hashes)
-        if not remaining:
-            continue
-        request, _ = requests.create_request(
-            session,
-            tenant_id=tenant_id,
-            model=model,
-            target=requests.Target(kind="subjects", subject_hashes=tuple(remaining)),
-            method=method,
-            parameters=parameters,
-            idempotency_key=None,
-            body_hash=body_hash,
-            tenant_key_id=tenant_key_id,
-            actor=actor,
-            now=now,
-        )
-        request.erasure_id = erasure.id
-        created.append(request)
+        if bulk:
+            request = _bulk_request(session, erasure=erasure, model=model, samples=samples, actor=actor, now=now)
+        else:
+            request = _request(session, erasure=erasure, model=model, actor=actor, now=now)
+        if request is not None:
+            made.append(request)
     session.flush()
+    subjects = (
+        {"bulk": True, "subject_hashes_sha256": hash_list_digest(subject_hashes)}
+        if bulk
+        else {"subject_hashes": erasure.subject_hashes}
+    )
     audit.record(
         session,
         tenant_id=tenant_id,
@@ -178,16 +182,38 @@ def create_erasure(
         resource_id=erasure.id,
         now=now,
         data={
-            "subject_hashes": erasure.subject_hashes,
+            **subjects,
             "subject_count": len(subject_hashes),
             "subjects_not_found": erasure.subjects_not_found,
             "model_ids": erasure.model_ids,
             "dataset_ids": erasure.dataset_ids,
             "method": method,
-            "requests": [{"request_id": r.id, "model_id": r.model_id} for r in created],
+            "requests": [{"request_id": r.id, "model_id": r.model_id} for r in made],
         },
     )
     return erasure, True
+
+
+def _request(session: Session, *, erasure: Erasure, model: Model, actor: str, now: datetime) -> DeletionRequest | None:
+    """The erasure's request on `model`, naming the subjects the model still holds; None if it holds none."""
+    remaining = _still_held(session, model=model, subject_hashes=erasure.subject_hashes)
+    if not remaining:
+        return None
+    request, _ = requests.create_request(
+        session,
+        tenant_id=erasure.tenant_id,
+        model=model,
+        target=requests.Target(kind="subjects", subject_hashes=tuple(remaining)),
+        method=erasure.method,
+        parameters=erasure.parameters,
+        idempotency_key=None,
+        body_hash=erasure.body_hash,
+        tenant_key_id=erasure.tenant_key_id,
+        actor=actor,
+        now=now,
+    )
+    request.erasure_id = erasure.id
+    return request
 
 
 def _earlier(
@@ -217,82 +243,6 @@ def _open_erasure(session: Session, erasure: Erasure) -> tuple[Erasure, bool]:
 
 def _listed(ids: Sequence[str] | None) -> list[str] | None:
     return None if ids is None else list(ids)
-
-
-def create_bulk_erasure(
-    session: Session,
-    *,
-    tenant_id: str,
-    subject_hashes: Sequence[str],
-    model_ids: Sequence[str] | None,
-    dataset_ids: Sequence[str] | None,
-    method: str,
-    parameters: dict[str, Any],
-    idempotency_key: str | None,
-    body_hash: str,
-    tenant_key_id: int,
-    actor: str,
-    now: datetime | None = None,
-) -> tuple[Erasure, bool]:
-    """`create_erasure` for up to 100,000 distinct subjects, sized to be accepted in seconds.
-
-    The same erasure and the same rule (one request per affected model, naming the subjects it still
-    holds, with all their samples), but the samples are read once in chunked IN lists, the request
-    samples are inserted in one executemany, and the audit events carry the subject count and a
-    digest of the hash list instead of the list (the erasure row and each request keep the list).
-    """
-    earlier = _earlier(
-        session, tenant_id=tenant_id, idempotency_key=idempotency_key, body_hash=body_hash, tenant_key_id=tenant_key_id
-    )
-    if earlier is not None:
-        return earlier, False
-    models = _models_in_scope(session, tenant_id=tenant_id, model_ids=model_ids, dataset_ids=dataset_ids)
-    samples = _tenant_samples(session, tenant_id, subject_hashes)
-    found = {row.subject_hash for row in samples}
-    now = now or utcnow()
-    erasure, created = _open_erasure(
-        session,
-        Erasure(
-            tenant_id=tenant_id,
-            idempotency_key=idempotency_key,
-            body_hash=body_hash,
-            tenant_key_id=tenant_key_id,
-            subject_hashes=list(subject_hashes),
-            subjects_not_found=len(subject_hashes) - len(found),
-            model_ids=_listed(model_ids),
-            dataset_ids=_listed(dataset_ids),
-            method=method,
-            parameters=parameters,
-            received_at=now,
-        ),
-    )
-    if not created:
-        return erasure, False
-    created = []
-    for model in models:
-        request = _bulk_request(session, erasure=erasure, model=model, samples=samples, actor=actor, now=now)
-        if request is not None:
-            created.append(request)
-    audit.record(
-        session,
-        tenant_id=tenant_id,
-        actor=actor,
-        action="erasure.received",
-        resource_type="erasure",
-        resource_id=erasure.id,
-        now=now,
-        data={
-            "bulk": True,
-            "subject_count": len(subject_hashes),
-            "subject_hashes_sha256": hash_list_digest(subject_hashes),
-            "subjects_not_found": erasure.subjects_not_found,
-            "model_ids": erasure.model_ids,
-            "dataset_ids": erasure.dataset_ids,
-            "method": method,
-            "requests": [{"request_id": r.id, "model_id": r.model_id} for r in created],
-        },
-    )
-    return erasure, True
 
 
 def _among(session: Session, column: Any, values: Sequence[str]) -> Any:
@@ -391,13 +341,12 @@ def submit(
     bulk: bool = False,
     **erasure: Any,
 ) -> tuple[Erasure, bool]:
-    """An erasure through the API: `create_erasure` (`create_bulk_erasure` when `bulk`), paid with one rate-limit
+    """An erasure through the API: `create_erasure`, paid with one rate-limit
     token like a deletion request.
 
     Replays and refusals take no token; RateLimited leaves the erasure added: the caller rolls back.
     """
-    create = create_bulk_erasure if bulk else create_erasure
-    created_erasure, created = create(session, tenant_id=tenant_id, **erasure)
+    created_erasure, created = create_erasure(session, tenant_id=tenant_id, bulk=bulk, **erasure)
     if created:
         decision = ratelimit.take(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
         if not decision.allowed:
