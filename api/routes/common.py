@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from fastapi import Response
+
 from api.errors import ProblemError
 from api.schemas import Problem
+from api.signing import Signer
 from ledger import tenant_keys
 from ledger.db import Database
 
@@ -20,6 +23,20 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     are not UTF-8) and 413 (over its size limit).
     """
     return {status: PROBLEM for status in sorted({401, 403, 422, *statuses})}
+
+
+def certificate_responses(description: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` of a certificate route: the signed document, or 404/409 (not completed)/503 (no key)."""
+    return {**problems(404, 409, 503), 200: {"content": {"application/json": {}}, "description": description}}
+
+
+def signed_certificate(signer: Signer, content: Any, *, name: str) -> Response:
+    """The signed certificate (one line of canonical JSON), named `erasure-certificate-<name>.json`."""
+    return Response(
+        signer.sign(content),
+        media_type="application/json",
+        headers={"Content-Disposition": f'inline; filename="erasure-certificate-{name}.json"'},
+    )
 
 
 def aware(moment: datetime | None) -> datetime | None:

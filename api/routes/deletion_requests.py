@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import CertificateKey, PollKey, SessionDep, SettingsDep, SignerDep, SubmitKey, actor
 from api.errors import ProblemError
-from api.routes.common import aware, problems
+from api.routes.common import aware, certificate_responses, problems, signed_certificate
 from api.schemas import (
     Deadline,
     DeadlineExtension,
@@ -254,19 +254,9 @@ def extend_deadline(
 @router.get(
     "/{request_id}/certificate",
     response_class=Response,
-    responses={
-        **problems(404, 409, 503),
-        200: {
-            "content": {"application/json": {}},
-            "description": "The signed certificate (one line of canonical JSON).",
-        },
-    },
+    responses=certificate_responses("The signed certificate (one line of canonical JSON)."),
 )
 def get_certificate(request_id: str, session: SessionDep, key: CertificateKey, signer: SignerDep) -> Response:
     """The signed erasure certificate of a completed request; check it with `ltu certificate verify`."""
     content = certificates.certificate_content(session, tenant_id=key.tenant_id, request_id=request_id)
-    return Response(
-        signer.sign(content),
-        media_type="application/json",
-        headers={"Content-Disposition": f'inline; filename="erasure-certificate-{request_id}.json"'},
-    )
+    return signed_certificate(signer, content, name=request_id)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from api.deps import CertificateKey, DatabaseDep, PollKey, SessionDep, SettingsDep, SignerDep, SubmitKey, actor
 from api.edge import load_json
 from api.errors import ProblemError
-from api.routes.common import problems
+from api.routes.common import certificate_responses, problems, signed_certificate
 from api.schemas import (
     BulkErasureCreate,
     BulkSubjectLine,
@@ -298,22 +298,12 @@ def get_erasure(
 @router.get(
     "/{erasure_id}/certificate",
     response_class=Response,
-    responses={
-        **problems(404, 409, 503),
-        200: {
-            "content": {"application/json": {}},
-            "description": "The signed certificate (one line of canonical JSON), as for a deletion request.",
-        },
-    },
+    responses=certificate_responses("The signed certificate (one line of canonical JSON), as for a deletion request."),
 )
 def get_erasure_certificate(erasure_id: str, session: SessionDep, key: CertificateKey, signer: SignerDep) -> Response:
     """The signed certificate of a completed erasure: every model's erasure and the dataset purge."""
     content = certificates.erasure_certificate_content(session, tenant_id=key.tenant_id, erasure_id=erasure_id)
-    return Response(
-        signer.sign(content),
-        media_type="application/json",
-        headers={"Content-Disposition": f'inline; filename="erasure-certificate-{erasure_id}.json"'},
-    )
+    return signed_certificate(signer, content, name=erasure_id)
 
 
 @router.get(
