@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ledger import audit, datasets, ratelimit, requests
-from ledger.errors import IdempotencyConflict, NotFound, RateLimited
+from ledger.errors import IdempotencyConflict, NotFound
 from ledger.pagination import Page, newest_first
 from ledger.tables import (
     ACTIVE_STATUSES,
@@ -348,13 +348,7 @@ def submit(
     """
     created_erasure, created = create_erasure(session, tenant_id=tenant_id, bulk=bulk, **erasure)
     if created:
-        decision = ratelimit.take(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
-        if not decision.allowed:
-            raise RateLimited(
-                f"this API key may submit {per_minute} requests a minute (bursts of {burst}); "
-                f"retry in {decision.retry_after} s",
-                retry_after=decision.retry_after,
-            )
+        ratelimit.charge(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
     return created_erasure, created
 
 

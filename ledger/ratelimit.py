@@ -24,6 +24,7 @@ from sqlalchemy import BindParameter, ColumnElement, Float, Insert, Integer, bin
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from ledger.errors import RateLimited
 from ledger.tables import RateLimitBucket, UTCDateTime, utcnow
 
 BUCKETS = RateLimitBucket.__table__
@@ -54,6 +55,20 @@ def take(session: Session, *, api_key_id: str, per_minute: int, burst: int, now:
     # A clock behind the last refill (another API host's) adds nothing rather than going negative.
     tokens = min(float(burst), tokens + max(0.0, (now - refilled_at).total_seconds()) * per_minute / 60.0)
     return Decision(allowed=False, remaining=tokens, retry_after=max(1, math.ceil((1.0 - tokens) * 60.0 / per_minute)))
+
+
+def charge(session: Session, *, api_key_id: str, per_minute: int, burst: int) -> None:
+    """`take` for a submission: RateLimited (with Retry-After) when the key's bucket is empty.
+
+    The submission is already added then, so the caller rolls back, which also gives back the bucket's row.
+    """
+    decision = take(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
+    if not decision.allowed:
+        raise RateLimited(
+            f"this API key may submit {per_minute} requests a minute (bursts of {burst}); "
+            f"retry in {decision.retry_after} s",
+            retry_after=decision.retry_after,
+        )
 
 
 @functools.cache

@@ -34,7 +34,6 @@ from ledger.errors import (
     LeaseLost,
     ModelBusy,
     NotFound,
-    RateLimited,
 )
 from ledger.pagination import Page, newest_first
 from ledger.records import Metrics, RunDetails, Verification
@@ -377,13 +376,7 @@ def submit(
     if created:
         # Last in the transaction: the key's bucket row stays locked only until the commit, not for the
         # whole submission (taken first, one key's submissions queued on that row).
-        decision = ratelimit.take(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
-        if not decision.allowed:
-            raise RateLimited(
-                f"this API key may submit {per_minute} requests a minute (bursts of {burst}); "
-                f"retry in {decision.retry_after} s",
-                retry_after=decision.retry_after,
-            )
+        ratelimit.charge(session, api_key_id=api_key_id, per_minute=per_minute, burst=burst)
     return request, created
 
 
